@@ -1,0 +1,279 @@
+//! The layers of GPT-2 as plain functions over flat row-major `f32` slices,
+//! llm.c style. Each `*_forward` here is the inference half; the training
+//! crate adds the `*_backward` beside it.
+//!
+//! Shapes: `rows` is the number of token positions in the batch, `C` the
+//! embedding width. Weights are in the checkpoint's Conv1D layout
+//! (in x out), so `x @ W` reads `W` row by row.
+
+pub mod attention;
+pub mod simd;
+
+use rayon::prelude::*;
+
+/// Up to this many rows, matrix products stream the weights once through
+/// vector kernels (decode is memory-bound); above it they go to `gemm`.
+pub const SKINNY_MAX_ROWS: usize = 4;
+
+/// A raw pointer that threads may share because each writes a disjoint part.
+#[derive(Clone, Copy)]
+pub(crate) struct DisjointPtr(pub *mut f32);
+// SAFETY: users guarantee that concurrent writers touch disjoint elements.
+unsafe impl Send for DisjointPtr {}
+unsafe impl Sync for DisjointPtr {}
+
+/// Splits `0..n` into one column range per thread, each a multiple of 8 wide
+/// (the vector width) except the last.
+fn column_chunks(n: usize) -> impl IndexedParallelIterator<Item = (usize, usize)> {
+    let threads = rayon::current_num_threads().max(1);
+    let width = n.div_ceil(threads).div_ceil(8) * 8;
+    let chunks = n.div_ceil(width.max(1));
+    (0..chunks).into_par_iter().map(move |i| (i * width, ((i + 1) * width).min(n)))
+}
+
+/// `out[r] = (accumulate ? out[r] : 0) + inp[r] @ weight + bias`, for `rows`
+/// rows; `weight` is `[in_dim, out_dim]`. Accumulating fuses the residual add.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+    accumulate: bool,
+) {
+    assert!(out.len() >= rows * out_dim && inp.len() >= rows * in_dim, "matmul_forward: buffers too small");
+    assert!(weight.len() == in_dim * out_dim && bias.len() == out_dim, "matmul_forward: weight shape");
+    if rows == 0 {
+        return;
+    }
+    for row in out[..rows * out_dim].chunks_exact_mut(out_dim) {
+        if accumulate {
+            row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+        } else {
+            row.copy_from_slice(bias);
+        }
+    }
+    if rows <= SKINNY_MAX_ROWS {
+        skinny_matmul(out, inp, weight, rows, in_dim, out_dim);
+    } else {
+        // SAFETY: the asserts above bound every index gemm touches: dst is
+        // rows x out_dim, lhs rows x in_dim, rhs in_dim x out_dim, row-major.
+        unsafe {
+            gemm::gemm(
+                rows,
+                out_dim,
+                in_dim,
+                out.as_mut_ptr(),
+                1,
+                out_dim as isize,
+                true,
+                inp.as_ptr(),
+                1,
+                in_dim as isize,
+                weight.as_ptr(),
+                1,
+                out_dim as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm_parallelism(),
+            );
+        }
+    }
+}
+
+pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+/// `out[r] += inp[r] @ weight` for a few rows: each thread owns a range of
+/// output columns and streams its part of every weight row exactly once.
+fn skinny_matmul(out: &mut [f32], inp: &[f32], weight: &[f32], rows: usize, in_dim: usize, out_dim: usize) {
+    let out_ptr = DisjointPtr(out.as_mut_ptr());
+    column_chunks(out_dim).for_each(|(c0, c1)| {
+        let out_ptr = out_ptr;
+        let w_row = |i: usize| &weight[i * out_dim + c0..i * out_dim + c1];
+        for r in 0..rows {
+            // SAFETY: row r, columns c0..c1 lie inside `out` (asserted by the
+            // caller) and no other chunk writes these columns.
+            let y = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(r * out_dim + c0), c1 - c0) };
+            let x = &inp[r * in_dim..(r + 1) * in_dim];
+            let mut i = 0;
+            while i + 4 <= in_dim {
+                simd::axpy4(y, [x[i], x[i + 1], x[i + 2], x[i + 3]], [w_row(i), w_row(i + 1), w_row(i + 2), w_row(i + 3)]);
+                i += 4;
+            }
+            for (k, &xk) in x.iter().enumerate().skip(i) {
+                simd::axpy(y, xk, w_row(k));
+            }
+        }
+    });
+}
+
+/// The tied LM head: `logits[r][v] = hidden[r] . wte[v]`, for `rows` rows of
+/// width `c`, writing `[rows, vocab]`.
+pub fn lm_head_forward(logits: &mut [f32], hidden: &[f32], wte: &[f32], rows: usize, c: usize, vocab: usize) {
+    assert!(logits.len() >= rows * vocab && hidden.len() >= rows * c && wte.len() == vocab * c, "lm_head_forward: shapes");
+    if rows == 0 {
+        return;
+    }
+    if rows <= SKINNY_MAX_ROWS {
+        let out_ptr = DisjointPtr(logits.as_mut_ptr());
+        column_chunks(vocab).for_each(|(v0, v1)| {
+            let out_ptr = out_ptr;
+            for v in v0..v1 {
+                let w = &wte[v * c..(v + 1) * c];
+                for r in 0..rows {
+                    // SAFETY: (r, v) is inside logits and v belongs to this chunk only.
+                    unsafe { *out_ptr.0.add(r * vocab + v) = simd::dot(&hidden[r * c..(r + 1) * c], w) };
+                }
+            }
+        });
+        return;
+    }
+    // SAFETY: dst rows x vocab, lhs rows x c, rhs = wte^T read through
+    // strides (row stride 1, column stride c) inside wte's vocab x c.
+    unsafe {
+        gemm::gemm(
+            rows,
+            vocab,
+            c,
+            logits.as_mut_ptr(),
+            1,
+            vocab as isize,
+            false,
+            hidden.as_ptr(),
+            1,
+            c as isize,
+            wte.as_ptr(),
+            c as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm_parallelism(),
+        );
+    }
+}
+
+/// LayerNorm over each row of width `c`: `(x - mean) / sqrt(var + eps) * w + b`.
+pub fn layernorm_forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: &[f32], rows: usize, c: usize, eps: f32) {
+    let one = |(o, x): (&mut [f32], &[f32])| {
+        let mean = x.iter().sum::<f32>() / c as f32;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+        let rstd = 1.0 / (var + eps).sqrt();
+        for (((o, x), w), b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
+            *o = (x - mean) * rstd * w + b;
+        }
+    };
+    let pairs = out[..rows * c].par_chunks_mut(c).zip(inp[..rows * c].par_chunks(c));
+    if rows >= 16 {
+        pairs.for_each(one);
+    } else {
+        out[..rows * c].chunks_mut(c).zip(inp[..rows * c].chunks(c)).for_each(one);
+    }
+}
+
+/// GELU in place over `rows` rows (parallel when there are many).
+pub fn gelu_forward(v: &mut [f32], row_len: usize) {
+    if v.len() >= 16 * row_len {
+        v.par_chunks_mut(row_len * 4).for_each(simd::gelu);
+    } else {
+        simd::gelu(v);
+    }
+}
+
+/// Log-softmax statistics of one row of logits, computed without modifying
+/// it: `(max, log_sum_exp)`, so `logprob(i) = logits[i] - max - log_sum_exp`.
+/// `work` is scratch of the same length.
+pub fn log_softmax_stats(logits: &[f32], work: &mut [f32]) -> (f32, f32) {
+    let max = simd::max(logits);
+    work.copy_from_slice(logits);
+    let sum = simd::exp_shifted_sum(work, max);
+    (max, sum.ln())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pseudo(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    fn naive_matmul(inp: &[f32], w: &[f32], b: &[f32], rows: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; rows * n];
+        for r in 0..rows {
+            for j in 0..n {
+                let mut s = b[j] as f64;
+                for i in 0..k {
+                    s += inp[r * k + i] as f64 * w[i * n + j] as f64;
+                }
+                out[r * n + j] = s as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matmul_paths_match_a_naive_product() {
+        for &(rows, k, n) in &[(1, 7, 13), (3, 64, 40), (4, 33, 129), (5, 16, 24), (37, 70, 90)] {
+            let (inp, w, b) = (pseudo(rows * k, 1), pseudo(k * n, 2), pseudo(n, 3));
+            let want = naive_matmul(&inp, &w, &b, rows, k, n);
+            let mut out = vec![f32::NAN; rows * n];
+            matmul_forward(&mut out, &inp, &w, &b, rows, k, n, false);
+            for (o, e) in out.iter().zip(&want) {
+                assert!((o - e).abs() < 1e-5, "rows={rows}: {o} vs {e}");
+            }
+            let mut acc = vec![1.0f32; rows * n];
+            matmul_forward(&mut acc, &inp, &w, &b, rows, k, n, true);
+            for (o, e) in acc.iter().zip(&want) {
+                assert!((o - 1.0 - e).abs() < 1e-5, "accumulate rows={rows}");
+            }
+        }
+    }
+
+    #[test]
+    fn lm_head_paths_match_a_naive_product() {
+        for &(rows, c, v) in &[(1, 16, 101), (4, 24, 37), (9, 32, 77)] {
+            let (h, wte) = (pseudo(rows * c, 4), pseudo(v * c, 5));
+            let mut logits = vec![f32::NAN; rows * v];
+            lm_head_forward(&mut logits, &h, &wte, rows, c, v);
+            for r in 0..rows {
+                for t in 0..v {
+                    let want: f32 = (0..c).map(|i| h[r * c + i] * wte[t * c + i]).sum();
+                    assert!((logits[r * v + t] - want).abs() < 1e-5);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn layernorm_normalises_each_row() {
+        let (rows, c) = (20, 48);
+        let inp: Vec<f32> = pseudo(rows * c, 9).iter().map(|x| x * 10.0 + 3.0).collect();
+        let mut out = vec![0f32; rows * c];
+        layernorm_forward(&mut out, &inp, &vec![2.0; c], &vec![0.5; c], rows, c, 1e-5);
+        for row in out.chunks(c) {
+            let mean = row.iter().sum::<f32>() / c as f32;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / c as f32;
+            assert!((mean - 0.5).abs() < 1e-4 && (var - 4.0).abs() < 1e-3, "{mean} {var}");
+        }
+    }
+}

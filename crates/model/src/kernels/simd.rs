@@ -1,0 +1,417 @@
+//! The vector primitives the kernels are built from, each with a scalar
+//! version and an AVX2+FMA version chosen at run time.
+//!
+//! `GPT2_SIMD=scalar` forces the scalar versions (the tests run both and
+//! compare them).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Scalar,
+    Avx2Fma,
+}
+
+static LEVEL: AtomicU8 = AtomicU8::new(0); // 0 = not yet detected
+
+/// The instruction set the kernels use on this machine.
+pub fn level() -> Level {
+    match LEVEL.load(Ordering::Relaxed) {
+        1 => Level::Scalar,
+        2 => Level::Avx2Fma,
+        _ => {
+            let detected = detect();
+            set_level(detected);
+            detected
+        }
+    }
+}
+
+/// Overrides the detected level; asking for AVX2 where it is absent keeps
+/// the scalar code, so this can never select an unsupported instruction.
+pub fn set_level(level: Level) {
+    let level = if level == Level::Avx2Fma && !avx2_available() {
+        Level::Scalar
+    } else {
+        level
+    };
+    LEVEL.store(if level == Level::Scalar { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+fn detect() -> Level {
+    let forced_scalar = std::env::var("GPT2_SIMD").is_ok_and(|v| v.eq_ignore_ascii_case("scalar"));
+    if !forced_scalar && avx2_available() {
+        Level::Avx2Fma
+    } else {
+        Level::Scalar
+    }
+}
+
+fn avx2_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Dispatches to `$avx(args)` when AVX2+FMA is selected, `$scalar(args)` otherwise.
+macro_rules! dispatch {
+    ($scalar:path, $avx:path, $($arg:expr),*) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if level() == Level::Avx2Fma {
+                // SAFETY: `level()` only reports Avx2Fma after run-time
+                // detection of both features.
+                return unsafe { $avx($($arg),*) };
+            }
+        }
+        $scalar($($arg),*)
+    }};
+}
+
+/// Sum of `a[i] * b[i]`.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    dispatch!(scalar::dot, avx2::dot, a, b)
+}
+
+/// `y[j] += x[0]*w[0][j] + x[1]*w[1][j] + x[2]*w[2][j] + x[3]*w[3][j]`:
+/// four rows of a weight matrix accumulated into one output chunk.
+pub fn axpy4(y: &mut [f32], x: [f32; 4], w: [&[f32]; 4]) {
+    dispatch!(scalar::axpy4, avx2::axpy4, y, x, w)
+}
+
+/// `y[j] += a * x[j]`.
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    dispatch!(scalar::axpy, avx2::axpy, y, a, x)
+}
+
+/// Replaces `v[i]` by `exp(v[i] - max)` and returns their sum.
+pub fn exp_shifted_sum(v: &mut [f32], max: f32) -> f32 {
+    dispatch!(scalar::exp_shifted_sum, avx2::exp_shifted_sum, v, max)
+}
+
+/// GPT-2's GELU (the tanh approximation, `gelu_new`) in place.
+pub fn gelu(v: &mut [f32]) {
+    dispatch!(scalar::gelu, avx2::gelu, v)
+}
+
+/// Largest element (`-inf` for an empty slice).
+pub fn max(v: &[f32]) -> f32 {
+    dispatch!(scalar::max, avx2::max, v)
+}
+
+pub(crate) const GELU_SCALE: f32 = 0.797_884_6; // sqrt(2 / pi)
+pub(crate) const GELU_CUBIC: f32 = 0.044715;
+
+pub mod scalar {
+    use super::{GELU_CUBIC, GELU_SCALE};
+
+    pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+        // Eight partial sums, like the vector code, so both round alike.
+        let mut acc = [0f32; 8];
+        let chunks = a.len() / 8 * 8;
+        for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
+            for k in 0..8 {
+                acc[k] += ca[k] * cb[k];
+            }
+        }
+        let mut sum: f32 = acc.iter().sum();
+        for k in chunks..a.len() {
+            sum += a[k] * b[k];
+        }
+        sum
+    }
+
+    pub fn axpy4(y: &mut [f32], x: [f32; 4], w: [&[f32]; 4]) {
+        for (j, yj) in y.iter_mut().enumerate() {
+            *yj += x[0] * w[0][j] + x[1] * w[1][j] + x[2] * w[2][j] + x[3] * w[3][j];
+        }
+    }
+
+    pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        for (yj, xj) in y.iter_mut().zip(x) {
+            *yj += a * xj;
+        }
+    }
+
+    pub fn exp_shifted_sum(v: &mut [f32], max: f32) -> f32 {
+        let mut sum = 0f32;
+        for x in v.iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        sum
+    }
+
+    /// 0.5 x (1 + tanh(u)) written as x * sigmoid(2u), which needs one exp.
+    pub fn gelu(v: &mut [f32]) {
+        for x in v.iter_mut() {
+            let u = GELU_SCALE * (*x + GELU_CUBIC * *x * *x * *x);
+            *x /= 1.0 + (-2.0 * u).exp();
+        }
+    }
+
+    pub fn max(v: &[f32]) -> f32 {
+        v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    use super::{scalar, GELU_CUBIC, GELU_SCALE};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps::<1>(v);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<0x55>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// # Safety
+    /// Requires AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, acc_k) in acc.iter_mut().enumerate() {
+                let off = i + 8 * k;
+                *acc_k = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(off)), _mm256_loadu_ps(pb.add(off)), *acc_k);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+            i += 8;
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut s = hsum(sum);
+        while i < n {
+            s += a[i] * b[i];
+            i += 1;
+        }
+        s
+    }
+
+    /// # Safety
+    /// Requires AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy4(y: &mut [f32], x: [f32; 4], w: [&[f32]; 4]) {
+        let n = y.len();
+        assert!(w.iter().all(|r| r.len() >= n), "axpy4: weight rows shorter than output");
+        let xs = [
+            _mm256_set1_ps(x[0]),
+            _mm256_set1_ps(x[1]),
+            _mm256_set1_ps(x[2]),
+            _mm256_set1_ps(x[3]),
+        ];
+        let py = y.as_mut_ptr();
+        let mut j = 0;
+        while j + 8 <= n {
+            let mut acc = _mm256_loadu_ps(py.add(j));
+            for k in 0..4 {
+                acc = _mm256_fmadd_ps(xs[k], _mm256_loadu_ps(w[k].as_ptr().add(j)), acc);
+            }
+            _mm256_storeu_ps(py.add(j), acc);
+            j += 8;
+        }
+        scalar::axpy4(&mut y[j..], x, [&w[0][j..], &w[1][j..], &w[2][j..], &w[3][j..]]);
+    }
+
+    /// # Safety
+    /// Requires AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+        let n = y.len().min(x.len());
+        let av = _mm256_set1_ps(a);
+        let (py, px) = (y.as_mut_ptr(), x.as_ptr());
+        let mut j = 0;
+        while j + 8 <= n {
+            _mm256_storeu_ps(py.add(j), _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(j)), _mm256_loadu_ps(py.add(j))));
+            j += 8;
+        }
+        scalar::axpy(&mut y[j..n], a, &x[j..n]);
+    }
+
+    /// exp(x) for a vector, Cephes' single-precision polynomial (about 1 ulp
+    /// over the range that matters); inputs below -87.3 give 0.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp256(x: __m256) -> __m256 {
+        let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.33));
+        let x = _mm256_min_ps(x, _mm256_set1_ps(88.37));
+        let x = _mm256_max_ps(x, _mm256_set1_ps(-87.33));
+        let fx = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            x,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+        ));
+        let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
+        let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), x);
+        let mut p = _mm256_set1_ps(1.987_569_1e-4);
+        for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+            p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(c));
+        }
+        let y = _mm256_fmadd_ps(p, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0)));
+        let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)));
+        let r = _mm256_mul_ps(y, _mm256_castsi256_ps(pow2));
+        _mm256_andnot_ps(underflow, r)
+    }
+
+    /// # Safety
+    /// Requires AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn exp_shifted_sum(v: &mut [f32], max: f32) -> f32 {
+        let n = v.len();
+        let m = _mm256_set1_ps(max);
+        let p = v.as_mut_ptr();
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            let e = exp256(_mm256_sub_ps(_mm256_loadu_ps(p.add(i)), m));
+            _mm256_storeu_ps(p.add(i), e);
+            acc = _mm256_add_ps(acc, e);
+            i += 8;
+        }
+        hsum(acc) + scalar::exp_shifted_sum(&mut v[i..], max)
+    }
+
+    /// # Safety
+    /// Requires AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gelu(v: &mut [f32]) {
+        let n = v.len();
+        let p = v.as_mut_ptr();
+        let (scale, cubic) = (_mm256_set1_ps(GELU_SCALE), _mm256_set1_ps(GELU_CUBIC));
+        let (one, minus_two) = (_mm256_set1_ps(1.0), _mm256_set1_ps(-2.0));
+        let mut i = 0;
+        while i + 8 <= n {
+            let x = _mm256_loadu_ps(p.add(i));
+            let x3 = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+            let u = _mm256_mul_ps(scale, _mm256_fmadd_ps(cubic, x3, x));
+            let e = exp256(_mm256_mul_ps(minus_two, u));
+            _mm256_storeu_ps(p.add(i), _mm256_div_ps(x, _mm256_add_ps(one, e)));
+            i += 8;
+        }
+        scalar::gelu(&mut v[i..]);
+    }
+
+    /// # Safety
+    /// Requires AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn max(v: &[f32]) -> f32 {
+        let n = v.len();
+        let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut i = 0;
+        while i + 8 <= n {
+            acc = _mm256_max_ps(acc, _mm256_loadu_ps(v.as_ptr().add(i)));
+            i += 8;
+        }
+        let mut lanes = [0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        lanes.iter().chain(&v[i..]).copied().fold(f32::NEG_INFINITY, f32::max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(2654435761).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as f32 / u32::MAX as f32) * 8.0 - 4.0
+            })
+            .collect()
+    }
+
+    fn close(a: f32, b: f32, rel: f32) -> bool {
+        (a - b).abs() <= rel * (1.0 + a.abs().max(b.abs()))
+    }
+
+    /// Every vector primitive agrees with its scalar twin, on lengths that
+    /// exercise the remainders.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_matches_scalar() {
+        if !avx2_available() {
+            eprintln!("skipping: no AVX2+FMA on this machine");
+            return;
+        }
+        for n in [0, 1, 7, 8, 9, 31, 32, 33, 100, 768, 1027] {
+            let (a, b) = (data(n, 1), data(n, 2));
+            let d = unsafe { avx2::dot(&a, &b) };
+            assert!(close(d, scalar::dot(&a, &b), 1e-5), "dot n={n}");
+            let m = unsafe { avx2::max(&a) };
+            assert_eq!(m, scalar::max(&a), "max n={n}");
+
+            let w: Vec<Vec<f32>> = (0..4).map(|k| data(n, 10 + k)).collect();
+            let wr = [&w[0][..], &w[1][..], &w[2][..], &w[3][..]];
+            let (mut y1, mut y2) = (a.clone(), a.clone());
+            scalar::axpy4(&mut y1, [0.5, -1.0, 2.0, 0.25], wr);
+            unsafe { avx2::axpy4(&mut y2, [0.5, -1.0, 2.0, 0.25], wr) };
+            assert!(y1.iter().zip(&y2).all(|(p, q)| close(*p, *q, 1e-6)), "axpy4 n={n}");
+
+            let (mut y1, mut y2) = (a.clone(), a.clone());
+            scalar::axpy(&mut y1, 0.3, &b);
+            unsafe { avx2::axpy(&mut y2, 0.3, &b) };
+            assert!(y1.iter().zip(&y2).all(|(p, q)| close(*p, *q, 1e-6)), "axpy n={n}");
+
+            let (mut e1, mut e2) = (a.clone(), a.clone());
+            let s1 = scalar::exp_shifted_sum(&mut e1, 1.5);
+            let s2 = unsafe { avx2::exp_shifted_sum(&mut e2, 1.5) };
+            assert!(close(s1, s2, 1e-6), "exp sum n={n}");
+            assert!(e1.iter().zip(&e2).all(|(p, q)| close(*p, *q, 1e-6)), "exp n={n}");
+
+            let (mut g1, mut g2) = (a.clone(), a.clone());
+            scalar::gelu(&mut g1);
+            unsafe { avx2::gelu(&mut g2) };
+            assert!(g1.iter().zip(&g2).all(|(p, q)| close(*p, *q, 1e-6)), "gelu n={n}");
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx2_exp_is_accurate_over_the_softmax_range() {
+        if !avx2_available() {
+            eprintln!("skipping: no AVX2+FMA on this machine");
+            return;
+        }
+        let xs: Vec<f32> = (0..20000).map(|i| -100.0 + i as f32 * 0.0094).collect(); // up to 88
+        let mut v = xs.clone();
+        unsafe { avx2::exp_shifted_sum(&mut v, 0.0) };
+        for (x, e) in xs.iter().zip(&v) {
+            let want = x.exp();
+            if *x < -87.33 {
+                assert!(*e == 0.0 || (*e - want).abs() < 1e-37, "x={x}");
+            } else {
+                assert!((e - want).abs() <= 4.0 * f32::EPSILON * want, "x={x}: {e} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_matches_the_tanh_formula() {
+        for x in data(1000, 7) {
+            let want = 0.5 * x as f64 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x as f64 + 0.044715 * (x as f64).powi(3))).tanh());
+            let mut v = [x; 9];
+            gelu(&mut v);
+            for got in v {
+                assert!((got as f64 - want).abs() < 1e-6 * (1.0 + want.abs()), "x={x}: {got} vs {want}");
+            }
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! gpt2-model: GPT-2's configuration, checkpoint loading, tokenizer,
+//! kernels and the inference forward pass with a KV cache.
+//!
+//! ```no_run
+//! use gpt2_model::{Model, Tokenizer, score::Scorer};
+//! let model = Model::load_dir(std::path::Path::new("my-checkpoint")).unwrap();
+//! let ids = Tokenizer::gpt2().encode("Hello world").unwrap();
+//! let scores = Scorer::new(&model).score(&ids, model.config().n_ctx, 0).unwrap();
+//! ```
+
+pub mod cache;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod kernels;
+pub mod model;
+pub mod score;
+pub mod source;
+pub mod tokenizer;
+pub mod weights;
+
+pub use cache::KvCache;
+pub use config::{Config, END_OF_TEXT};
+pub use error::{ModelError, Result};
+pub use model::{Model, Output, Scratch, Segment};
+pub use tokenizer::Tokenizer;

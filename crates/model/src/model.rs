@@ -1,0 +1,226 @@
+//! The GPT-2 forward pass for inference (Radford et al. 2019, "Language
+//! Models are Unsupervised Multitask Learners"): token + position embedding,
+//! `n_layer` pre-LayerNorm blocks of causal self-attention and a GELU MLP,
+//! a final LayerNorm, and the LM head tied to the token embedding.
+
+use crate::cache::KvCache;
+use crate::config::{Config, LAYER_NORM_EPSILON};
+use crate::error::{ModelError, Result};
+use crate::kernels::attention::{attention_forward, SegmentRows};
+use crate::kernels::{gelu_forward, layernorm_forward, lm_head_forward, matmul_forward};
+use crate::weights::{CheckpointFiles, Weights};
+use std::path::Path;
+
+pub struct Model {
+    config: Config,
+    weights: Weights,
+}
+
+/// New tokens for one sequence of a batch, stored in `slot` of the cache.
+#[derive(Debug, Clone, Copy)]
+pub struct Segment<'a> {
+    pub slot: usize,
+    pub tokens: &'a [u32],
+}
+
+/// Which positions the forward pass produces final hidden states for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The last new position of each segment (generation: the LM head is a
+    /// third of the work, and only the next token is needed).
+    Last,
+    /// Every new position (scoring).
+    All,
+}
+
+/// Activation buffers, sized for the largest batch seen and then reused, so
+/// a decode step allocates nothing.
+#[derive(Default)]
+pub struct Scratch {
+    x: Vec<f32>,
+    ln: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    fc: Vec<f32>,
+    hidden: Vec<f32>,
+    scores: Vec<f32>,
+    logits: Vec<f32>,
+    segments: Vec<SegmentRows>,
+    hidden_rows: usize,
+}
+
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
+impl Scratch {
+    fn ensure(&mut self, config: &Config, rows: usize, segments: usize, capacity: usize) {
+        let c = config.n_embd;
+        grow(&mut self.x, rows * c);
+        grow(&mut self.ln, rows * c);
+        grow(&mut self.qkv, rows * 3 * c);
+        grow(&mut self.att, rows * c);
+        grow(&mut self.fc, rows * 4 * c);
+        grow(&mut self.hidden, rows * c);
+        grow(&mut self.scores, segments * config.n_head * capacity);
+    }
+
+    /// The final (LayerNormed) hidden states of the last forward pass,
+    /// `[rows, C]`.
+    pub fn hidden(&self, c: usize) -> &[f32] {
+        &self.hidden[..self.hidden_rows * c]
+    }
+}
+
+impl Model {
+    /// Loads a Hugging Face checkpoint directory.
+    pub fn load_dir(dir: &Path) -> Result<Model> {
+        let files = CheckpointFiles::in_dir(dir)?;
+        let config = Config::from_json_file(&files.config)?;
+        let weights = Weights::load(&files.weights, &config)?;
+        Ok(Model { config, weights })
+    }
+
+    /// A model from weights already in memory; the caller guarantees that
+    /// `weights` has the shapes of `config`.
+    pub fn from_parts(config: Config, weights: Weights) -> Model {
+        Model { config, weights }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn weights(&self) -> &Weights {
+        &self.weights
+    }
+
+    /// A cache for `slots` sequences of up to the full context.
+    pub fn new_cache(&self, slots: usize) -> KvCache {
+        KvCache::new(&self.config, slots, self.config.n_ctx)
+    }
+
+    /// Runs the new tokens of every segment through the model, appending
+    /// their keys and values to the cache, and leaves the final hidden states
+    /// of the positions `output` asks for in `scratch.hidden()`. Returns how
+    /// many rows that is.
+    pub fn forward(&self, segments: &[Segment], cache: &mut KvCache, scratch: &mut Scratch, output: Output) -> Result<usize> {
+        self.validate(segments, cache)?;
+        let cfg = &self.config;
+        let c = cfg.n_embd;
+        let rows: usize = segments.iter().map(|s| s.tokens.len()).sum();
+        scratch.ensure(cfg, rows, segments.len(), cache.capacity());
+        scratch.segments.clear();
+        let mut row0 = 0;
+        for s in segments {
+            scratch.segments.push(SegmentRows {
+                slot: s.slot,
+                row0,
+                rows: s.tokens.len(),
+                past: cache.len(s.slot),
+            });
+            row0 += s.tokens.len();
+        }
+        self.embed(segments, cache, &mut scratch.x);
+        for (l, w) in self.weights.layers.iter().enumerate() {
+            let s = &mut *scratch;
+            layernorm_forward(&mut s.ln, &s.x, w.ln_1_w.data(), w.ln_1_b.data(), rows, c, LAYER_NORM_EPSILON);
+            matmul_forward(&mut s.qkv, &s.ln, w.attn_w.data(), w.attn_b.data(), rows, c, 3 * c, false);
+            attention_forward(&mut s.att, &s.qkv, cache, l, &s.segments, &mut s.scores, cfg.n_head, c);
+            matmul_forward(&mut s.x, &s.att, w.attn_proj_w.data(), w.attn_proj_b.data(), rows, c, c, true);
+            layernorm_forward(&mut s.ln, &s.x, w.ln_2_w.data(), w.ln_2_b.data(), rows, c, LAYER_NORM_EPSILON);
+            matmul_forward(&mut s.fc, &s.ln, w.fc_w.data(), w.fc_b.data(), rows, c, 4 * c, false);
+            gelu_forward(&mut s.fc[..rows * 4 * c], 4 * c);
+            matmul_forward(&mut s.x, &s.fc, w.fc_proj_w.data(), w.fc_proj_b.data(), rows, 4 * c, c, true);
+        }
+        for s in segments {
+            cache.advance(s.slot, s.tokens.len());
+        }
+        let out_rows = self.gather_output_rows(scratch, rows, output);
+        let s = &mut *scratch;
+        layernorm_forward(&mut s.hidden, &s.ln, self.weights.ln_f_w.data(), self.weights.ln_f_b.data(), out_rows, c, LAYER_NORM_EPSILON);
+        s.hidden_rows = out_rows;
+        Ok(out_rows)
+    }
+
+    /// Logits of the next token for each segment: `[segments, vocab]`.
+    pub fn next_token_logits<'s>(&self, segments: &[Segment], cache: &mut KvCache, scratch: &'s mut Scratch) -> Result<&'s [f32]> {
+        let rows = self.forward(segments, cache, scratch, Output::Last)?;
+        let v = self.config.vocab_size;
+        grow(&mut scratch.logits, rows * v);
+        let s = &mut *scratch;
+        self.lm_head(&s.hidden[..rows * self.config.n_embd], rows, &mut s.logits);
+        Ok(&scratch.logits[..rows * v])
+    }
+
+    /// The tied LM head over `rows` final hidden states into `[rows, vocab]`.
+    pub fn lm_head(&self, hidden: &[f32], rows: usize, logits: &mut [f32]) {
+        let c = self.config;
+        lm_head_forward(logits, hidden, self.weights.wte.data(), rows, c.n_embd, c.vocab_size);
+    }
+
+    fn validate(&self, segments: &[Segment], cache: &KvCache) -> Result<()> {
+        for (i, s) in segments.iter().enumerate() {
+            if s.slot >= cache.slots() {
+                return Err(ModelError::InvalidRequest(format!("cache slot {} does not exist ({} slots)", s.slot, cache.slots())));
+            }
+            if segments[..i].iter().any(|o| o.slot == s.slot) {
+                return Err(ModelError::InvalidRequest(format!("cache slot {} appears twice in one batch", s.slot)));
+            }
+            if s.tokens.is_empty() {
+                return Err(ModelError::InvalidRequest("a sequence in the batch has no tokens".into()));
+            }
+            let len = cache.len(s.slot) + s.tokens.len();
+            if len > cache.capacity() {
+                return Err(ModelError::ContextOverflow {
+                    len,
+                    n_ctx: cache.capacity(),
+                });
+            }
+            if let Some(&id) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+                return Err(ModelError::TokenOutOfRange {
+                    id,
+                    vocab_size: self.config.vocab_size,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn embed(&self, segments: &[Segment], cache: &KvCache, x: &mut [f32]) {
+        let c = self.config.n_embd;
+        let (wte, wpe) = (self.weights.wte.data(), self.weights.wpe.data());
+        let mut rows = x.chunks_exact_mut(c);
+        for s in segments {
+            let past = cache.len(s.slot);
+            for (i, &t) in s.tokens.iter().enumerate() {
+                let (t, p) = (t as usize, past + i);
+                let row = rows.next().expect("invariant: x holds one row per token");
+                for ((o, a), b) in row.iter_mut().zip(&wte[t * c..(t + 1) * c]).zip(&wpe[p * c..(p + 1) * c]) {
+                    *o = a + b;
+                }
+            }
+        }
+    }
+
+    /// Copies the residual-stream rows to output into `scratch.ln` (free
+    /// after the last layer) and returns their number.
+    fn gather_output_rows(&self, scratch: &mut Scratch, rows: usize, output: Output) -> usize {
+        let c = self.config.n_embd;
+        match output {
+            Output::All => {
+                scratch.ln[..rows * c].copy_from_slice(&scratch.x[..rows * c]);
+                rows
+            }
+            Output::Last => {
+                for (k, seg) in scratch.segments.iter().enumerate() {
+                    let last = seg.row0 + seg.rows - 1;
+                    scratch.ln[k * c..(k + 1) * c].copy_from_slice(&scratch.x[last * c..(last + 1) * c]);
+                }
+                scratch.segments.len()
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! GPT-2's byte-level BPE, through tiktoken-rs's embedded `r50k_base`
+//! (the same ranks and split pattern as OpenAI's tiktoken `gpt2` encoding).
+//!
+//! Text is Unicode: the CLI rejects input that is not valid UTF-8, naming the
+//! offset of the first bad byte, rather than guessing. Decoding is exact at
+//! the byte level ([`Tokenizer::decode_bytes`]); [`Tokenizer::decode`]
+//! replaces byte sequences that are not valid UTF-8 (a token sequence may
+//! stop inside a character) by U+FFFD, as tiktoken's `decode` does.
+//! `<|endoftext|>` is an ordinary string unless the caller asks for special
+//! tokens ([`Tokenizer::encode_with_special`]).
+
+use crate::config::END_OF_TEXT;
+use crate::error::{ModelError, Result};
+use tiktoken_rs::CoreBPE;
+
+pub const END_OF_TEXT_STR: &str = "<|endoftext|>";
+
+#[derive(Clone, Copy)]
+pub struct Tokenizer {
+    bpe: &'static CoreBPE,
+}
+
+impl Tokenizer {
+    /// GPT-2's tokenizer (built once per process, about 0.1 s).
+    pub fn gpt2() -> Tokenizer {
+        Tokenizer {
+            bpe: tiktoken_rs::r50k_base_singleton(),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        crate::config::GPT2_VOCAB_SIZE
+    }
+
+    /// Token ids of `text`; `<|endoftext|>` in the text is encoded as the
+    /// characters it is made of.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.guard(|| self.bpe.encode_ordinary(text))
+    }
+
+    /// Token ids of `text`, with `<|endoftext|>` recognised as id 50256.
+    pub fn encode_with_special(&self, text: &str) -> Result<Vec<u32>> {
+        self.guard(|| self.bpe.encode_with_special_tokens(text))
+    }
+
+    /// Validates UTF-8 (naming the first bad offset), then encodes.
+    pub fn encode_bytes(&self, bytes: &[u8]) -> Result<Vec<u32>> {
+        let text = std::str::from_utf8(bytes).map_err(|e| ModelError::InvalidUtf8 { offset: e.valid_up_to() })?;
+        self.encode(text)
+    }
+
+    /// The exact bytes of a token sequence.
+    pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>> {
+        self.bpe
+            .decode_bytes(ids)
+            .map_err(|e| ModelError::Tokenizer(format!("token id {} is not in GPT-2's vocabulary", e.token)))
+    }
+
+    /// The text of a token sequence; invalid UTF-8 becomes U+FFFD.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.decode_bytes(ids)?).into_owned())
+    }
+
+    /// The bytes of one token.
+    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>> {
+        self.decode_bytes(std::slice::from_ref(&id))
+    }
+
+    pub fn is_special(&self, id: u32) -> bool {
+        id == END_OF_TEXT
+    }
+
+    /// The pattern matcher underneath can, in principle, give up on
+    /// pathological input; that becomes an error instead of a panic.
+    fn guard(&self, f: impl FnOnce() -> Vec<u32> + std::panic::UnwindSafe) -> Result<Vec<u32>> {
+        std::panic::catch_unwind(f).map_err(|_| ModelError::Tokenizer("the BPE pre-tokenizer failed on this input".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_ids_and_round_trip() {
+        let t = Tokenizer::gpt2();
+        assert_eq!(t.encode("Hello world").unwrap(), vec![15496, 995]);
+        assert_eq!(t.encode_with_special("<|endoftext|>").unwrap(), vec![END_OF_TEXT]);
+        assert_ne!(t.encode("<|endoftext|>").unwrap(), vec![END_OF_TEXT]);
+        for text in ["", " ", "  \n\n\t x", "naïve café 🤖 日本語 e\u{301}", "I'll we've it's\r\n"] {
+            let ids = t.encode(text).unwrap();
+            assert_eq!(t.decode(&ids).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn bad_input_is_an_error() {
+        let t = Tokenizer::gpt2();
+        let err = t.encode_bytes(b"ok\xff\xfe").unwrap_err().to_string();
+        assert!(err.contains("offset 2"), "{err}");
+        assert!(t.decode_bytes(&[60000]).unwrap_err().to_string().contains("60000"));
+        // A token that ends inside a character decodes to U+FFFD, not garbage.
+        let ids = t.encode("🤖").unwrap();
+        assert!(ids.len() > 1);
+        assert!(t.decode(&ids[..1]).unwrap().contains('\u{FFFD}'));
+    }
+}
