@@ -1,1 +1,53 @@
-fn main(){}
+//! `gpt2`: the command-line front end. Argument parsing and printing only;
+//! the work happens in the library crates.
+
+mod bench;
+mod generate;
+mod input;
+mod score;
+mod tokenize;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "gpt2", version, about = "GPT-2 in Rust: generate, score and tokenize text")]
+struct Cli {
+    /// Worker threads (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streaming it to stdout.
+    Generate(generate::Args),
+    /// Score every token of a text: log-probability, rank, entropy.
+    Score(score::Args),
+    /// Print the GPT-2 token ids of a text.
+    Tokenize(tokenize::Args),
+    /// Measure prefill, scoring and decode speed in-process.
+    Bench(bench::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
+    }
+    match cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Tokenize(a) => tokenize::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}

@@ -64,6 +64,23 @@ impl KvCache {
         self.lens.iter_mut().for_each(|l| *l = 0);
     }
 
+    /// Makes `to` hold a copy of `from`'s sequence (for several samples that
+    /// share one prompt).
+    pub fn copy_slot(&mut self, from: usize, to: usize) {
+        if from == to {
+            return;
+        }
+        let n = self.lens[from] * self.head_dim;
+        for layer in 0..self.n_layer {
+            for h in 0..self.n_head {
+                let (src, dst) = (self.block(from, layer, h), self.block(to, layer, h));
+                self.keys.copy_within(src..src + n, dst);
+                self.values.copy_within(src..src + n, dst);
+            }
+        }
+        self.lens[to] = self.lens[from];
+    }
+
     pub(crate) fn advance(&mut self, slot: usize, by: usize) {
         self.lens[slot] += by;
     }

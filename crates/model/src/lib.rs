@@ -22,5 +22,5 @@ pub mod weights;
 pub use cache::KvCache;
 pub use config::{Config, END_OF_TEXT};
 pub use error::{ModelError, Result};
-pub use model::{Model, Output, Scratch, Segment};
+pub use model::{Batch, Model, Output, Scratch};
 pub use tokenizer::Tokenizer;

@@ -16,11 +16,53 @@ pub struct Model {
     weights: Weights,
 }
 
-/// New tokens for one sequence of a batch, stored in `slot` of the cache.
-#[derive(Debug, Clone, Copy)]
-pub struct Segment<'a> {
-    pub slot: usize,
-    pub tokens: &'a [u32],
+/// The new tokens of several sequences, each bound to a cache slot, laid
+/// out in one flat array. Reusable: `clear` keeps the allocations, so a
+/// decode loop builds its batch without touching the heap.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    tokens: Vec<u32>,
+    /// (cache slot, number of tokens) per sequence, in row order.
+    seqs: Vec<(usize, usize)>,
+}
+
+impl Batch {
+    pub fn single(slot: usize, tokens: &[u32]) -> Batch {
+        let mut b = Batch::default();
+        b.push(slot, tokens);
+        b
+    }
+
+    pub fn clear(&mut self) {
+        self.tokens.clear();
+        self.seqs.clear();
+    }
+
+    pub fn push(&mut self, slot: usize, tokens: &[u32]) {
+        self.tokens.extend_from_slice(tokens);
+        self.seqs.push((slot, tokens.len()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.seqs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
+
+    pub fn rows(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// (slot, tokens) of each sequence.
+    pub fn iter(&self) -> impl Iterator<Item = (usize, &[u32])> {
+        let mut at = 0;
+        self.seqs.iter().map(move |&(slot, n)| {
+            at += n;
+            (slot, &self.tokens[at - n..at])
+        })
+    }
 }
 
 /// Which positions the forward pass produces final hidden states for.
@@ -106,24 +148,24 @@ impl Model {
     /// their keys and values to the cache, and leaves the final hidden states
     /// of the positions `output` asks for in `scratch.hidden()`. Returns how
     /// many rows that is.
-    pub fn forward(&self, segments: &[Segment], cache: &mut KvCache, scratch: &mut Scratch, output: Output) -> Result<usize> {
-        self.validate(segments, cache)?;
+    pub fn forward(&self, batch: &Batch, cache: &mut KvCache, scratch: &mut Scratch, output: Output) -> Result<usize> {
+        self.validate(batch, cache)?;
         let cfg = &self.config;
         let c = cfg.n_embd;
-        let rows: usize = segments.iter().map(|s| s.tokens.len()).sum();
-        scratch.ensure(cfg, rows, segments.len(), cache.capacity());
+        let rows = batch.rows();
+        scratch.ensure(cfg, rows, batch.len(), cache.capacity());
         scratch.segments.clear();
         let mut row0 = 0;
-        for s in segments {
+        for (slot, tokens) in batch.iter() {
             scratch.segments.push(SegmentRows {
-                slot: s.slot,
+                slot,
                 row0,
-                rows: s.tokens.len(),
-                past: cache.len(s.slot),
+                rows: tokens.len(),
+                past: cache.len(slot),
             });
-            row0 += s.tokens.len();
+            row0 += tokens.len();
         }
-        self.embed(segments, cache, &mut scratch.x);
+        self.embed(batch, cache, &mut scratch.x);
         for (l, w) in self.weights.layers.iter().enumerate() {
             let s = &mut *scratch;
             layernorm_forward(&mut s.ln, &s.x, w.ln_1_w.data(), w.ln_1_b.data(), rows, c, LAYER_NORM_EPSILON);
@@ -135,8 +177,8 @@ impl Model {
             gelu_forward(&mut s.fc[..rows * 4 * c], 4 * c);
             matmul_forward(&mut s.x, &s.fc, w.fc_proj_w.data(), w.fc_proj_b.data(), rows, 4 * c, c, true);
         }
-        for s in segments {
-            cache.advance(s.slot, s.tokens.len());
+        for (slot, tokens) in batch.iter() {
+            cache.advance(slot, tokens.len());
         }
         let out_rows = self.gather_output_rows(scratch, rows, output);
         let s = &mut *scratch;
@@ -145,9 +187,9 @@ impl Model {
         Ok(out_rows)
     }
 
-    /// Logits of the next token for each segment: `[segments, vocab]`.
-    pub fn next_token_logits<'s>(&self, segments: &[Segment], cache: &mut KvCache, scratch: &'s mut Scratch) -> Result<&'s [f32]> {
-        let rows = self.forward(segments, cache, scratch, Output::Last)?;
+    /// Logits of the next token for each sequence: `[sequences, vocab]`.
+    pub fn next_token_logits<'s>(&self, batch: &Batch, cache: &mut KvCache, scratch: &'s mut Scratch) -> Result<&'s [f32]> {
+        let rows = self.forward(batch, cache, scratch, Output::Last)?;
         let v = self.config.vocab_size;
         grow(&mut scratch.logits, rows * v);
         let s = &mut *scratch;
@@ -161,25 +203,25 @@ impl Model {
         lm_head_forward(logits, hidden, self.weights.wte.data(), rows, c.n_embd, c.vocab_size);
     }
 
-    fn validate(&self, segments: &[Segment], cache: &KvCache) -> Result<()> {
-        for (i, s) in segments.iter().enumerate() {
-            if s.slot >= cache.slots() {
-                return Err(ModelError::InvalidRequest(format!("cache slot {} does not exist ({} slots)", s.slot, cache.slots())));
+    fn validate(&self, batch: &Batch, cache: &KvCache) -> Result<()> {
+        for (i, (slot, tokens)) in batch.iter().enumerate() {
+            if slot >= cache.slots() {
+                return Err(ModelError::InvalidRequest(format!("cache slot {slot} does not exist ({} slots)", cache.slots())));
             }
-            if segments[..i].iter().any(|o| o.slot == s.slot) {
-                return Err(ModelError::InvalidRequest(format!("cache slot {} appears twice in one batch", s.slot)));
+            if batch.seqs[..i].iter().any(|o| o.0 == slot) {
+                return Err(ModelError::InvalidRequest(format!("cache slot {slot} appears twice in one batch")));
             }
-            if s.tokens.is_empty() {
+            if tokens.is_empty() {
                 return Err(ModelError::InvalidRequest("a sequence in the batch has no tokens".into()));
             }
-            let len = cache.len(s.slot) + s.tokens.len();
+            let len = cache.len(slot) + tokens.len();
             if len > cache.capacity() {
                 return Err(ModelError::ContextOverflow {
                     len,
                     n_ctx: cache.capacity(),
                 });
             }
-            if let Some(&id) = s.tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
                 return Err(ModelError::TokenOutOfRange {
                     id,
                     vocab_size: self.config.vocab_size,
@@ -189,13 +231,13 @@ impl Model {
         Ok(())
     }
 
-    fn embed(&self, segments: &[Segment], cache: &KvCache, x: &mut [f32]) {
+    fn embed(&self, batch: &Batch, cache: &KvCache, x: &mut [f32]) {
         let c = self.config.n_embd;
         let (wte, wpe) = (self.weights.wte.data(), self.weights.wpe.data());
         let mut rows = x.chunks_exact_mut(c);
-        for s in segments {
-            let past = cache.len(s.slot);
-            for (i, &t) in s.tokens.iter().enumerate() {
+        for (slot, tokens) in batch.iter() {
+            let past = cache.len(slot);
+            for (i, &t) in tokens.iter().enumerate() {
                 let (t, p) = (t as usize, past + i);
                 let row = rows.next().expect("invariant: x holds one row per token");
                 for ((o, a), b) in row.iter_mut().zip(&wte[t * c..(t + 1) * c]).zip(&wpe[p * c..(p + 1) * c]) {

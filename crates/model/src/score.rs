@@ -12,7 +12,7 @@ use crate::cache::KvCache;
 use crate::config::END_OF_TEXT;
 use crate::error::{ModelError, Result};
 use crate::kernels::{log_softmax_stats, simd};
-use crate::model::{Model, Output, Scratch, Segment};
+use crate::model::{Batch, Model, Output, Scratch};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenScore {
@@ -40,6 +40,7 @@ pub struct Scorer<'m> {
     scratch: Scratch,
     logits: Vec<f32>,
     work: Vec<f32>,
+    prefix: u32,
 }
 
 /// One window: positions `start..end` of the sequence `[EOT] + tokens` are
@@ -82,13 +83,21 @@ impl<'m> Scorer<'m> {
             scratch: Scratch::default(),
             logits: Vec::new(),
             work: vec![0.0; model.config().vocab_size],
+            prefix: END_OF_TEXT,
         }
+    }
+
+    /// Conditions the first token on `prefix` instead of `<|endoftext|>`
+    /// (for models with another vocabulary).
+    pub fn with_prefix_token(mut self, prefix: u32) -> Self {
+        self.prefix = prefix;
+        self
     }
 
     /// Scores every token of `tokens`; `top_n` alternatives per position.
     pub fn score(&mut self, tokens: &[u32], stride: usize, top_n: usize) -> Result<Vec<TokenScore>> {
         let mut seq = Vec::with_capacity(tokens.len() + 1);
-        seq.push(END_OF_TEXT);
+        seq.push(self.prefix);
         seq.extend_from_slice(tokens);
         let n_ctx = self.model.config().n_ctx;
         let all = windows(tokens.len(), n_ctx, stride)?;
@@ -103,14 +112,10 @@ impl<'m> Scorer<'m> {
     }
 
     fn score_batch(&mut self, seq: &[u32], batch: &[Window], top_n: usize, scores: &mut Vec<TokenScore>) -> Result<()> {
-        let segments: Vec<Segment> = batch
-            .iter()
-            .enumerate()
-            .map(|(slot, w)| Segment {
-                slot,
-                tokens: &seq[w.start..w.end],
-            })
-            .collect();
+        let mut segments = Batch::default();
+        for (slot, w) in batch.iter().enumerate() {
+            segments.push(slot, &seq[w.start..w.end]);
+        }
         self.cache.reset_all();
         self.model.forward(&segments, &mut self.cache, &mut self.scratch, Output::All)?;
         // The rows to score: the last `targets` rows of each window.

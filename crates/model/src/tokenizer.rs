@@ -11,6 +11,7 @@
 
 use crate::config::END_OF_TEXT;
 use crate::error::{ModelError, Result};
+use std::sync::OnceLock;
 use tiktoken_rs::CoreBPE;
 
 pub const END_OF_TEXT_STR: &str = "<|endoftext|>";
@@ -61,9 +62,22 @@ impl Tokenizer {
         Ok(String::from_utf8_lossy(&self.decode_bytes(ids)?).into_owned())
     }
 
-    /// The bytes of one token.
-    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>> {
-        self.decode_bytes(std::slice::from_ref(&id))
+    /// The bytes of one token, from a table built once (no allocation per
+    /// call, for the decode loop); `None` for an id outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> Option<&'static [u8]> {
+        static TABLE: OnceLock<Vec<Box<[u8]>>> = OnceLock::new();
+        let table = TABLE.get_or_init(|| {
+            let bpe = tiktoken_rs::r50k_base_singleton();
+            (0..crate::config::GPT2_VOCAB_SIZE as u32)
+                .map(|i| bpe.decode_bytes(&[i]).unwrap_or_default().into_boxed_slice())
+                .collect()
+        });
+        table.get(id as usize).map(|b| &b[..])
+    }
+
+    /// One token's text for display: its bytes, invalid UTF-8 as U+FFFD.
+    pub fn token_text(&self, id: u32) -> String {
+        self.token_bytes(id).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
     }
 
     pub fn is_special(&self, id: u32) -> bool {

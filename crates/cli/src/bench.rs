@@ -1,0 +1,85 @@
+//! In-process speed measurement: prefill (last-position logits), scoring
+//! (logits and log-softmax statistics at every position) and decode.
+
+use crate::input::load_model;
+use anyhow::{ensure, Result};
+use gpt2_model::score::Scorer;
+use gpt2_model::{Batch, Model, Scratch};
+use serde_json::json;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long, default_value = "default")]
+    model: String,
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: usize,
+    /// Timed repetitions (the best is reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let model = load_model(&a.model)?;
+    let n_ctx = model.config().n_ctx;
+    ensure!(a.prompt_tokens >= 1 && a.prompt_tokens + a.gen_tokens <= n_ctx, "--prompt-tokens + --gen-tokens must be between 1 and the context length {n_ctx}");
+    ensure!(a.repeat >= 1, "--repeat must be at least 1");
+    let vocab = model.config().vocab_size.min(50257) as u32;
+    let prompt: Vec<u32> = (0..a.prompt_tokens as u32).map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab).collect();
+    let mut best = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+    for _ in 0..a.repeat + 1 {
+        let (prefill, ttft, decode) = time_generation(&model, &prompt, a.gen_tokens)?;
+        let start = Instant::now();
+        Scorer::new(&model).score(&prompt, n_ctx, 0)?;
+        let score = start.elapsed().as_secs_f64();
+        best = (best.0.min(prefill), best.1.min(ttft), best.2.min(decode), best.3.min(score));
+    }
+    let threads = rayon::current_num_threads();
+    let result = json!({
+        "prefill_tokens_per_s": a.prompt_tokens as f64 / best.0,
+        "decode_tokens_per_s": if a.gen_tokens > 0 { a.gen_tokens as f64 / best.2 } else { 0.0 },
+        "score_tokens_per_s": a.prompt_tokens as f64 / best.3,
+        "time_to_first_token_s": best.1,
+        "threads": threads,
+        "prompt_tokens": a.prompt_tokens,
+        "gen_tokens": a.gen_tokens,
+        "simd": format!("{:?}", gpt2_model::kernels::simd::level()),
+        "model": a.model,
+    });
+    if a.json {
+        println!("{result}");
+    } else {
+        println!(
+            "prefill {:.1} tok/s, scoring {:.1} tok/s, decode {:.1} tok/s, first token after {:.3} s ({} threads)",
+            result["prefill_tokens_per_s"].as_f64().unwrap_or(0.0),
+            result["score_tokens_per_s"].as_f64().unwrap_or(0.0),
+            result["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
+            best.1,
+            threads
+        );
+    }
+    Ok(())
+}
+
+/// (prefill seconds, time to first token, decode seconds for `gen` tokens);
+/// decoding is greedy so the work does not depend on sampling.
+fn time_generation(model: &Model, prompt: &[u32], gen: usize) -> Result<(f64, f64, f64)> {
+    let mut cache = model.new_cache(1);
+    let mut scratch = Scratch::default();
+    let mut batch = Batch::single(0, prompt);
+    let start = Instant::now();
+    let logits = model.next_token_logits(&batch, &mut cache, &mut scratch)?;
+    let mut next = gpt2_generate::sampling::argmax(logits);
+    let prefill = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    for _ in 0..gen {
+        batch.clear();
+        batch.push(0, &[next]);
+        next = gpt2_generate::sampling::argmax(model.next_token_logits(&batch, &mut cache, &mut scratch)?);
+    }
+    Ok((prefill, prefill, start.elapsed().as_secs_f64()))
+}

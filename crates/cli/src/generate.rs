@@ -1,0 +1,115 @@
+use crate::input::load_model;
+use anyhow::{ensure, Result};
+use gpt2_generate::{GenerateOptions, Generator, SamplingParams, Truncate};
+use gpt2_model::Tokenizer;
+use serde_json::json;
+use std::io::Write;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The prompt (empty: unconditional samples).
+    prompt: String,
+    /// Checkpoint directory, hub id, or `default`.
+    #[arg(long, default_value = "default")]
+    model: String,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// 0 = off. The GPT-2 paper's samples used 40.
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// 1 = off.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 1 = off.
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Same seed and arguments give the same text (default: drawn at random,
+    /// printed with --json).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop before this string (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Number of samples.
+    #[arg(short, default_value_t = 1)]
+    n: usize,
+    /// What to do with a prompt longer than the context: `error` or `left`
+    /// (keep its end).
+    #[arg(long, default_value = "error", value_parser = ["error", "left"])]
+    truncate: String,
+    /// Print ids, text and per-token logprobs as JSON instead of streaming.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    ensure!(a.n >= 1, "-n must be at least 1");
+    let model = load_model(&a.model)?;
+    let tokenizer = Tokenizer::gpt2();
+    let prompt = tokenizer.encode(&a.prompt)?;
+    let seed = a.seed.unwrap_or_else(random_seed);
+    let opts = GenerateOptions {
+        max_tokens: a.max_tokens,
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            repetition_penalty: a.repetition_penalty,
+        },
+        seed,
+        stop: a.stop.clone(),
+        n: a.n,
+        truncate: if a.truncate == "left" { Truncate::Left } else { Truncate::Error },
+    };
+    let mut generator = Generator::new(&model);
+    let stream = !a.json && a.n == 1;
+    let mut stdout = std::io::stdout().lock();
+    if stream {
+        write!(stdout, "{}", a.prompt)?;
+        stdout.flush()?;
+    }
+    let mut write_error = None;
+    let completions = generator.generate(&prompt, &opts, &mut |_, piece| {
+        if stream && write_error.is_none() {
+            if let Err(e) = write!(stdout, "{piece}").and_then(|_| stdout.flush()) {
+                write_error = Some(e);
+            }
+        }
+    })?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    if a.json {
+        let samples: Vec<_> = completions
+            .iter()
+            .map(|c| {
+                json!({
+                    "ids": c.tokens,
+                    "text": c.text,
+                    "logprobs": c.logprobs,
+                    "tokens": c.tokens.iter().map(|&t| tokenizer.token_text(t)).collect::<Vec<_>>(),
+                    "finish_reason": c.finish_reason.as_str(),
+                })
+            })
+            .collect();
+        let out = json!({"model": a.model, "prompt": a.prompt, "prompt_ids": prompt, "seed": seed, "samples": samples});
+        writeln!(stdout, "{}", serde_json::to_string(&out)?)?;
+    } else if stream {
+        writeln!(stdout)?;
+    } else {
+        for (i, c) in completions.iter().enumerate() {
+            writeln!(stdout, "======== sample {} ========\n{}{}", i + 1, a.prompt, c.text)?;
+        }
+    }
+    Ok(())
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.finish()
+}

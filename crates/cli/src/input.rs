@@ -1,0 +1,30 @@
+//! Reading the user's inputs: text files or stdin, and `--model`.
+
+use anyhow::{anyhow, Context, Result};
+use gpt2_model::source::{resolve, ModelSource};
+use gpt2_model::Model;
+use std::io::Read;
+
+/// The text of FILE, or of stdin for `-` or no file; not valid UTF-8 is an
+/// error naming the source and the offset.
+pub fn read_text(file: Option<&str>) -> Result<String> {
+    let (name, bytes) = match file {
+        None | Some("-") => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).context("reading stdin")?;
+            ("stdin".to_string(), buf)
+        }
+        Some(path) => (path.to_string(), std::fs::read(path).with_context(|| format!("reading {path}"))?),
+    };
+    String::from_utf8(bytes).map_err(|e| anyhow!("{name}: not valid UTF-8 (first invalid byte at offset {})", e.utf8_error().valid_up_to()))
+}
+
+/// Loads the model `--model` names.
+pub fn load_model(spec: &str) -> Result<Model> {
+    match resolve(spec)? {
+        ModelSource::Dir(dir) => Ok(Model::load_dir(&dir)?),
+        ModelSource::Default => Err(anyhow!(
+            "no default model is built into this binary yet; pass --model DIR (a Hugging Face GPT-2 checkpoint directory) or a hub id such as gpt2"
+        )),
+    }
+}
