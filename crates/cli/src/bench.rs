@@ -39,6 +39,10 @@ pub fn run(a: Args) -> Result<()> {
         best = (best.0.min(prefill), best.1.min(ttft), best.2.min(decode), best.3.min(score));
     }
     let threads = rayon::current_num_threads();
+    let bandwidth = read_bandwidth_bytes_per_s();
+    // A decode step reads every weight once (the position table aside).
+    let c = model.config();
+    let weight_bytes = (c.num_parameters() - c.n_ctx * c.n_embd) as f64 * 4.0;
     let result = json!({
         "prefill_tokens_per_s": a.prompt_tokens as f64 / best.0,
         "decode_tokens_per_s": if a.gen_tokens > 0 { a.gen_tokens as f64 / best.2 } else { 0.0 },
@@ -48,6 +52,8 @@ pub fn run(a: Args) -> Result<()> {
         "prompt_tokens": a.prompt_tokens,
         "gen_tokens": a.gen_tokens,
         "simd": format!("{:?}", gpt2_model::kernels::simd::level()),
+        "memory_bandwidth_gb_s": bandwidth / 1e9,
+        "decode_bound_tokens_per_s": bandwidth / weight_bytes,
         "model": a.model,
     });
     if a.json {
@@ -63,6 +69,32 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Sustained read bandwidth with all pool threads: the best of five
+/// parallel sums over 1 GiB (far beyond the caches).
+fn read_bandwidth_bytes_per_s() -> f64 {
+    use rayon::prelude::*;
+    let data = vec![1.0f32; 1 << 28];
+    let mut best = f64::MAX;
+    for _ in 0..5 {
+        let start = Instant::now();
+        let sum: f32 = data
+            .par_chunks(1 << 16)
+            .map(|c| {
+                // Independent lanes, so the sum runs at memory speed, not at
+                // the latency of one chain of additions.
+                let mut lanes = [0f32; 32];
+                for block in c.chunks_exact(32) {
+                    lanes.iter_mut().zip(block).for_each(|(l, x)| *l += x);
+                }
+                lanes.iter().sum::<f32>()
+            })
+            .sum();
+        std::hint::black_box(sum);
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    (data.len() * 4) as f64 / best
 }
 
 /// (prefill seconds, time to first token, decode seconds for `gen` tokens);

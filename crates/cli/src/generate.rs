@@ -15,16 +15,16 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
     /// 0 = greedy.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     temperature: f32,
     /// 0 = off. The GPT-2 paper's samples used 40.
     #[arg(long, default_value_t = 40)]
     top_k: usize,
     /// 1 = off.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
     /// 1 = off.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     repetition_penalty: f32,
     /// Same seed and arguments give the same text (default: drawn at random,
     /// printed with --json).

@@ -40,11 +40,19 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Some(n) = cli.threads {
-        anyhow::ensure!(n > 0, "--threads must be at least 1");
-        rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
-    }
-    match cli.command {
+    let threads = match cli.threads {
+        Some(0) => anyhow::bail!("--threads must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+    };
+    // Everything runs inside the pool so that parallel kernels start from a
+    // worker thread (no cross-thread job injection per kernel call).
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    pool.install(|| dispatch(cli.command))
+}
+
+fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),
         Command::Tokenize(a) => tokenize::run(a),

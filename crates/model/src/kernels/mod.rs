@@ -168,10 +168,13 @@ pub fn lm_head_forward(logits: &mut [f32], hidden: &[f32], wte: &[f32], rows: us
 
 /// LayerNorm over each row of width `c`: `(x - mean) / sqrt(var + eps) * w + b`.
 pub fn layernorm_forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: &[f32], rows: usize, c: usize, eps: f32) {
+    // Statistics in f64: the residual stream of a deep model can be large,
+    // and these two sums set the precision of everything after them.
     let one = |(o, x): (&mut [f32], &[f32])| {
-        let mean = x.iter().sum::<f32>() / c as f32;
-        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
-        let rstd = 1.0 / (var + eps).sqrt();
+        let mean = x.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+        let var = x.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>() / c as f64;
+        let rstd = (1.0 / (var + eps as f64).sqrt()) as f32;
+        let mean = mean as f32;
         for (((o, x), w), b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
             *o = (x - mean) * rstd * w + b;
         }

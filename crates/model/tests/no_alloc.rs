@@ -1,0 +1,61 @@
+//! A decode step allocates nothing once the buffers are sized: counted with
+//! a global allocator wrapper, across all threads.
+//!
+//! The forward pass runs inside the rayon pool, as the binary does, so that
+//! kernels start their parallel work from a worker thread.
+
+use gpt2_model::{Batch, Model, Scratch};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn decode_steps_do_not_allocate() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity-small");
+    let model = Model::load_dir(&dir).unwrap();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    pool.install(|| {
+        let mut cache = model.new_cache(2);
+        let mut scratch = Scratch::default();
+        let mut batch = Batch::default();
+        batch.push(0, &[1, 2, 3, 4, 5]);
+        batch.push(1, &[9]);
+        model.next_token_logits(&batch, &mut cache, &mut scratch).unwrap();
+        let mut step = |t: u32| {
+            batch.clear();
+            batch.push(0, &[t]);
+            batch.push(1, &[t + 1]);
+            model.next_token_logits(&batch, &mut cache, &mut scratch).unwrap()[0]
+        };
+        // Warm-up sizes the decode buffers, and lets each pool thread make
+        // its one-time registrations (crossbeam's epoch state on first steal).
+        for t in 0..20 {
+            step(t);
+        }
+        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        for t in 0..30 {
+            std::hint::black_box(step(t));
+        }
+        let allocated = ALLOCATIONS.load(Ordering::SeqCst) - before;
+        assert_eq!(allocated, 0, "{allocated} allocations in 30 decode steps");
+    });
+}

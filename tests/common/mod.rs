@@ -1,0 +1,51 @@
+//! Helpers shared by the end-to-end tests of the `gpt2` binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A full-vocabulary GPT-2 of 2 layers, width 16, context 128, random
+/// weights stored in f16 (tools/reference/gpt2_reference.py, shape `tiny`).
+pub fn tiny_model() -> PathBuf {
+    fixtures().join("tiny-gpt2")
+}
+
+pub fn gpt2() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gpt2"));
+    c.env_remove("HF_ENDPOINT").env_remove("HF_HOME").env_remove("HF_HUB_CACHE").env_remove("HF_HUB_OFFLINE");
+    c
+}
+
+pub fn run(args: &[&str]) -> Output {
+    gpt2().args(args).output().expect("the gpt2 binary runs")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(o: Output) -> String {
+    assert!(o.status.success(), "gpt2 failed: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// Asserts a clean failure: non-zero exit, one line on stderr naming every
+/// needle, no panic.
+pub fn fails_with(o: Output, needles: &[&str]) {
+    let err = stderr(&o);
+    assert!(!o.status.success(), "expected failure, got success; stdout: {}", stdout(&o));
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "error should be one line: {err}");
+    for n in needles {
+        assert!(err.contains(n), "error {err:?} should mention {n:?}");
+    }
+}
