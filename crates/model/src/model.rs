@@ -6,7 +6,7 @@
 use crate::cache::KvCache;
 use crate::config::{Config, LAYER_NORM_EPSILON};
 use crate::error::{ModelError, Result};
-use crate::kernels::attention::{attention_forward, SegmentRows};
+use crate::kernels::attention::{attention_forward, scores_per_task, SegmentRows};
 use crate::kernels::{gelu_forward, layernorm_forward, lm_head_forward, matmul_forward};
 use crate::weights::{CheckpointFiles, Weights};
 use std::path::Path;
@@ -87,6 +87,8 @@ pub struct Scratch {
     hidden: Vec<f32>,
     scores: Vec<f32>,
     logits: Vec<f32>,
+    /// Per-slab partial sums of the few-row matrix products.
+    partials: Vec<f32>,
     segments: Vec<SegmentRows>,
     hidden_rows: usize,
 }
@@ -98,7 +100,7 @@ fn grow(v: &mut Vec<f32>, len: usize) {
 }
 
 impl Scratch {
-    fn ensure(&mut self, config: &Config, rows: usize, segments: usize, capacity: usize) {
+    fn ensure(&mut self, config: &Config, rows: usize, segments: usize, max_rows: usize, capacity: usize) {
         let c = config.n_embd;
         grow(&mut self.x, rows * c);
         grow(&mut self.ln, rows * c);
@@ -106,7 +108,7 @@ impl Scratch {
         grow(&mut self.att, rows * c);
         grow(&mut self.fc, rows * 4 * c);
         grow(&mut self.hidden, rows * c);
-        grow(&mut self.scores, segments * config.n_head * capacity);
+        grow(&mut self.scores, segments * config.n_head * scores_per_task(max_rows, capacity));
     }
 
     /// The final (LayerNormed) hidden states of the last forward pass,
@@ -153,7 +155,8 @@ impl Model {
         let cfg = &self.config;
         let c = cfg.n_embd;
         let rows = batch.rows();
-        scratch.ensure(cfg, rows, batch.len(), cache.capacity());
+        let max_rows = batch.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
+        scratch.ensure(cfg, rows, batch.len(), max_rows, cache.capacity());
         scratch.segments.clear();
         let mut row0 = 0;
         for (slot, tokens) in batch.iter() {
@@ -169,13 +172,13 @@ impl Model {
         for (l, w) in self.weights.layers.iter().enumerate() {
             let s = &mut *scratch;
             layernorm_forward(&mut s.ln, &s.x, w.ln_1_w.data(), w.ln_1_b.data(), rows, c, LAYER_NORM_EPSILON);
-            matmul_forward(&mut s.qkv, &s.ln, w.attn_w.data(), w.attn_b.data(), rows, c, 3 * c, false);
+            matmul_forward(&mut s.qkv, &s.ln, w.attn_w.data(), w.attn_b.data(), rows, c, 3 * c, false, &mut s.partials);
             attention_forward(&mut s.att, &s.qkv, cache, l, &s.segments, &mut s.scores, cfg.n_head, c);
-            matmul_forward(&mut s.x, &s.att, w.attn_proj_w.data(), w.attn_proj_b.data(), rows, c, c, true);
+            matmul_forward(&mut s.x, &s.att, w.attn_proj_w.data(), w.attn_proj_b.data(), rows, c, c, true, &mut s.partials);
             layernorm_forward(&mut s.ln, &s.x, w.ln_2_w.data(), w.ln_2_b.data(), rows, c, LAYER_NORM_EPSILON);
-            matmul_forward(&mut s.fc, &s.ln, w.fc_w.data(), w.fc_b.data(), rows, c, 4 * c, false);
+            matmul_forward(&mut s.fc, &s.ln, w.fc_w.data(), w.fc_b.data(), rows, c, 4 * c, false, &mut s.partials);
             gelu_forward(&mut s.fc[..rows * 4 * c], 4 * c);
-            matmul_forward(&mut s.x, &s.fc, w.fc_proj_w.data(), w.fc_proj_b.data(), rows, 4 * c, c, true);
+            matmul_forward(&mut s.x, &s.fc, w.fc_proj_w.data(), w.fc_proj_b.data(), rows, 4 * c, c, true, &mut s.partials);
         }
         for (slot, tokens) in batch.iter() {
             cache.advance(slot, tokens.len());

@@ -13,6 +13,7 @@ use crate::config::END_OF_TEXT;
 use crate::error::{ModelError, Result};
 use crate::kernels::{log_softmax_stats, simd};
 use crate::model::{Batch, Model, Output, Scratch};
+use rayon::prelude::*;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenScore {
@@ -30,8 +31,10 @@ pub struct TokenScore {
 /// How many window rows one forward pass may hold; bounds memory on long
 /// texts (activations are about 10 floats per row per embedding width).
 const MAX_BATCH_ROWS: usize = 2048;
-/// Rows of logits materialised at once (each is a full vocabulary).
-const LOGIT_CHUNK_ROWS: usize = 32;
+/// Rows of logits materialised at once (each is a full vocabulary, so this
+/// is 50 MB for GPT-2); large enough that `gemm` packs the embedding
+/// matrix rarely.
+const LOGIT_CHUNK_ROWS: usize = 256;
 
 /// Reusable state for scoring with one model.
 pub struct Scorer<'m> {
@@ -39,7 +42,6 @@ pub struct Scorer<'m> {
     cache: KvCache,
     scratch: Scratch,
     logits: Vec<f32>,
-    work: Vec<f32>,
     prefix: u32,
 }
 
@@ -82,7 +84,6 @@ impl<'m> Scorer<'m> {
             cache: KvCache::new(model.config(), slots, n_ctx),
             scratch: Scratch::default(),
             logits: Vec::new(),
-            work: vec![0.0; model.config().vocab_size],
             prefix: END_OF_TEXT,
         }
     }
@@ -137,10 +138,12 @@ impl<'m> Scorer<'m> {
                 self.logits.resize(chunk.len() * v, 0.0);
             }
             self.model.lm_head(&h, chunk.len(), &mut self.logits);
-            for (k, &(_, target)) in chunk.iter().enumerate() {
-                let logits = &self.logits[k * v..(k + 1) * v];
-                scores.push(score_row(logits, seq[target], top_n, &mut self.work));
-            }
+            let rows: Vec<TokenScore> = self.logits[..chunk.len() * v]
+                .par_chunks(v)
+                .zip(chunk.par_iter())
+                .map_init(|| vec![0f32; v], |work, (logits, &(_, target))| score_row(logits, seq[target], top_n, work))
+                .collect();
+            scores.extend(rows);
         }
         Ok(())
     }

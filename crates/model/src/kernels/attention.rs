@@ -1,4 +1,10 @@
 //! Causal multi-head self-attention over the KV cache.
+//!
+//! Each (sequence, head) pair is one parallel task. A few new rows (decode)
+//! attend one query at a time with vector kernels; many rows (prefill,
+//! scoring) go through `gemm` in tiles of queries, each tile multiplying
+//! only the keys its last row can see, so the causal mask costs at most
+//! one tile's triangle.
 
 use super::{simd, DisjointPtr};
 use crate::cache::KvCache;
@@ -15,11 +21,26 @@ pub struct SegmentRows {
     pub past: usize,
 }
 
+/// Queries per `gemm` tile, and the fewest new rows worth a `gemm`.
+const TILE: usize = 64;
+const GEMM_MIN_ROWS: usize = 16;
+
+/// Scratch floats one task needs: a tile of score rows when any segment is
+/// long enough for the tiled path, else one row.
+pub fn scores_per_task(max_rows: usize, capacity: usize) -> usize {
+    if max_rows >= GEMM_MIN_ROWS {
+        TILE * capacity
+    } else {
+        capacity
+    }
+}
+
 /// Writes the keys and values of every row into the cache, then for each
 /// (segment, head) attends each query to all positions up to its own.
 ///
 /// `qkv` is `[rows, 3C]` (query, key, value side by side), `out` is
-/// `[rows, C]`, `scores` holds `segments.len() * n_head * capacity` floats.
+/// `[rows, C]`, `scores` holds `segments.len() * n_head` blocks of
+/// `scores_per_task(..)` floats.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
     out: &mut [f32],
@@ -31,43 +52,92 @@ pub fn attention_forward(
     n_head: usize,
     c: usize,
 ) {
-    let hd = c / n_head;
     for seg in segments {
         for i in 0..seg.rows {
             let row = &qkv[(seg.row0 + i) * 3 * c..(seg.row0 + i + 1) * 3 * c];
             cache.store(seg.slot, layer, seg.past + i, &row[c..2 * c], &row[2 * c..]);
         }
     }
-    let cap = cache.capacity();
-    assert!(scores.len() >= segments.len() * n_head * cap, "attention_forward: scores buffer too small");
+    let max_rows = segments.iter().map(|s| s.rows).max().unwrap_or(0);
+    let per_task = scores_per_task(max_rows, cache.capacity());
+    let tasks = segments.len() * n_head;
+    assert!(scores.len() >= tasks * per_task, "attention_forward: scores buffer too small");
     assert!(out.len() >= segments.iter().map(|s| s.row0 + s.rows).max().unwrap_or(0) * c, "attention_forward: out too small");
+    assert!(qkv.len() >= out.len() / c * 3 * c, "attention_forward: qkv too small");
     let cache = &*cache;
     let out_ptr = DisjointPtr(out.as_mut_ptr());
-    let scale = 1.0 / (hd as f32).sqrt();
-    scores[..segments.len() * n_head * cap]
-        .par_chunks_mut(cap)
-        .enumerate()
-        .for_each(|(task, scores)| {
-            let out_ptr = out_ptr;
-            let (seg, h) = (&segments[task / n_head], task % n_head);
-            let (keys, values) = cache.head(seg.slot, layer, h, seg.past + seg.rows);
-            for i in 0..seg.rows {
-                let row = seg.row0 + i;
-                let q = &qkv[row * 3 * c + h * hd..row * 3 * c + (h + 1) * hd];
-                let visible = seg.past + i + 1;
-                let s = &mut scores[..visible];
-                for (j, sj) in s.iter_mut().enumerate() {
-                    *sj = simd::dot(q, &keys[j * hd..(j + 1) * hd]) * scale;
-                }
-                let max = simd::max(s);
-                let inv_sum = 1.0 / simd::exp_shifted_sum(s, max);
-                // SAFETY: row < out rows (asserted) and head h's columns of
-                // this row are written by this task only.
-                let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(row * c + h * hd), hd) };
-                o.fill(0.0);
-                for (j, &p) in s.iter().enumerate() {
-                    simd::axpy(o, p * inv_sum, &values[j * hd..(j + 1) * hd]);
-                }
+    let head = Head {
+        hd: c / n_head,
+        c,
+        scale: 1.0 / ((c / n_head) as f32).sqrt(),
+        capacity: cache.capacity(),
+    };
+    scores[..tasks * per_task].par_chunks_mut(per_task).enumerate().for_each(|(task, scores)| {
+        let (seg, h) = (&segments[task / n_head], task % n_head);
+        let (keys, values) = cache.head(seg.slot, layer, h, seg.past + seg.rows);
+        if seg.rows >= GEMM_MIN_ROWS {
+            head.attend_tiled(seg, h, qkv, keys, values, scores, out_ptr);
+        } else {
+            head.attend_rows(seg, h, qkv, keys, values, scores, out_ptr);
+        }
+    });
+}
+
+struct Head {
+    hd: usize,
+    c: usize,
+    scale: f32,
+    capacity: usize,
+}
+
+impl Head {
+    /// # Safety of the writes
+    /// Every task writes only head `h`'s columns of its own segment's rows,
+    /// which lie inside `out` (asserted by the caller).
+    fn out_row(&self, out: DisjointPtr, row: usize, h: usize) -> &mut [f32] {
+        // SAFETY: see above.
+        unsafe { std::slice::from_raw_parts_mut(out.0.add(row * self.c + h * self.hd), self.hd) }
+    }
+
+    fn query<'q>(&self, qkv: &'q [f32], row: usize, h: usize) -> &'q [f32] {
+        &qkv[row * 3 * self.c + h * self.hd..row * 3 * self.c + (h + 1) * self.hd]
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attend_rows(&self, seg: &SegmentRows, h: usize, qkv: &[f32], keys: &[f32], values: &[f32], scores: &mut [f32], out: DisjointPtr) {
+        for i in 0..seg.rows {
+            let visible = seg.past + i + 1;
+            let n = visible * self.hd;
+            simd::attend_row(self.query(qkv, seg.row0 + i, h), &keys[..n], &values[..n], self.scale, &mut scores[..visible], self.out_row(out, seg.row0 + i, h));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attend_tiled(&self, seg: &SegmentRows, h: usize, qkv: &[f32], keys: &[f32], values: &[f32], scores: &mut [f32], out: DisjointPtr) {
+        let (hd, cap) = (self.hd, self.capacity);
+        for t0 in (0..seg.rows).step_by(TILE) {
+            let tr = TILE.min(seg.rows - t0);
+            let visible = seg.past + t0 + tr;
+            let q = &qkv[(seg.row0 + t0) * 3 * self.c + h * hd..];
+            // SAFETY: S is tr x visible with row stride cap inside `scores`
+            // (TILE * cap); Q rows are read with stride 3C inside qkv; K is
+            // visible x hd inside `keys`.
+            unsafe {
+                gemm::gemm(tr, visible, hd, scores.as_mut_ptr(), 1, cap as isize, false, q.as_ptr(), 1, 3 * self.c as isize, keys.as_ptr(), hd as isize, 1, 0.0, self.scale, false, false, false, gemm::Parallelism::None);
             }
-        });
+            for i in 0..tr {
+                let row = &mut scores[i * cap..i * cap + visible];
+                let own = seg.past + t0 + i + 1;
+                simd::softmax(&mut row[..own]);
+                row[own..].fill(0.0);
+            }
+            let o = self.out_row(out, seg.row0 + t0, h).as_mut_ptr();
+            // SAFETY: O is tr rows of hd floats at row stride C starting at
+            // this head's column of the tile's first row (see `out_row`);
+            // P is tr x visible (stride cap); V is visible x hd.
+            unsafe {
+                gemm::gemm(tr, hd, visible, o, 1, self.c as isize, false, scores.as_ptr(), 1, cap as isize, values.as_ptr(), 1, hd as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+            }
+        }
+    }
 }

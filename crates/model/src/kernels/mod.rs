@@ -22,17 +22,24 @@ pub(crate) struct DisjointPtr(pub *mut f32);
 unsafe impl Send for DisjointPtr {}
 unsafe impl Sync for DisjointPtr {}
 
-/// Splits `0..n` into one column range per thread, each a multiple of 8 wide
-/// (the vector width) except the last.
+/// Splits `0..n` into ranges for the threads, each a multiple of 8 wide
+/// (the vector width) except the last. Several ranges per thread, so that a
+/// thread slowed by something else on the machine is helped by work stealing.
 fn column_chunks(n: usize) -> impl IndexedParallelIterator<Item = (usize, usize)> {
-    let threads = rayon::current_num_threads().max(1);
-    let width = n.div_ceil(threads).div_ceil(8) * 8;
+    let pieces = 8 * rayon::current_num_threads().max(1);
+    let width = n.div_ceil(pieces).div_ceil(8) * 8;
     let chunks = n.div_ceil(width.max(1));
     (0..chunks).into_par_iter().map(move |i| (i * width, ((i + 1) * width).min(n)))
 }
 
+/// Slabs of weight rows a decode step splits each matrix into. Fixed (not
+/// the thread count) so results do not depend on how many threads run.
+const K_SLABS: usize = 32;
+
 /// `out[r] = (accumulate ? out[r] : 0) + inp[r] @ weight + bias`, for `rows`
-/// rows; `weight` is `[in_dim, out_dim]`. Accumulating fuses the residual add.
+/// rows; `weight` is `[in_dim, out_dim]`, the checkpoint's Conv1D layout.
+/// Accumulating fuses the residual add. `partials` is scratch for the
+/// few-row path (grown once, then reused).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_forward(
     out: &mut [f32],
@@ -43,6 +50,7 @@ pub fn matmul_forward(
     in_dim: usize,
     out_dim: usize,
     accumulate: bool,
+    partials: &mut Vec<f32>,
 ) {
     assert!(out.len() >= rows * out_dim && inp.len() >= rows * in_dim, "matmul_forward: buffers too small");
     assert!(weight.len() == in_dim * out_dim && bias.len() == out_dim, "matmul_forward: weight shape");
@@ -57,33 +65,33 @@ pub fn matmul_forward(
         }
     }
     if rows <= SKINNY_MAX_ROWS {
-        skinny_matmul(out, inp, weight, rows, in_dim, out_dim);
-    } else {
-        // SAFETY: the asserts above bound every index gemm touches: dst is
-        // rows x out_dim, lhs rows x in_dim, rhs in_dim x out_dim, row-major.
-        unsafe {
-            gemm::gemm(
-                rows,
-                out_dim,
-                in_dim,
-                out.as_mut_ptr(),
-                1,
-                out_dim as isize,
-                true,
-                inp.as_ptr(),
-                1,
-                in_dim as isize,
-                weight.as_ptr(),
-                1,
-                out_dim as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm_parallelism(),
-            );
-        }
+        skinny_matmul(out, inp, weight, rows, in_dim, out_dim, partials);
+        return;
+    }
+    // SAFETY: the asserts above bound every index gemm touches: dst is
+    // rows x out_dim, lhs rows x in_dim, rhs in_dim x out_dim, row-major.
+    unsafe {
+        gemm::gemm(
+            rows,
+            out_dim,
+            in_dim,
+            out.as_mut_ptr(),
+            1,
+            out_dim as isize,
+            true,
+            inp.as_ptr(),
+            1,
+            in_dim as isize,
+            weight.as_ptr(),
+            1,
+            out_dim as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm_parallelism(),
+        );
     }
 }
 
@@ -94,53 +102,62 @@ pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
     }
 }
 
-/// `out[r] += inp[r] @ weight` for a few rows: each thread owns a range of
-/// output columns and streams its part of every weight row exactly once.
-fn skinny_matmul(out: &mut [f32], inp: &[f32], weight: &[f32], rows: usize, in_dim: usize, out_dim: usize) {
-    let out_ptr = DisjointPtr(out.as_mut_ptr());
-    column_chunks(out_dim).for_each(|(c0, c1)| {
-        let out_ptr = out_ptr;
-        let w_row = |i: usize| &weight[i * out_dim + c0..i * out_dim + c1];
-        for r in 0..rows {
-            // SAFETY: row r, columns c0..c1 lie inside `out` (asserted by the
-            // caller) and no other chunk writes these columns.
-            let y = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(r * out_dim + c0), c1 - c0) };
-            let x = &inp[r * in_dim..(r + 1) * in_dim];
-            let mut i = 0;
-            while i + 4 <= in_dim {
-                simd::axpy4(y, [x[i], x[i + 1], x[i + 2], x[i + 3]], [w_row(i), w_row(i + 1), w_row(i + 2), w_row(i + 3)]);
-                i += 4;
-            }
-            for (k, &xk) in x.iter().enumerate().skip(i) {
-                simd::axpy(y, xk, w_row(k));
+/// `out[r] += inp[r] @ weight` for a few rows, memory-bound: the weight is
+/// cut into `K_SLABS` slabs of consecutive rows; each task streams one slab
+/// in order, a row at a time (a single sequential stream per thread is what
+/// the hardware prefetchers follow best), into a partial sum per slab; the
+/// partials are then added in slab order.
+fn skinny_matmul(out: &mut [f32], inp: &[f32], weight: &[f32], rows: usize, in_dim: usize, out_dim: usize, partials: &mut Vec<f32>) {
+    let slab_rows = in_dim.div_ceil(K_SLABS);
+    let slabs = in_dim.div_ceil(slab_rows);
+    let block = rows * out_dim;
+    if partials.len() < slabs * block {
+        partials.resize(slabs * block, 0.0);
+    }
+    partials[..slabs * block].par_chunks_mut(block).enumerate().for_each(|(s, partial)| {
+        partial.fill(0.0);
+        for i in s * slab_rows..((s + 1) * slab_rows).min(in_dim) {
+            let w = &weight[i * out_dim..(i + 1) * out_dim];
+            for r in 0..rows {
+                simd::axpy(&mut partial[r * out_dim..(r + 1) * out_dim], inp[r * in_dim + i], w);
             }
         }
     });
+    for partial in partials[..slabs * block].chunks_exact(block) {
+        simd::axpy(&mut out[..block], 1.0, partial);
+    }
 }
 
 /// The tied LM head: `logits[r][v] = hidden[r] . wte[v]`, for `rows` rows of
-/// width `c`, writing `[rows, vocab]`.
+/// width `c`, writing `[rows, vocab]`. `wte` is `[vocab, c]`, so each logit
+/// is a dot product over one contiguous row.
 pub fn lm_head_forward(logits: &mut [f32], hidden: &[f32], wte: &[f32], rows: usize, c: usize, vocab: usize) {
     assert!(logits.len() >= rows * vocab && hidden.len() >= rows * c && wte.len() == vocab * c, "lm_head_forward: shapes");
     if rows == 0 {
         return;
     }
     if rows <= SKINNY_MAX_ROWS {
+        // Blocks of vocabulary rows small enough to stay in L2 while every
+        // batch row is dotted with them: the embedding is read once.
+        const BLOCK: usize = 64;
+        logits[..rows * vocab].fill(0.0);
         let out_ptr = DisjointPtr(logits.as_mut_ptr());
         column_chunks(vocab).for_each(|(v0, v1)| {
             let out_ptr = out_ptr;
-            for v in v0..v1 {
-                let w = &wte[v * c..(v + 1) * c];
+            for b0 in (v0..v1).step_by(BLOCK) {
+                let b1 = (b0 + BLOCK).min(v1);
                 for r in 0..rows {
-                    // SAFETY: (r, v) is inside logits and v belongs to this chunk only.
-                    unsafe { *out_ptr.0.add(r * vocab + v) = simd::dot(&hidden[r * c..(r + 1) * c], w) };
+                    // SAFETY: row r, columns b0..b1 lie inside logits and
+                    // belong to this chunk only.
+                    let out = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(r * vocab + b0), b1 - b0) };
+                    simd::dot_rows_add(&hidden[r * c..(r + 1) * c], &wte[b0 * c..b1 * c], out);
                 }
             }
         });
         return;
     }
     // SAFETY: dst rows x vocab, lhs rows x c, rhs = wte^T read through
-    // strides (row stride 1, column stride c) inside wte's vocab x c.
+    // strides (k stride 1, n stride c) inside wte's vocab x c.
     unsafe {
         gemm::gemm(
             rows,
@@ -236,16 +253,16 @@ mod tests {
 
     #[test]
     fn matmul_paths_match_a_naive_product() {
-        for &(rows, k, n) in &[(1, 7, 13), (3, 64, 40), (4, 33, 129), (5, 16, 24), (37, 70, 90)] {
+        for &(rows, k, n) in &[(1, 7, 13), (3, 64, 40), (4, 33, 129), (2, 3, 300), (1, 300, 5), (5, 16, 24), (37, 70, 90)] {
             let (inp, w, b) = (pseudo(rows * k, 1), pseudo(k * n, 2), pseudo(n, 3));
             let want = naive_matmul(&inp, &w, &b, rows, k, n);
             let mut out = vec![f32::NAN; rows * n];
-            matmul_forward(&mut out, &inp, &w, &b, rows, k, n, false);
+            matmul_forward(&mut out, &inp, &w, &b, rows, k, n, false, &mut Vec::new());
             for (o, e) in out.iter().zip(&want) {
                 assert!((o - e).abs() < 1e-5, "rows={rows}: {o} vs {e}");
             }
             let mut acc = vec![1.0f32; rows * n];
-            matmul_forward(&mut acc, &inp, &w, &b, rows, k, n, true);
+            matmul_forward(&mut acc, &inp, &w, &b, rows, k, n, true, &mut Vec::new());
             for (o, e) in acc.iter().zip(&want) {
                 assert!((o - 1.0 - e).abs() < 1e-5, "accumulate rows={rows}");
             }

@@ -105,6 +105,25 @@ pub fn max(v: &[f32]) -> f32 {
     dispatch!(scalar::max, avx2::max, v)
 }
 
+/// `out[i] += x . rows[i]` for consecutive rows of width `x.len()`.
+pub fn dot_rows_add(x: &[f32], rows: &[f32], out: &mut [f32]) {
+    dispatch!(scalar::dot_rows_add, avx2::dot_rows_add, x, rows, out)
+}
+
+/// One query's attention over `visible` cached positions: scores
+/// `q . k_j * scale`, softmax, and `out = sum_j p_j v_j`. `keys` and
+/// `values` are `[visible, q.len()]`; `scores` is scratch.
+pub fn attend_row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    dispatch!(scalar::attend_row, avx2::attend_row, q, keys, values, scale, scores, out)
+}
+
+/// Softmax of `v` in place.
+pub fn softmax(v: &mut [f32]) {
+    let max = max(v);
+    let inv = 1.0 / exp_shifted_sum(v, max);
+    v.iter_mut().for_each(|x| *x *= inv);
+}
+
 pub(crate) const GELU_SCALE: f32 = 0.797_884_6; // sqrt(2 / pi)
 pub(crate) const GELU_CUBIC: f32 = 0.044715;
 
@@ -159,6 +178,25 @@ pub mod scalar {
     pub fn max(v: &[f32]) -> f32 {
         v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
     }
+
+    pub fn dot_rows_add(x: &[f32], rows: &[f32], out: &mut [f32]) {
+        for (o, row) in out.iter_mut().zip(rows.chunks_exact(x.len())) {
+            *o += dot(x, row);
+        }
+    }
+
+    pub fn attend_row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
+        let hd = q.len();
+        for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
+            *s = dot(q, k) * scale;
+        }
+        let max = max(scores);
+        let inv = 1.0 / exp_shifted_sum(scores, max);
+        out.fill(0.0);
+        for (&p, v) in scores.iter().zip(values.chunks_exact(hd)) {
+            axpy(out, p * inv, v);
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -166,6 +204,7 @@ pub mod avx2 {
     use super::{scalar, GELU_CUBIC, GELU_SCALE};
     use std::arch::x86_64::*;
 
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum(v: __m256) -> f32 {
         let lo = _mm256_castps256_ps128(v);
@@ -178,6 +217,7 @@ pub mod avx2 {
 
     /// # Safety
     /// Requires AVX2 and FMA.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
@@ -206,6 +246,7 @@ pub mod avx2 {
 
     /// # Safety
     /// Requires AVX2 and FMA.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy4(y: &mut [f32], x: [f32; 4], w: [&[f32]; 4]) {
         let n = y.len();
@@ -231,12 +272,20 @@ pub mod avx2 {
 
     /// # Safety
     /// Requires AVX2 and FMA.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
         let n = y.len().min(x.len());
         let av = _mm256_set1_ps(a);
         let (py, px) = (y.as_mut_ptr(), x.as_ptr());
         let mut j = 0;
+        while j + 32 <= n {
+            for k in (0..32).step_by(8) {
+                let (yp, xp) = (py.add(j + k), px.add(j + k));
+                _mm256_storeu_ps(yp, _mm256_fmadd_ps(av, _mm256_loadu_ps(xp), _mm256_loadu_ps(yp)));
+            }
+            j += 32;
+        }
         while j + 8 <= n {
             _mm256_storeu_ps(py.add(j), _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(j)), _mm256_loadu_ps(py.add(j))));
             j += 8;
@@ -246,6 +295,7 @@ pub mod avx2 {
 
     /// exp(x) for a vector, Cephes' single-precision polynomial (about 1 ulp
     /// over the range that matters); inputs below -87.3 give 0.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn exp256(x: __m256) -> __m256 {
         let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.33));
@@ -269,6 +319,7 @@ pub mod avx2 {
 
     /// # Safety
     /// Requires AVX2 and FMA.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn exp_shifted_sum(v: &mut [f32], max: f32) -> f32 {
         let n = v.len();
@@ -287,6 +338,7 @@ pub mod avx2 {
 
     /// # Safety
     /// Requires AVX2 and FMA.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn gelu(v: &mut [f32]) {
         let n = v.len();
@@ -307,6 +359,32 @@ pub mod avx2 {
 
     /// # Safety
     /// Requires AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_rows_add(x: &[f32], rows: &[f32], out: &mut [f32]) {
+        for (o, row) in out.iter_mut().zip(rows.chunks_exact(x.len())) {
+            *o += dot(x, row);
+        }
+    }
+
+    /// # Safety
+    /// Requires AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn attend_row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
+        let hd = q.len();
+        for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
+            *s = dot(q, k) * scale;
+        }
+        let max = max(scores);
+        let inv = 1.0 / exp_shifted_sum(scores, max);
+        out.fill(0.0);
+        for (&p, v) in scores.iter().zip(values.chunks_exact(hd)) {
+            axpy(out, p * inv, v);
+        }
+    }
+
+    /// # Safety
+    /// Requires AVX2 and FMA.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn max(v: &[f32]) -> f32 {
         let n = v.len();
@@ -375,6 +453,19 @@ mod tests {
             let s2 = unsafe { avx2::exp_shifted_sum(&mut e2, 1.5) };
             assert!(close(s1, s2, 1e-6), "exp sum n={n}");
             assert!(e1.iter().zip(&e2).all(|(p, q)| close(*p, *q, 1e-6)), "exp n={n}");
+
+            let rows = data(3 * n, 3);
+            let (mut d1, mut d2) = (vec![0.0; 3], vec![0.0; 3]);
+            if n > 0 {
+                scalar::dot_rows_add(&a, &rows, &mut d1);
+                unsafe { avx2::dot_rows_add(&a, &rows, &mut d2) };
+                assert!(d1.iter().zip(&d2).all(|(p, q)| close(*p, *q, 1e-5)), "dot_rows_add n={n}");
+                let (keys, values) = (data(5 * n, 4), data(5 * n, 5));
+                let (mut s1, mut s2, mut o1, mut o2) = (vec![0.0; 5], vec![0.0; 5], vec![0.0; n], vec![0.0; n]);
+                scalar::attend_row(&a, &keys, &values, 0.125, &mut s1, &mut o1);
+                unsafe { avx2::attend_row(&a, &keys, &values, 0.125, &mut s2, &mut o2) };
+                assert!(o1.iter().zip(&o2).all(|(p, q)| close(*p, *q, 1e-5)), "attend_row n={n}");
+            }
 
             let (mut g1, mut g2) = (a.clone(), a.clone());
             scalar::gelu(&mut g1);
