@@ -9,31 +9,58 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// A copy of the tiny checkpoint whose tensors `edit` may change.
-fn edited_checkpoint(dir: &Path, edit: impl FnOnce(&mut BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>)) {
+fn edited_checkpoint(
+    dir: &Path,
+    edit: impl FnOnce(&mut BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>),
+) {
     let src = tiny_model();
     std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
     let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> =
-        st.tensors().into_iter().map(|(name, v)| (name, (v.dtype(), v.shape().to_vec(), v.data().to_vec()))).collect();
+    let mut tensors: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| (name, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect();
     edit(&mut tensors);
-    let views: Vec<(String, TensorView)> =
-        tensors.iter().map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap())).collect();
-    std::fs::write(dir.join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        safetensors::serialize(views, None).unwrap(),
+    )
+    .unwrap();
 }
 
 fn score_with(dir: &Path) -> std::process::Output {
     let text = fixtures().join("sample.txt");
-    run(&["score", "--model", dir.to_str().unwrap(), text.to_str().unwrap()])
+    run(&[
+        "score",
+        "--model",
+        dir.to_str().unwrap(),
+        text.to_str().unwrap(),
+    ])
 }
 
 #[test]
 fn missing_model_directory_and_files() {
-    fails_with(score_with(Path::new("/nonexistent/model")), &["/nonexistent/model", "no such directory"]);
+    fails_with(
+        score_with(Path::new("/nonexistent/model")),
+        &["/nonexistent/model", "no such directory"],
+    );
     let dir = tempfile::tempdir().unwrap();
     fails_with(score_with(dir.path()), &["config.json"]);
-    std::fs::copy(tiny_model().join("config.json"), dir.path().join("config.json")).unwrap();
-    fails_with(score_with(dir.path()), &["model.safetensors", "no model.safetensors"]);
+    std::fs::copy(
+        tiny_model().join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    fails_with(
+        score_with(dir.path()),
+        &["model.safetensors", "no model.safetensors"],
+    );
     let file = dir.path().join("config.json");
     fails_with(score_with(&file), &["is a file"]);
 }
@@ -41,14 +68,35 @@ fn missing_model_directory_and_files() {
 #[test]
 fn truncated_and_corrupt_safetensors() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(tiny_model().join("config.json"), dir.path().join("config.json")).unwrap();
+    std::fs::copy(
+        tiny_model().join("config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
     let bytes = std::fs::read(tiny_model().join("model.safetensors")).unwrap();
-    std::fs::write(dir.path().join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-    fails_with(score_with(dir.path()), &["model.safetensors", "not a valid safetensors file"]);
-    std::fs::write(dir.path().join("model.safetensors"), b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage").unwrap();
-    fails_with(score_with(dir.path()), &["model.safetensors", "not a valid safetensors file"]);
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    fails_with(
+        score_with(dir.path()),
+        &["model.safetensors", "not a valid safetensors file"],
+    );
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        b"\xff\xff\xff\xff\xff\xff\xff\x7fgarbage",
+    )
+    .unwrap();
+    fails_with(
+        score_with(dir.path()),
+        &["model.safetensors", "not a valid safetensors file"],
+    );
     std::fs::write(dir.path().join("model.safetensors"), b"").unwrap();
-    fails_with(score_with(dir.path()), &["model.safetensors", "not a valid safetensors file"]);
+    fails_with(
+        score_with(dir.path()),
+        &["model.safetensors", "not a valid safetensors file"],
+    );
 }
 
 #[test]
@@ -57,13 +105,19 @@ fn missing_tensor_wrong_shape_wrong_dtype() {
     edited_checkpoint(dir.path(), |t| {
         t.remove("h.1.mlp.c_fc.bias");
     });
-    fails_with(score_with(dir.path()), &["missing tensor `h.1.mlp.c_fc.bias`"]);
+    fails_with(
+        score_with(dir.path()),
+        &["missing tensor `h.1.mlp.c_fc.bias`"],
+    );
 
     edited_checkpoint(dir.path(), |t| {
         let e = t.get_mut("h.0.attn.c_attn.weight").unwrap();
         e.1 = vec![e.1[1], e.1[0]];
     });
-    fails_with(score_with(dir.path()), &["h.0.attn.c_attn.weight", "shape [48, 16]", "[16, 48]"]);
+    fails_with(
+        score_with(dir.path()),
+        &["h.0.attn.c_attn.weight", "shape [48, 16]", "[16, 48]"],
+    );
 
     edited_checkpoint(dir.path(), |t| {
         let e = t.get_mut("ln_f.weight").unwrap();
@@ -77,7 +131,10 @@ fn missing_tensor_wrong_shape_wrong_dtype() {
         data[0] ^= 0x40;
         t.insert("lm_head.weight".into(), (e.0, e.1, data));
     });
-    fails_with(score_with(dir.path()), &["lm_head.weight", "differs from wte.weight"]);
+    fails_with(
+        score_with(dir.path()),
+        &["lm_head.weight", "differs from wte.weight"],
+    );
 }
 
 #[test]
@@ -85,13 +142,32 @@ fn config_that_contradicts_the_weights() {
     let dir = tempfile::tempdir().unwrap();
     edited_checkpoint(dir.path(), |_| {});
     let config = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
-    std::fs::write(dir.path().join("config.json"), config.replace("\"n_layer\": 2", "\"n_layer\": 1")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"n_layer\": 2", "\"n_layer\": 1"),
+    )
+    .unwrap();
     fails_with(score_with(dir.path()), &["h.1.", "n_layer"]);
-    std::fs::write(dir.path().join("config.json"), config.replace("\"n_embd\": 16", "\"n_embd\": 32")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"n_embd\": 16", "\"n_embd\": 32"),
+    )
+    .unwrap();
     fails_with(score_with(dir.path()), &["wte.weight", "n_embd=32"]);
-    std::fs::write(dir.path().join("config.json"), config.replace("\"n_layer\": 2", "\"n_layer\": 3")).unwrap();
-    fails_with(score_with(dir.path()), &["missing tensor `h.2.ln_1.weight`"]);
-    std::fs::write(dir.path().join("config.json"), config.replace("\"n_head\": 2", "\"n_head\": 3")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"n_layer\": 2", "\"n_layer\": 3"),
+    )
+    .unwrap();
+    fails_with(
+        score_with(dir.path()),
+        &["missing tensor `h.2.ln_1.weight`"],
+    );
+    std::fs::write(
+        dir.path().join("config.json"),
+        config.replace("\"n_head\": 2", "\"n_head\": 3"),
+    )
+    .unwrap();
     fails_with(score_with(dir.path()), &["config.json", "n_head"]);
     std::fs::write(dir.path().join("config.json"), "{ not json").unwrap();
     fails_with(score_with(dir.path()), &["config.json", "invalid config"]);
@@ -103,9 +179,23 @@ fn non_utf8_input() {
     let f = dir.path().join("bad.txt");
     std::fs::write(&f, b"fine text \xc3\x28 then").unwrap();
     let model = tiny_model();
-    fails_with(run(&["score", "--model", model.to_str().unwrap(), f.to_str().unwrap()]), &["bad.txt", "not valid UTF-8", "offset 10"]);
-    fails_with(run(&["tokenize", f.to_str().unwrap()]), &["bad.txt", "offset 10"]);
-    fails_with(run(&["tokenize", "/nonexistent/file.txt"]), &["/nonexistent/file.txt"]);
+    fails_with(
+        run(&[
+            "score",
+            "--model",
+            model.to_str().unwrap(),
+            f.to_str().unwrap(),
+        ]),
+        &["bad.txt", "not valid UTF-8", "offset 10"],
+    );
+    fails_with(
+        run(&["tokenize", f.to_str().unwrap()]),
+        &["bad.txt", "offset 10"],
+    );
+    fails_with(
+        run(&["tokenize", "/nonexistent/file.txt"]),
+        &["/nonexistent/file.txt"],
+    );
 }
 
 #[test]
@@ -132,5 +222,8 @@ fn hub_id_that_cannot_be_resolved_offline() {
 
 #[test]
 fn no_default_model_yet() {
-    fails_with(run(&["generate", "hello"]), &["no default model", "--model"]);
+    fails_with(
+        run(&["generate", "hello"]),
+        &["no default model", "--model"],
+    );
 }

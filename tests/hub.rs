@@ -49,11 +49,19 @@ fn start_hub() -> Hub {
             let (status, headers, body): (&str, Vec<String>, Vec<u8>) = match path {
                 "/org/tiny/resolve/main/config.json" | "/org/corrupt/resolve/main/config.json" => (
                     "200 OK",
-                    vec![format!("X-Repo-Commit: {COMMIT}"), "ETag: \"c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00\"".into()],
+                    vec![
+                        format!("X-Repo-Commit: {COMMIT}"),
+                        "ETag: \"c0ffee00c0ffee00c0ffee00c0ffee00c0ffee00\"".into(),
+                    ],
                     config.clone(),
                 ),
-                "/org/tiny/resolve/main/model.safetensors" | "/org/corrupt/resolve/main/model.safetensors" => {
-                    let cdn = if path.contains("corrupt") { "corrupt" } else { "good" };
+                "/org/tiny/resolve/main/model.safetensors"
+                | "/org/corrupt/resolve/main/model.safetensors" => {
+                    let cdn = if path.contains("corrupt") {
+                        "corrupt"
+                    } else {
+                        "good"
+                    };
                     (
                         "302 Found",
                         vec![
@@ -73,7 +81,10 @@ fn start_hub() -> Hub {
                 }
                 _ => ("404 Not Found", vec![], b"not found".to_vec()),
             };
-            let mut head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+            let mut head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                body.len()
+            );
             for h in headers {
                 head.push_str(&h);
                 head.push_str("\r\n");
@@ -106,7 +117,10 @@ fn downloads_into_the_hub_cache_then_works_offline() {
     let home = tempfile::tempdir().unwrap();
     ok(score(&hub, home.path(), "org/tiny", false));
     let repo = home.path().join("hub/models--org--tiny");
-    assert_eq!(std::fs::read_to_string(repo.join("refs/main")).unwrap(), COMMIT);
+    assert_eq!(
+        std::fs::read_to_string(repo.join("refs/main")).unwrap(),
+        COMMIT
+    );
     let snapshot = repo.join("snapshots").join(COMMIT);
     let link = std::fs::read_link(snapshot.join("model.safetensors")).unwrap();
     assert!(link.starts_with("../../blobs"), "{link:?}");
@@ -117,22 +131,40 @@ fn downloads_into_the_hub_cache_then_works_offline() {
     let served = hub.requests.load(Ordering::SeqCst);
     ok(score(&hub, home.path(), "org/tiny", true));
     ok(score(&hub, home.path(), "org/tiny", false));
-    assert_eq!(hub.requests.load(Ordering::SeqCst), served, "a cached model needs no requests");
+    assert_eq!(
+        hub.requests.load(Ordering::SeqCst),
+        served,
+        "a cached model needs no requests"
+    );
 }
 
 #[test]
 fn a_corrupt_download_is_rejected_and_not_cached() {
     let hub = start_hub();
     let home = tempfile::tempdir().unwrap();
-    fails_with(score(&hub, home.path(), "org/corrupt", false), &["org/corrupt", "SHA-256"]);
+    fails_with(
+        score(&hub, home.path(), "org/corrupt", false),
+        &["org/corrupt", "SHA-256"],
+    );
     let blobs = home.path().join("hub/models--org--corrupt/blobs");
-    let left: Vec<_> = std::fs::read_dir(&blobs).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert!(left.iter().all(|n| n.to_string_lossy().starts_with("c0ffee")), "only the config blob may remain: {left:?}");
+    let left: Vec<_> = std::fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        left.iter()
+            .all(|n| n.to_string_lossy().starts_with("c0ffee")),
+        "only the config blob may remain: {left:?}"
+    );
 }
 
 #[test]
 fn an_unknown_repository_names_the_404() {
     let hub = start_hub();
     let home = tempfile::tempdir().unwrap();
-    fails_with(score(&hub, home.path(), "org/nothing-here", false), &["org/nothing-here", "404"]);
+    fails_with(
+        score(&hub, home.path(), "org/nothing-here", false),
+        &["org/nothing-here", "404"],
+    );
 }

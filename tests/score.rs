@@ -11,16 +11,32 @@ use serde_json::Value;
 fn score_matches_transformers_across_windows() {
     let model = tiny_model();
     let sample = fixtures().join("sample.txt");
-    let ours: Value = serde_json::from_str(&ok(run(&["score", "--model", model.to_str().unwrap(), "--json", "--top", "1", sample.to_str().unwrap()]))).unwrap();
-    let reference: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("tiny-gpt2-sample-reference.json")).unwrap()).unwrap();
-    let (ours, theirs) = (ours["tokens"].as_array().unwrap(), reference["tokens"].as_array().unwrap());
+    let ours: Value = serde_json::from_str(&ok(run(&[
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--json",
+        "--top",
+        "1",
+        sample.to_str().unwrap(),
+    ])))
+    .unwrap();
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("tiny-gpt2-sample-reference.json")).unwrap(),
+    )
+    .unwrap();
+    let (ours, theirs) = (
+        ours["tokens"].as_array().unwrap(),
+        reference["tokens"].as_array().unwrap(),
+    );
     assert_eq!(ours.len(), theirs.len());
     assert!(ours.len() > 3 * 128, "the text should need several windows");
     let mut max_diff = 0f64;
     let mut rank_mismatches = 0;
     for (o, t) in ours.iter().zip(theirs) {
         assert_eq!(o["id"], t["id"]);
-        max_diff = max_diff.max((o["logprob"].as_f64().unwrap() - t["logprob"].as_f64().unwrap()).abs());
+        max_diff =
+            max_diff.max((o["logprob"].as_f64().unwrap() - t["logprob"].as_f64().unwrap()).abs());
         assert!((o["entropy"].as_f64().unwrap() - t["entropy"].as_f64().unwrap()).abs() < 1e-3);
         let rank_gap = o["rank"].as_i64().unwrap() - t["rank"].as_i64().unwrap();
         // f16 weights give near-ties; a rank may move by one across a tie.
@@ -29,7 +45,10 @@ fn score_matches_transformers_across_windows() {
         assert_eq!(o["top"][0]["id"], t["argmax"]);
     }
     assert!(max_diff < 1e-4, "max |delta logprob| {max_diff}");
-    assert!(rank_mismatches * 100 <= ours.len(), "{rank_mismatches} rank mismatches");
+    assert!(
+        rank_mismatches * 100 <= ours.len(),
+        "{rank_mismatches} rank mismatches"
+    );
 }
 
 #[test]
@@ -43,7 +62,10 @@ fn score_json_has_exactly_the_documented_shape() {
         .spawn()
         .and_then(|mut c| {
             use std::io::Write;
-            c.stdin.take().unwrap().write_all("Hello world, again.".as_bytes())?;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all("Hello world, again.".as_bytes())?;
             c.wait_with_output()
         })
         .unwrap());
@@ -57,7 +79,11 @@ fn score_json_has_exactly_the_documented_shape() {
         assert_eq!(keys, ["entropy", "id", "logprob", "rank", "text"]);
     }
     assert_eq!(tokens[0]["text"], "Hello");
-    let mean: f64 = tokens.iter().map(|t| t["logprob"].as_f64().unwrap()).sum::<f64>() / 5.0;
+    let mean: f64 = tokens
+        .iter()
+        .map(|t| t["logprob"].as_f64().unwrap())
+        .sum::<f64>()
+        / 5.0;
     assert!((v["mean_logprob"].as_f64().unwrap() - mean).abs() < 1e-6);
     assert!((v["perplexity"].as_f64().unwrap() - (-mean).exp()).abs() < 1e-3);
 }
@@ -67,15 +93,45 @@ fn stride_changes_context_not_coverage() {
     let model = tiny_model();
     let sample = fixtures().join("sample.txt");
     let score = |stride: &str| -> Vec<f64> {
-        let v: Value = serde_json::from_str(&ok(run(&["score", "--model", model.to_str().unwrap(), "--json", "--stride", stride, sample.to_str().unwrap()]))).unwrap();
-        v["tokens"].as_array().unwrap().iter().map(|t| t["logprob"].as_f64().unwrap()).collect()
+        let v: Value = serde_json::from_str(&ok(run(&[
+            "score",
+            "--model",
+            model.to_str().unwrap(),
+            "--json",
+            "--stride",
+            stride,
+            sample.to_str().unwrap(),
+        ])))
+        .unwrap();
+        v["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["logprob"].as_f64().unwrap())
+            .collect()
     };
     let (full, half) = (score("128"), score("64"));
     assert_eq!(full.len(), half.len());
     // The first window is identical; later ones see more context with stride 64.
-    assert!(full[..128].iter().zip(&half[..128]).all(|(a, b)| (a - b).abs() < 1e-5));
-    assert!(full[128..].iter().zip(&half[128..]).any(|(a, b)| (a - b).abs() > 1e-3));
-    fails_with(run(&["score", "--model", model.to_str().unwrap(), "--stride", "0", sample.to_str().unwrap()]), &["stride"]);
+    assert!(full[..128]
+        .iter()
+        .zip(&half[..128])
+        .all(|(a, b)| (a - b).abs() < 1e-5));
+    assert!(full[128..]
+        .iter()
+        .zip(&half[128..])
+        .any(|(a, b)| (a - b).abs() > 1e-3));
+    fails_with(
+        run(&[
+            "score",
+            "--model",
+            model.to_str().unwrap(),
+            "--stride",
+            "0",
+            sample.to_str().unwrap(),
+        ]),
+        &["stride"],
+    );
 }
 
 #[test]
@@ -87,7 +143,11 @@ fn tokenize_prints_tiktoken_ids() {
     let json: Vec<u32> = serde_json::from_str(&ok(run(&["tokenize", "--json", f]))).unwrap();
     assert_eq!(&json[..2], &[15496, 995]);
     assert!(!json.contains(&50256));
-    let special: Vec<u32> = serde_json::from_str(&ok(run(&["tokenize", "--json", "--special", f]))).unwrap();
+    let special: Vec<u32> =
+        serde_json::from_str(&ok(run(&["tokenize", "--json", "--special", f]))).unwrap();
     assert_eq!(special, vec![15496, 995, 50256]);
-    assert_eq!(ok(run(&["tokenize", "--special", f])).trim(), "15496 995 50256");
+    assert_eq!(
+        ok(run(&["tokenize", "--special", f])).trim(),
+        "15496 995 50256"
+    );
 }

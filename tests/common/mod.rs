@@ -16,7 +16,10 @@ pub fn tiny_model() -> PathBuf {
 
 pub fn gpt2() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_gpt2"));
-    c.env_remove("HF_ENDPOINT").env_remove("HF_HOME").env_remove("HF_HUB_CACHE").env_remove("HF_HUB_OFFLINE");
+    c.env_remove("HF_ENDPOINT")
+        .env_remove("HF_HOME")
+        .env_remove("HF_HUB_CACHE")
+        .env_remove("HF_HUB_OFFLINE");
     c
 }
 
@@ -42,9 +45,17 @@ pub fn ok(o: Output) -> String {
 /// needle, no panic.
 pub fn fails_with(o: Output, needles: &[&str]) {
     let err = stderr(&o);
-    assert!(!o.status.success(), "expected failure, got success; stdout: {}", stdout(&o));
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stdout: {}",
+        stdout(&o)
+    );
     assert!(!err.contains("panicked"), "panic: {err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "error should be one line: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "error should be one line: {err}"
+    );
     for n in needles {
         assert!(err.contains(n), "error {err:?} should mention {n:?}");
     }

@@ -26,17 +26,27 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let model = load_model(&a.model)?;
     let n_ctx = model.config().n_ctx;
-    ensure!(a.prompt_tokens >= 1 && a.prompt_tokens + a.gen_tokens <= n_ctx, "--prompt-tokens + --gen-tokens must be between 1 and the context length {n_ctx}");
+    ensure!(
+        a.prompt_tokens >= 1 && a.prompt_tokens + a.gen_tokens <= n_ctx,
+        "--prompt-tokens + --gen-tokens must be between 1 and the context length {n_ctx}"
+    );
     ensure!(a.repeat >= 1, "--repeat must be at least 1");
     let vocab = model.config().vocab_size.min(50257) as u32;
-    let prompt: Vec<u32> = (0..a.prompt_tokens as u32).map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab).collect();
+    let prompt: Vec<u32> = (0..a.prompt_tokens as u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab)
+        .collect();
     let mut best = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
     for _ in 0..a.repeat + 1 {
         let (prefill, ttft, decode) = time_generation(&model, &prompt, a.gen_tokens)?;
         let start = Instant::now();
         Scorer::new(&model).score(&prompt, n_ctx, 0)?;
         let score = start.elapsed().as_secs_f64();
-        best = (best.0.min(prefill), best.1.min(ttft), best.2.min(decode), best.3.min(score));
+        best = (
+            best.0.min(prefill),
+            best.1.min(ttft),
+            best.2.min(decode),
+            best.3.min(score),
+        );
     }
     let threads = rayon::current_num_threads();
     let bandwidth = read_bandwidth_bytes_per_s();
@@ -80,7 +90,10 @@ fn read_bandwidth_bytes_per_s() -> f64 {
     let mut best = f64::MAX;
     for _ in 0..10 {
         let start = Instant::now();
-        let m = data.par_chunks(1 << 16).map(|c| gpt2_model::kernels::simd::dot(c, c)).sum::<f32>();
+        let m = data
+            .par_chunks(1 << 16)
+            .map(|c| gpt2_model::kernels::simd::dot(c, c))
+            .sum::<f32>();
         std::hint::black_box(m);
         best = best.min(start.elapsed().as_secs_f64());
     }
@@ -101,7 +114,11 @@ fn time_generation(model: &Model, prompt: &[u32], gen: usize) -> Result<(f64, f6
     for _ in 0..gen {
         batch.clear();
         batch.push(0, &[next]);
-        next = gpt2_generate::sampling::argmax(model.next_token_logits(&batch, &mut cache, &mut scratch)?);
+        next = gpt2_generate::sampling::argmax(model.next_token_logits(
+            &batch,
+            &mut cache,
+            &mut scratch,
+        )?);
     }
     Ok((prefill, prefill, start.elapsed().as_secs_f64()))
 }

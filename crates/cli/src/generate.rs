@@ -62,7 +62,11 @@ pub fn run(a: Args) -> Result<()> {
         seed,
         stop: a.stop.clone(),
         n: a.n,
-        truncate: if a.truncate == "left" { Truncate::Left } else { Truncate::Error },
+        truncate: if a.truncate == "left" {
+            Truncate::Left
+        } else {
+            Truncate::Error
+        },
     };
     let mut generator = Generator::new(&model);
     let stream = !a.json && a.n == 1;
@@ -101,7 +105,13 @@ pub fn run(a: Args) -> Result<()> {
         writeln!(stdout)?;
     } else {
         for (i, c) in completions.iter().enumerate() {
-            writeln!(stdout, "======== sample {} ========\n{}{}", i + 1, a.prompt, c.text)?;
+            writeln!(
+                stdout,
+                "======== sample {} ========\n{}{}",
+                i + 1,
+                a.prompt,
+                c.text
+            )?;
         }
     }
     Ok(())
@@ -110,6 +120,11 @@ pub fn run(a: Args) -> Result<()> {
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish()
 }

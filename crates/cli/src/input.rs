@@ -11,12 +11,22 @@ pub fn read_text(file: Option<&str>) -> Result<String> {
     let (name, bytes) = match file {
         None | Some("-") => {
             let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).context("reading stdin")?;
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("reading stdin")?;
             ("stdin".to_string(), buf)
         }
-        Some(path) => (path.to_string(), std::fs::read(path).with_context(|| format!("reading {path}"))?),
+        Some(path) => (
+            path.to_string(),
+            std::fs::read(path).with_context(|| format!("reading {path}"))?,
+        ),
     };
-    String::from_utf8(bytes).map_err(|e| anyhow!("{name}: not valid UTF-8 (first invalid byte at offset {})", e.utf8_error().valid_up_to()))
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow!(
+            "{name}: not valid UTF-8 (first invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        )
+    })
 }
 
 /// Loads the model `--model` names.

@@ -10,7 +10,11 @@ mod tokenize;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "gpt2", version, about = "GPT-2 in Rust: generate, score and tokenize text")]
+#[command(
+    name = "gpt2",
+    version,
+    about = "GPT-2 in Rust: generate, score and tokenize text"
+)]
 struct Cli {
     /// Worker threads (default: all cores).
     #[arg(long, global = true)]
@@ -43,11 +47,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let threads = match cli.threads {
         Some(0) => anyhow::bail!("--threads must be at least 1"),
         Some(n) => n,
-        None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
     };
     // Everything runs inside the pool so that parallel kernels start from a
     // worker thread (no cross-thread job injection per kernel call).
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()?;
     pool.install(|| dispatch(cli.command))
 }
 

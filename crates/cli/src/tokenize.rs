@@ -17,7 +17,11 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let text = read_text(a.file.as_deref())?;
     let t = Tokenizer::gpt2();
-    let ids = if a.special { t.encode_with_special(&text)? } else { t.encode(&text)? };
+    let ids = if a.special {
+        t.encode_with_special(&text)?
+    } else {
+        t.encode(&text)?
+    };
     if a.json {
         println!("{}", serde_json::to_string(&ids)?);
     } else {

@@ -117,10 +117,17 @@ impl<'m> Generator<'m> {
     /// Generates `opts.n` completions of `prompt` (token ids; empty means
     /// unconditional, starting from `<|endoftext|>`). `on_text(i, s)` gets
     /// each piece of sample `i`'s text as soon as it is final.
-    pub fn generate(&mut self, prompt: &[u32], opts: &GenerateOptions, on_text: &mut dyn FnMut(usize, &str)) -> Result<Vec<Completion>, GenerateError> {
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(usize, &str),
+    ) -> Result<Vec<Completion>, GenerateError> {
         opts.sampling.validate().map_err(GenerateError::Invalid)?;
         if opts.n == 0 {
-            return Err(GenerateError::Invalid("the number of samples must be at least 1".into()));
+            return Err(GenerateError::Invalid(
+                "the number of samples must be at least 1".into(),
+            ));
         }
         let prompt = self.fit_prompt(prompt, opts)?;
         let vocab = self.model.config().vocab_size;
@@ -149,12 +156,17 @@ impl<'m> Generator<'m> {
         // The prompt once; each sample's slot starts from a copy of it.
         self.batch.clear();
         self.batch.push(0, &prompt);
-        let mut logits = self.model.next_token_logits(&self.batch, &mut self.cache, &mut self.scratch)?.to_vec();
+        let mut logits = self
+            .model
+            .next_token_logits(&self.batch, &mut self.cache, &mut self.scratch)?
+            .to_vec();
         for i in 1..opts.n {
             self.cache.copy_slot(0, i);
             logits.extend_from_within(..vocab);
         }
-        let mut active: Vec<usize> = (0..opts.n).filter(|&i| samples[i].finish.is_none()).collect();
+        let mut active: Vec<usize> = (0..opts.n)
+            .filter(|&i| samples[i].finish.is_none())
+            .collect();
         while !active.is_empty() {
             self.batch.clear();
             for (row, &i) in active.iter().enumerate() {
@@ -172,7 +184,9 @@ impl<'m> Generator<'m> {
             if active.is_empty() {
                 break;
             }
-            let rows = self.model.next_token_logits(&self.batch, &mut self.cache, &mut self.scratch)?;
+            let rows =
+                self.model
+                    .next_token_logits(&self.batch, &mut self.cache, &mut self.scratch)?;
             logits.clear();
             logits.extend_from_slice(rows);
         }
@@ -189,7 +203,11 @@ impl<'m> Generator<'m> {
 
     /// The prompt as fed: `<|endoftext|>` when empty, cut on the left when
     /// asked and it does not fit, an error when it does not fit otherwise.
-    fn fit_prompt(&self, prompt: &[u32], opts: &GenerateOptions) -> Result<Vec<u32>, GenerateError> {
+    fn fit_prompt(
+        &self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+    ) -> Result<Vec<u32>, GenerateError> {
         let n_ctx = self.model.config().n_ctx;
         if prompt.is_empty() {
             return Ok(vec![END_OF_TEXT]);
@@ -225,7 +243,14 @@ impl<'m> Generator<'m> {
         token
     }
 
-    fn accept(&self, s: &mut Sample, token: u32, opts: &GenerateOptions, max_stop: usize, prompt_len: usize) {
+    fn accept(
+        &self,
+        s: &mut Sample,
+        token: u32,
+        opts: &GenerateOptions,
+        max_stop: usize,
+        prompt_len: usize,
+    ) {
         if token == END_OF_TEXT {
             s.logprobs.pop();
             s.utf8.finish(&mut s.text);
@@ -235,13 +260,18 @@ impl<'m> Generator<'m> {
         s.tokens.push(token);
         s.sampler.observe(std::slice::from_ref(&token));
         let before = s.text.len();
-        s.utf8.push(self.tokenizer.token_bytes(token).unwrap_or_default(), &mut s.text);
+        s.utf8.push(
+            self.tokenizer.token_bytes(token).unwrap_or_default(),
+            &mut s.text,
+        );
         if let Some(cut) = find_stop(&s.text, before.saturating_sub(max_stop), &opts.stop) {
             s.text.truncate(cut);
             s.finish = Some(FinishReason::Stop);
             return;
         }
-        if s.tokens.len() >= opts.max_tokens || prompt_len + s.tokens.len() >= self.model.config().n_ctx {
+        if s.tokens.len() >= opts.max_tokens
+            || prompt_len + s.tokens.len() >= self.model.config().n_ctx
+        {
             s.utf8.finish(&mut s.text);
             s.finish = Some(FinishReason::Length);
         }
@@ -251,7 +281,11 @@ impl<'m> Generator<'m> {
 /// Byte offset of the earliest stop string that ends after `from`.
 fn find_stop(text: &str, from: usize, stops: &[String]) -> Option<usize> {
     let from = floor_char_boundary(text, from);
-    stops.iter().filter(|s| !s.is_empty()).filter_map(|s| text[from..].find(s.as_str()).map(|p| from + p)).min()
+    stops
+        .iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text[from..].find(s.as_str()).map(|p| from + p))
+        .min()
 }
 
 fn floor_char_boundary(text: &str, mut i: usize) -> usize {
@@ -263,13 +297,24 @@ fn floor_char_boundary(text: &str, mut i: usize) -> usize {
 
 /// Hands the caller what is final: all of a finished sample's text, else
 /// everything but a tail that could still grow into a stop string.
-fn emit(i: usize, s: &mut Sample, max_stop: usize, stops: &[String], on_text: &mut dyn FnMut(usize, &str)) {
+fn emit(
+    i: usize,
+    s: &mut Sample,
+    max_stop: usize,
+    stops: &[String],
+    on_text: &mut dyn FnMut(usize, &str),
+) {
     let end = if s.finish.is_some() || max_stop == 0 {
         s.text.len()
     } else {
         let held = (1..max_stop.min(s.text.len() + 1))
             .rev()
-            .find(|&k| s.text.is_char_boundary(s.text.len() - k) && stops.iter().any(|st| st.starts_with(&s.text[s.text.len() - k..])))
+            .find(|&k| {
+                s.text.is_char_boundary(s.text.len() - k)
+                    && stops
+                        .iter()
+                        .any(|st| st.starts_with(&s.text[s.text.len() - k..]))
+            })
             .unwrap_or(0);
         s.text.len() - held
     };

@@ -38,13 +38,19 @@ impl SamplingParams {
     /// Rejects values that have no meaning, naming the option.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(format!("temperature must be a finite number >= 0, got {}", self.temperature));
+            return Err(format!(
+                "temperature must be a finite number >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(format!("top-p must be in (0, 1], got {}", self.top_p));
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return Err(format!("repetition penalty must be a finite number > 0, got {}", self.repetition_penalty));
+            return Err(format!(
+                "repetition penalty must be a finite number > 0, got {}",
+                self.repetition_penalty
+            ));
         }
         Ok(())
     }
@@ -100,7 +106,11 @@ impl Sampler {
         if p.repetition_penalty != 1.0 {
             for &t in &self.seen_list {
                 let l = &mut logits[t as usize];
-                *l = if *l < 0.0 { *l * p.repetition_penalty } else { *l / p.repetition_penalty };
+                *l = if *l < 0.0 {
+                    *l * p.repetition_penalty
+                } else {
+                    *l / p.repetition_penalty
+                };
             }
         }
         if p.temperature == 0.0 {
@@ -123,12 +133,24 @@ impl Sampler {
     /// reaches `top_p`. Grows a partial selection instead of sorting the
     /// whole vocabulary.
     fn nucleus(&mut self, logits: &[f32], top_p: f32) {
-        let max = self.candidates.iter().map(|&i| logits[i as usize]).fold(f32::NEG_INFINITY, f32::max);
-        let total: f64 = self.candidates.iter().map(|&i| ((logits[i as usize] - max) as f64).exp()).sum();
+        let max = self
+            .candidates
+            .iter()
+            .map(|&i| logits[i as usize])
+            .fold(f32::NEG_INFINITY, f32::max);
+        let total: f64 = self
+            .candidates
+            .iter()
+            .map(|&i| ((logits[i as usize] - max) as f64).exp())
+            .sum();
         let mut k = 64.min(self.candidates.len());
         loop {
             partition_top(&mut self.candidates, logits, k);
-            self.candidates[..k].sort_unstable_by(|a, b| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b)));
+            self.candidates[..k].sort_unstable_by(|a, b| {
+                logits[*b as usize]
+                    .total_cmp(&logits[*a as usize])
+                    .then(a.cmp(b))
+            });
             let mut mass = 0f64;
             for (n, &i) in self.candidates[..k].iter().enumerate() {
                 mass += ((logits[i as usize] - max) as f64).exp() / total;
@@ -145,7 +167,11 @@ impl Sampler {
     }
 
     fn draw(&mut self, logits: &[f32]) -> u32 {
-        let max = self.candidates.iter().map(|&i| logits[i as usize]).fold(f32::NEG_INFINITY, f32::max);
+        let max = self
+            .candidates
+            .iter()
+            .map(|&i| logits[i as usize])
+            .fold(f32::NEG_INFINITY, f32::max);
         self.probs.clear();
         let mut total = 0f64;
         for &i in &self.candidates {
@@ -161,14 +187,21 @@ impl Sampler {
             }
         }
         // Rounding left a sliver of mass: the last candidate takes it.
-        *self.candidates.last().expect("invariant: at least one candidate")
+        *self
+            .candidates
+            .last()
+            .expect("invariant: at least one candidate")
     }
 }
 
 /// Moves the `k` largest-logit candidates to the front (ties: lower id).
 fn partition_top(candidates: &mut [u32], logits: &[f32], k: usize) {
     if k > 0 && k < candidates.len() {
-        candidates.select_nth_unstable_by(k - 1, |a, b| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b)));
+        candidates.select_nth_unstable_by(k - 1, |a, b| {
+            logits[*b as usize]
+                .total_cmp(&logits[*a as usize])
+                .then(a.cmp(b))
+        });
     }
 }
 
@@ -193,7 +226,12 @@ pub fn argmax(v: &[f32]) -> u32 {
 mod tests {
     use super::*;
 
-    fn params(temperature: f32, top_k: usize, top_p: f32, repetition_penalty: f32) -> SamplingParams {
+    fn params(
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+        repetition_penalty: f32,
+    ) -> SamplingParams {
         SamplingParams {
             temperature,
             top_k,
@@ -258,7 +296,9 @@ mod tests {
         let logits: Vec<f32> = (0..100).map(|i| (i % 13) as f32 * 0.1).collect();
         let run = |seed, stream| {
             let mut s = Sampler::new(params(1.0, 0, 1.0, 1.0), seed, stream, 100);
-            (0..50).map(|_| s.sample(&mut logits.clone())).collect::<Vec<_>>()
+            (0..50)
+                .map(|_| s.sample(&mut logits.clone()))
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(5, 0), run(5, 0));
         assert_ne!(run(5, 0), run(5, 1));
@@ -280,9 +320,18 @@ mod tests {
 
     #[test]
     fn invalid_params_are_named() {
-        assert!(params(-1.0, 0, 1.0, 1.0).validate().unwrap_err().contains("temperature"));
-        assert!(params(1.0, 0, 0.0, 1.0).validate().unwrap_err().contains("top-p"));
-        assert!(params(1.0, 0, 1.0, 0.0).validate().unwrap_err().contains("repetition"));
+        assert!(params(-1.0, 0, 1.0, 1.0)
+            .validate()
+            .unwrap_err()
+            .contains("temperature"));
+        assert!(params(1.0, 0, 0.0, 1.0)
+            .validate()
+            .unwrap_err()
+            .contains("top-p"));
+        assert!(params(1.0, 0, 1.0, 0.0)
+            .validate()
+            .unwrap_err()
+            .contains("repetition"));
         assert!(params(f32::NAN, 0, 1.0, 1.0).validate().is_err());
     }
 }

@@ -23,7 +23,10 @@ impl Utf8Stream {
                 Err(e) => {
                     let valid = start + e.valid_up_to();
                     // invariant: from_utf8 validated pending[start..valid].
-                    out.push_str(std::str::from_utf8(&self.pending[start..valid]).expect("invariant: validated prefix"));
+                    out.push_str(
+                        std::str::from_utf8(&self.pending[start..valid])
+                            .expect("invariant: validated prefix"),
+                    );
                     match e.error_len() {
                         Some(bad) => {
                             out.push('\u{FFFD}');

@@ -90,7 +90,14 @@ impl KvCache {
     }
 
     /// Stores one position's key and value rows (each `[n_head * head_dim]`).
-    pub(crate) fn store(&mut self, slot: usize, layer: usize, pos: usize, key: &[f32], value: &[f32]) {
+    pub(crate) fn store(
+        &mut self,
+        slot: usize,
+        layer: usize,
+        pos: usize,
+        key: &[f32],
+        value: &[f32],
+    ) {
         let hd = self.head_dim;
         for h in 0..self.n_head {
             let at = self.block(slot, layer, h) + pos * hd;
@@ -100,7 +107,13 @@ impl KvCache {
     }
 
     /// Keys and values of positions `0..len` for one head: `[len, head_dim]` each.
-    pub(crate) fn head(&self, slot: usize, layer: usize, head: usize, len: usize) -> (&[f32], &[f32]) {
+    pub(crate) fn head(
+        &self,
+        slot: usize,
+        layer: usize,
+        head: usize,
+        len: usize,
+    ) -> (&[f32], &[f32]) {
         let at = self.block(slot, layer, head);
         let n = len * self.head_dim;
         (&self.keys[at..at + n], &self.values[at..at + n])

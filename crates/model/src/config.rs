@@ -64,7 +64,12 @@ impl Config {
     /// Number of parameters, counting the tied LM head once.
     pub fn num_parameters(&self) -> usize {
         let c = self.n_embd;
-        let per_layer = 2 * c + (3 * c * c + 3 * c) + (c * c + c) + 2 * c + (4 * c * c + 4 * c) + (4 * c * c + c);
+        let per_layer = 2 * c
+            + (3 * c * c + 3 * c)
+            + (c * c + c)
+            + 2 * c
+            + (4 * c * c + 4 * c)
+            + (4 * c * c + c);
         self.vocab_size * c + self.n_ctx * c + self.n_layer * per_layer + 2 * c
     }
 
@@ -85,7 +90,7 @@ impl Config {
                 return Err(bad(format!("`{name}` must be positive")));
             }
         }
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(bad(format!(
                 "`n_embd` ({}) is not divisible by `n_head` ({})",
                 self.n_embd, self.n_head
@@ -129,7 +134,10 @@ impl Config {
             }
         }
         for (flag, name) in [
-            (raw.scale_attn_by_inverse_layer_idx, "scale_attn_by_inverse_layer_idx"),
+            (
+                raw.scale_attn_by_inverse_layer_idx,
+                "scale_attn_by_inverse_layer_idx",
+            ),
             (raw.reorder_and_upcast_attn, "reorder_and_upcast_attn"),
         ] {
             if flag == Some(true) {
@@ -138,7 +146,9 @@ impl Config {
         }
         if let (Some(inner), Some(embd)) = (raw.n_inner, raw.n_embd) {
             if inner != 4 * embd {
-                return Err(bad(format!("`n_inner` {inner} is not supported (GPT-2 uses 4 * n_embd)")));
+                return Err(bad(format!(
+                    "`n_inner` {inner} is not supported (GPT-2 uses 4 * n_embd)"
+                )));
             }
         }
         if raw.scale_attn_weights == Some(false) {
@@ -146,13 +156,16 @@ impl Config {
         }
         let n_ctx = match (raw.n_positions, raw.n_ctx) {
             (Some(p), Some(c)) if p != c => {
-                return Err(bad(format!("`n_positions` ({p}) and `n_ctx` ({c}) disagree")))
+                return Err(bad(format!(
+                    "`n_positions` ({p}) and `n_ctx` ({c}) disagree"
+                )))
             }
             (Some(p), _) => p,
             (None, Some(c)) => c,
             (None, None) => return Err(bad("missing field `n_positions`".into())),
         };
-        let required = |v: Option<usize>, name: &str| v.ok_or_else(|| bad(format!("missing field `{name}`")));
+        let required =
+            |v: Option<usize>, name: &str| v.ok_or_else(|| bad(format!("missing field `{name}`")));
         let config = Config {
             vocab_size: required(raw.vocab_size, "vocab_size")?,
             n_ctx,
@@ -240,11 +253,26 @@ mod tests {
     fn rejects_configs_it_cannot_run_naming_the_field() {
         let p = Path::new("cfg.json");
         let cases = [
-            (r#"{"n_positions": 8, "n_embd": 10, "n_layer": 1, "n_head": 3, "vocab_size": 5}"#, "not divisible"),
-            (r#"{"n_positions": 8, "n_embd": 12, "n_layer": 1, "n_head": 3}"#, "vocab_size"),
-            (r#"{"n_positions": 8, "n_embd": 12, "n_layer": 0, "n_head": 3, "vocab_size": 5}"#, "n_layer"),
-            (r#"{"n_positions": 8, "n_embd": 12, "n_layer": 1, "n_head": 3, "vocab_size": 5, "activation_function": "relu"}"#, "activation_function"),
-            (r#"{"n_positions": 8, "n_embd": 12, "n_layer": 1, "n_head": 3, "vocab_size": 5, "model_type": "llama"}"#, "model_type"),
+            (
+                r#"{"n_positions": 8, "n_embd": 10, "n_layer": 1, "n_head": 3, "vocab_size": 5}"#,
+                "not divisible",
+            ),
+            (
+                r#"{"n_positions": 8, "n_embd": 12, "n_layer": 1, "n_head": 3}"#,
+                "vocab_size",
+            ),
+            (
+                r#"{"n_positions": 8, "n_embd": 12, "n_layer": 0, "n_head": 3, "vocab_size": 5}"#,
+                "n_layer",
+            ),
+            (
+                r#"{"n_positions": 8, "n_embd": 12, "n_layer": 1, "n_head": 3, "vocab_size": 5, "activation_function": "relu"}"#,
+                "activation_function",
+            ),
+            (
+                r#"{"n_positions": 8, "n_embd": 12, "n_layer": 1, "n_head": 3, "vocab_size": 5, "model_type": "llama"}"#,
+                "model_type",
+            ),
             (r#"{"n_positions": "8"}"#, "invalid type"),
             ("not json", "expected"),
         ];

@@ -30,7 +30,9 @@ pub fn hub_cache_dir() -> Option<PathBuf> {
     }
     let home = match std::env::var_os("HF_HOME") {
         Some(h) => PathBuf::from(h),
-        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache").join("huggingface"),
+        None => PathBuf::from(std::env::var_os("HOME")?)
+            .join(".cache")
+            .join("huggingface"),
     };
     Some(home.join("hub"))
 }
@@ -45,7 +47,8 @@ pub fn endpoint() -> String {
 }
 
 fn offline() -> bool {
-    std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
+    std::env::var("HF_HUB_OFFLINE")
+        .is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
 }
 
 /// Whether `spec` has the shape of a hub id: `name` or `org/name`, each part
@@ -57,7 +60,11 @@ pub fn looks_like_hub_id(spec: &str) -> bool {
     !id.is_empty()
         && parts.len() <= 2
         && parts.iter().all(|p| {
-            !p.is_empty() && !p.starts_with('.') && p.len() <= 96 && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            !p.is_empty()
+                && !p.starts_with('.')
+                && p.len() <= 96
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         })
 }
 
@@ -93,14 +100,18 @@ pub fn resolve_hub(spec: &str) -> Result<PathBuf> {
         spec: spec.to_string(),
         reason,
     };
-    let cache = hub_cache_dir().ok_or_else(|| err("neither HF_HUB_CACHE, HF_HOME nor HOME is set".into()))?;
+    let cache = hub_cache_dir()
+        .ok_or_else(|| err("neither HF_HUB_CACHE, HF_HOME nor HOME is set".into()))?;
     let hub = HubRef::parse(spec);
     if let Some(dir) = cached_snapshot(&hub, &cache) {
         return Ok(dir);
     }
     let where_ = hub.repo_dir(&cache);
     if offline() {
-        return Err(err(format!("not in the hub cache at {} and HF_HUB_OFFLINE is set", where_.display())));
+        return Err(err(format!(
+            "not in the hub cache at {} and HF_HUB_OFFLINE is set",
+            where_.display()
+        )));
     }
     download(&hub, &cache).map_err(|e| {
         err(format!(
@@ -117,10 +128,16 @@ fn cached_snapshot(hub: &HubRef, cache: &Path) -> Option<PathBuf> {
     let commit = if is_commit_hash(&hub.revision) {
         hub.revision.clone()
     } else {
-        std::fs::read_to_string(repo.join("refs").join(&hub.revision)).ok()?.trim().to_string()
+        std::fs::read_to_string(repo.join("refs").join(&hub.revision))
+            .ok()?
+            .trim()
+            .to_string()
     };
     let dir = repo.join("snapshots").join(commit);
-    CHECKPOINT_FILES.iter().all(|f| dir.join(f).is_file()).then_some(dir)
+    CHECKPOINT_FILES
+        .iter()
+        .all(|f| dir.join(f).is_file())
+        .then_some(dir)
 }
 
 fn is_commit_hash(s: &str) -> bool {
@@ -144,7 +161,15 @@ struct FileMeta {
 }
 
 fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> Option<String> {
-    resp.headers().get(name).and_then(|v| v.to_str().ok()).map(|s| s.trim().trim_start_matches("W/").trim_matches('"').to_string())
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| {
+            s.trim()
+                .trim_start_matches("W/")
+                .trim_matches('"')
+                .to_string()
+        })
 }
 
 fn with_auth<B>(req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
@@ -156,11 +181,17 @@ fn with_auth<B>(req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
 
 /// HEAD on the resolve URL; relative redirects (renamed repos) are
 /// followed, absolute ones (the CDN holding the blob) are where to GET.
-fn file_meta(agent: &ureq::Agent, hub: &HubRef, file: &str) -> std::result::Result<FileMeta, String> {
+fn file_meta(
+    agent: &ureq::Agent,
+    hub: &HubRef,
+    file: &str,
+) -> std::result::Result<FileMeta, String> {
     let base = endpoint();
     let mut url = format!("{base}/{}/resolve/{}/{file}", hub.repo_id, hub.revision);
     for _ in 0..5 {
-        let resp = with_auth(agent.head(&url)).call().map_err(|e| format!("{url}: {e}"))?;
+        let resp = with_auth(agent.head(&url))
+            .call()
+            .map_err(|e| format!("{url}: {e}"))?;
         let status = resp.status().as_u16();
         let commit = header(&resp, "x-repo-commit");
         let etag = header(&resp, "x-linked-etag").or_else(|| header(&resp, "etag"));
@@ -170,23 +201,43 @@ fn file_meta(agent: &ureq::Agent, hub: &HubRef, file: &str) -> std::result::Resu
         match status {
             200 => {}
             301..=308 => {
-                let location = header(&resp, "location").ok_or_else(|| format!("{url}: redirect without Location"))?;
+                let location = header(&resp, "location")
+                    .ok_or_else(|| format!("{url}: redirect without Location"))?;
                 if location.starts_with('/') {
                     url = format!("{base}{location}");
                     continue;
                 }
                 if let (Some(commit), Some(etag)) = (commit, etag) {
-                    return Ok(FileMeta { commit, etag, size, location });
+                    return Ok(FileMeta {
+                        commit,
+                        etag,
+                        size,
+                        location,
+                    });
                 }
                 return Err(format!("{url}: redirect without X-Repo-Commit/ETag"));
             }
-            401 | 403 => return Err(format!("{url}: HTTP {status} (private or gated repository; set HF_TOKEN)")),
-            404 => return Err(format!("{url}: HTTP 404 (no such repository, revision or file)")),
+            401 | 403 => {
+                return Err(format!(
+                    "{url}: HTTP {status} (private or gated repository; set HF_TOKEN)"
+                ))
+            }
+            404 => {
+                return Err(format!(
+                    "{url}: HTTP 404 (no such repository, revision or file)"
+                ))
+            }
             _ => return Err(format!("{url}: HTTP {status}")),
         }
-        let commit = commit.ok_or_else(|| format!("{url}: response has no X-Repo-Commit header"))?;
+        let commit =
+            commit.ok_or_else(|| format!("{url}: response has no X-Repo-Commit header"))?;
         let etag = etag.ok_or_else(|| format!("{url}: response has no ETag header"))?;
-        return Ok(FileMeta { commit, etag, size, location: url });
+        return Ok(FileMeta {
+            commit,
+            etag,
+            size,
+            location: url,
+        });
     }
     Err(format!("{url}: too many redirects"))
 }
@@ -197,7 +248,11 @@ fn download(hub: &HubRef, cache: &Path) -> std::result::Result<PathBuf, String> 
     let mut snapshot = None;
     for file in CHECKPOINT_FILES {
         let meta = file_meta(&agent, hub, file)?;
-        if meta.etag.contains('/') || meta.etag.contains("..") || meta.commit.contains('/') || meta.commit.contains("..") {
+        if meta.etag.contains('/')
+            || meta.etag.contains("..")
+            || meta.commit.contains('/')
+            || meta.commit.contains("..")
+        {
             return Err(format!("{file}: server sent an unusable etag or commit"));
         }
         let dir = repo.join("snapshots").join(&meta.commit);
@@ -205,24 +260,36 @@ fn download(hub: &HubRef, cache: &Path) -> std::result::Result<PathBuf, String> 
         if !blob.is_file() {
             fetch_blob(&agent, &meta, &blob).map_err(|e| format!("{file}: {e}"))?;
         }
-        link_into_snapshot(&blob, &dir.join(file), &meta.etag).map_err(|e| format!("{}: {e}", dir.display()))?;
+        link_into_snapshot(&blob, &dir.join(file), &meta.etag)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
         snapshot = Some((dir, meta.commit));
     }
     let (dir, commit) = snapshot.ok_or("no files requested")?;
     if !is_commit_hash(&hub.revision) {
         let refs = repo.join("refs");
         std::fs::create_dir_all(&refs).map_err(|e| format!("{}: {e}", refs.display()))?;
-        write_atomic(&refs.join(&hub.revision), commit.as_bytes()).map_err(|e| format!("{}: {e}", refs.display()))?;
+        write_atomic(&refs.join(&hub.revision), commit.as_bytes())
+            .map_err(|e| format!("{}: {e}", refs.display()))?;
     }
     Ok(dir)
 }
 
-fn fetch_blob(agent: &ureq::Agent, meta: &FileMeta, blob: &Path) -> std::result::Result<(), String> {
+fn fetch_blob(
+    agent: &ureq::Agent,
+    meta: &FileMeta,
+    blob: &Path,
+) -> std::result::Result<(), String> {
     let dir = blob.parent().ok_or("blob path has no parent")?;
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let resp = with_auth(agent.get(&meta.location)).call().map_err(|e| format!("{}: {e}", meta.location))?;
+    let resp = with_auth(agent.get(&meta.location))
+        .call()
+        .map_err(|e| format!("{}: {e}", meta.location))?;
     if resp.status().as_u16() != 200 {
-        return Err(format!("{}: HTTP {}", meta.location, resp.status().as_u16()));
+        return Err(format!(
+            "{}: HTTP {}",
+            meta.location,
+            resp.status().as_u16()
+        ));
     }
     let tmp = blob.with_extension("incomplete");
     let mut out = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
@@ -231,15 +298,19 @@ fn fetch_blob(agent: &ureq::Agent, meta: &FileMeta, blob: &Path) -> std::result:
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        let n = reader.read(&mut buf).map_err(|e| format!("reading {}: {e}", meta.location))?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| format!("reading {}: {e}", meta.location))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        out.write_all(&buf[..n])
+            .map_err(|e| format!("{}: {e}", tmp.display()))?;
         total += n as u64;
     }
-    out.sync_all().map_err(|e| format!("{}: {e}", tmp.display()))?;
+    out.sync_all()
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
     drop(out);
     let check = || -> std::result::Result<(), String> {
         if let Some(size) = meta.size {
@@ -251,7 +322,10 @@ fn fetch_blob(agent: &ureq::Agent, meta: &FileMeta, blob: &Path) -> std::result:
         if is_sha256 {
             let got = format!("{:x}", hasher.finalize());
             if !got.eq_ignore_ascii_case(&meta.etag) {
-                return Err(format!("SHA-256 {got} does not match the hub's {}", meta.etag));
+                return Err(format!(
+                    "SHA-256 {got} does not match the hub's {}",
+                    meta.etag
+                ));
             }
         }
         Ok(())
@@ -292,14 +366,30 @@ mod tests {
 
     #[test]
     fn hub_id_shapes() {
-        for ok in ["gpt2", "openai-community/gpt2-medium", "a_b.c/d-e@main", "gpt2@0123"] {
+        for ok in [
+            "gpt2",
+            "openai-community/gpt2-medium",
+            "a_b.c/d-e@main",
+            "gpt2@0123",
+        ] {
             assert!(looks_like_hub_id(ok), "{ok}");
         }
-        for bad in ["", "/abs/path", "./rel", "a/b/c", "../x", "a b", "a/.hidden"] {
+        for bad in [
+            "",
+            "/abs/path",
+            "./rel",
+            "a/b/c",
+            "../x",
+            "a b",
+            "a/.hidden",
+        ] {
             assert!(!looks_like_hub_id(bad), "{bad}");
         }
         let r = HubRef::parse("org/name@v1");
-        assert_eq!((r.repo_id.as_str(), r.revision.as_str()), ("org/name", "v1"));
+        assert_eq!(
+            (r.repo_id.as_str(), r.revision.as_str()),
+            ("org/name", "v1")
+        );
         assert_eq!(HubRef::parse("gpt2").revision, "main");
     }
 }

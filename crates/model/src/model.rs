@@ -100,7 +100,14 @@ fn grow(v: &mut Vec<f32>, len: usize) {
 }
 
 impl Scratch {
-    fn ensure(&mut self, config: &Config, rows: usize, segments: usize, max_rows: usize, capacity: usize) {
+    fn ensure(
+        &mut self,
+        config: &Config,
+        rows: usize,
+        segments: usize,
+        max_rows: usize,
+        capacity: usize,
+    ) {
         let c = config.n_embd;
         grow(&mut self.x, rows * c);
         grow(&mut self.ln, rows * c);
@@ -108,7 +115,10 @@ impl Scratch {
         grow(&mut self.att, rows * c);
         grow(&mut self.fc, rows * 4 * c);
         grow(&mut self.hidden, rows * c);
-        grow(&mut self.scores, segments * config.n_head * scores_per_task(max_rows, capacity));
+        grow(
+            &mut self.scores,
+            segments * config.n_head * scores_per_task(max_rows, capacity),
+        );
     }
 
     /// The final (LayerNormed) hidden states of the last forward pass,
@@ -150,7 +160,13 @@ impl Model {
     /// their keys and values to the cache, and leaves the final hidden states
     /// of the positions `output` asks for in `scratch.hidden()`. Returns how
     /// many rows that is.
-    pub fn forward(&self, batch: &Batch, cache: &mut KvCache, scratch: &mut Scratch, output: Output) -> Result<usize> {
+    pub fn forward(
+        &self,
+        batch: &Batch,
+        cache: &mut KvCache,
+        scratch: &mut Scratch,
+        output: Output,
+    ) -> Result<usize> {
         self.validate(batch, cache)?;
         let cfg = &self.config;
         let c = cfg.n_embd;
@@ -171,27 +187,105 @@ impl Model {
         self.embed(batch, cache, &mut scratch.x);
         for (l, w) in self.weights.layers.iter().enumerate() {
             let s = &mut *scratch;
-            layernorm_forward(&mut s.ln, &s.x, w.ln_1_w.data(), w.ln_1_b.data(), rows, c, LAYER_NORM_EPSILON);
-            matmul_forward(&mut s.qkv, &s.ln, w.attn_w.data(), w.attn_b.data(), rows, c, 3 * c, false, &mut s.partials);
-            attention_forward(&mut s.att, &s.qkv, cache, l, &s.segments, &mut s.scores, cfg.n_head, c);
-            matmul_forward(&mut s.x, &s.att, w.attn_proj_w.data(), w.attn_proj_b.data(), rows, c, c, true, &mut s.partials);
-            layernorm_forward(&mut s.ln, &s.x, w.ln_2_w.data(), w.ln_2_b.data(), rows, c, LAYER_NORM_EPSILON);
-            matmul_forward(&mut s.fc, &s.ln, w.fc_w.data(), w.fc_b.data(), rows, c, 4 * c, false, &mut s.partials);
+            layernorm_forward(
+                &mut s.ln,
+                &s.x,
+                w.ln_1_w.data(),
+                w.ln_1_b.data(),
+                rows,
+                c,
+                LAYER_NORM_EPSILON,
+            );
+            matmul_forward(
+                &mut s.qkv,
+                &s.ln,
+                w.attn_w.data(),
+                w.attn_b.data(),
+                rows,
+                c,
+                3 * c,
+                false,
+                &mut s.partials,
+            );
+            attention_forward(
+                &mut s.att,
+                &s.qkv,
+                cache,
+                l,
+                &s.segments,
+                &mut s.scores,
+                cfg.n_head,
+                c,
+            );
+            matmul_forward(
+                &mut s.x,
+                &s.att,
+                w.attn_proj_w.data(),
+                w.attn_proj_b.data(),
+                rows,
+                c,
+                c,
+                true,
+                &mut s.partials,
+            );
+            layernorm_forward(
+                &mut s.ln,
+                &s.x,
+                w.ln_2_w.data(),
+                w.ln_2_b.data(),
+                rows,
+                c,
+                LAYER_NORM_EPSILON,
+            );
+            matmul_forward(
+                &mut s.fc,
+                &s.ln,
+                w.fc_w.data(),
+                w.fc_b.data(),
+                rows,
+                c,
+                4 * c,
+                false,
+                &mut s.partials,
+            );
             gelu_forward(&mut s.fc[..rows * 4 * c], 4 * c);
-            matmul_forward(&mut s.x, &s.fc, w.fc_proj_w.data(), w.fc_proj_b.data(), rows, 4 * c, c, true, &mut s.partials);
+            matmul_forward(
+                &mut s.x,
+                &s.fc,
+                w.fc_proj_w.data(),
+                w.fc_proj_b.data(),
+                rows,
+                4 * c,
+                c,
+                true,
+                &mut s.partials,
+            );
         }
         for (slot, tokens) in batch.iter() {
             cache.advance(slot, tokens.len());
         }
         let out_rows = self.gather_output_rows(scratch, rows, output);
         let s = &mut *scratch;
-        layernorm_forward(&mut s.hidden, &s.ln, self.weights.ln_f_w.data(), self.weights.ln_f_b.data(), out_rows, c, LAYER_NORM_EPSILON);
+        layernorm_forward(
+            &mut s.hidden,
+            &s.ln,
+            self.weights.ln_f_w.data(),
+            self.weights.ln_f_b.data(),
+            out_rows,
+            c,
+            LAYER_NORM_EPSILON,
+        );
         s.hidden_rows = out_rows;
         Ok(out_rows)
     }
 
     /// Logits of the next token for each sequence: `[sequences, vocab]`.
-    pub fn next_token_logits<'s>(&self, batch: &Batch, cache: &mut KvCache, scratch: &'s mut Scratch) -> Result<&'s [f32]> {
+    pub fn next_token_logits<'s>(
+        &self,
+        batch: &Batch,
+        cache: &mut KvCache,
+        scratch: &'s mut Scratch,
+    ) -> Result<&'s [f32]> {
         let rows = self.forward(batch, cache, scratch, Output::Last)?;
         let v = self.config.vocab_size;
         grow(&mut scratch.logits, rows * v);
@@ -203,19 +297,33 @@ impl Model {
     /// The tied LM head over `rows` final hidden states into `[rows, vocab]`.
     pub fn lm_head(&self, hidden: &[f32], rows: usize, logits: &mut [f32]) {
         let c = self.config;
-        lm_head_forward(logits, hidden, self.weights.wte.data(), rows, c.n_embd, c.vocab_size);
+        lm_head_forward(
+            logits,
+            hidden,
+            self.weights.wte.data(),
+            rows,
+            c.n_embd,
+            c.vocab_size,
+        );
     }
 
     fn validate(&self, batch: &Batch, cache: &KvCache) -> Result<()> {
         for (i, (slot, tokens)) in batch.iter().enumerate() {
             if slot >= cache.slots() {
-                return Err(ModelError::InvalidRequest(format!("cache slot {slot} does not exist ({} slots)", cache.slots())));
+                return Err(ModelError::InvalidRequest(format!(
+                    "cache slot {slot} does not exist ({} slots)",
+                    cache.slots()
+                )));
             }
             if batch.seqs[..i].iter().any(|o| o.0 == slot) {
-                return Err(ModelError::InvalidRequest(format!("cache slot {slot} appears twice in one batch")));
+                return Err(ModelError::InvalidRequest(format!(
+                    "cache slot {slot} appears twice in one batch"
+                )));
             }
             if tokens.is_empty() {
-                return Err(ModelError::InvalidRequest("a sequence in the batch has no tokens".into()));
+                return Err(ModelError::InvalidRequest(
+                    "a sequence in the batch has no tokens".into(),
+                ));
             }
             let len = cache.len(slot) + tokens.len();
             if len > cache.capacity() {
@@ -224,7 +332,10 @@ impl Model {
                     n_ctx: cache.capacity(),
                 });
             }
-            if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            if let Some(&id) = tokens
+                .iter()
+                .find(|&&t| t as usize >= self.config.vocab_size)
+            {
                 return Err(ModelError::TokenOutOfRange {
                     id,
                     vocab_size: self.config.vocab_size,
@@ -243,7 +354,11 @@ impl Model {
             for (i, &t) in tokens.iter().enumerate() {
                 let (t, p) = (t as usize, past + i);
                 let row = rows.next().expect("invariant: x holds one row per token");
-                for ((o, a), b) in row.iter_mut().zip(&wte[t * c..(t + 1) * c]).zip(&wpe[p * c..(p + 1) * c]) {
+                for ((o, a), b) in row
+                    .iter_mut()
+                    .zip(&wte[t * c..(t + 1) * c])
+                    .zip(&wpe[p * c..(p + 1) * c])
+                {
                     *o = a + b;
                 }
             }
@@ -262,7 +377,8 @@ impl Model {
             Output::Last => {
                 for (k, seg) in scratch.segments.iter().enumerate() {
                     let last = seg.row0 + seg.rows - 1;
-                    scratch.ln[k * c..(k + 1) * c].copy_from_slice(&scratch.x[last * c..(last + 1) * c]);
+                    scratch.ln[k * c..(k + 1) * c]
+                        .copy_from_slice(&scratch.x[last * c..(last + 1) * c]);
                 }
                 scratch.segments.len()
             }

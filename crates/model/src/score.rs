@@ -57,7 +57,9 @@ pub struct Window {
 /// The windows that score every token of a text of `n` tokens exactly once.
 pub fn windows(n: usize, n_ctx: usize, stride: usize) -> Result<Vec<Window>> {
     if stride == 0 || stride > n_ctx {
-        return Err(ModelError::InvalidRequest(format!("stride must be between 1 and the context length {n_ctx}, got {stride}")));
+        return Err(ModelError::InvalidRequest(format!(
+            "stride must be between 1 and the context length {n_ctx}, got {stride}"
+        )));
     }
     let mut out = Vec::new();
     let mut first_target = 1; // index into [EOT] + tokens
@@ -96,7 +98,12 @@ impl<'m> Scorer<'m> {
     }
 
     /// Scores every token of `tokens`; `top_n` alternatives per position.
-    pub fn score(&mut self, tokens: &[u32], stride: usize, top_n: usize) -> Result<Vec<TokenScore>> {
+    pub fn score(
+        &mut self,
+        tokens: &[u32],
+        stride: usize,
+        top_n: usize,
+    ) -> Result<Vec<TokenScore>> {
         let mut seq = Vec::with_capacity(tokens.len() + 1);
         seq.push(self.prefix);
         seq.extend_from_slice(tokens);
@@ -112,13 +119,20 @@ impl<'m> Scorer<'m> {
         Ok(scores)
     }
 
-    fn score_batch(&mut self, seq: &[u32], batch: &[Window], top_n: usize, scores: &mut Vec<TokenScore>) -> Result<()> {
+    fn score_batch(
+        &mut self,
+        seq: &[u32],
+        batch: &[Window],
+        top_n: usize,
+        scores: &mut Vec<TokenScore>,
+    ) -> Result<()> {
         let mut segments = Batch::default();
         for (slot, w) in batch.iter().enumerate() {
             segments.push(slot, &seq[w.start..w.end]);
         }
         self.cache.reset_all();
-        self.model.forward(&segments, &mut self.cache, &mut self.scratch, Output::All)?;
+        self.model
+            .forward(&segments, &mut self.cache, &mut self.scratch, Output::All)?;
         // The rows to score: the last `targets` rows of each window.
         let mut rows = Vec::new();
         let mut row0 = 0;
@@ -141,7 +155,10 @@ impl<'m> Scorer<'m> {
             let rows: Vec<TokenScore> = self.logits[..chunk.len() * v]
                 .par_chunks(v)
                 .zip(chunk.par_iter())
-                .map_init(|| vec![0f32; v], |work, (logits, &(_, target))| score_row(logits, seq[target], top_n, work))
+                .map_init(
+                    || vec![0f32; v],
+                    |work, (logits, &(_, target))| score_row(logits, seq[target], top_n, work),
+                )
                 .collect();
             scores.extend(rows);
         }
@@ -178,7 +195,10 @@ pub fn score_row(logits: &[f32], target: u32, top_n: usize, work: &mut [f32]) ->
         logprob: t - max - lse,
         rank,
         entropy,
-        top: top_k(logits, top_n).into_iter().map(|i| (i, logits[i as usize] - max - lse)).collect(),
+        top: top_k(logits, top_n)
+            .into_iter()
+            .map(|i| (i, logits[i as usize] - max - lse))
+            .collect(),
     }
 }
 
@@ -189,7 +209,11 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<u32> {
         return Vec::new();
     }
     let mut idx: Vec<u32> = (0..values.len() as u32).collect();
-    let order = |a: &u32, b: &u32| values[*b as usize].total_cmp(&values[*a as usize]).then(a.cmp(b));
+    let order = |a: &u32, b: &u32| {
+        values[*b as usize]
+            .total_cmp(&values[*a as usize])
+            .then(a.cmp(b))
+    };
     if k < idx.len() {
         idx.select_nth_unstable_by(k - 1, order);
         idx.truncate(k);
@@ -204,16 +228,30 @@ mod tests {
 
     #[test]
     fn windows_cover_every_target_once_with_full_context() {
-        for (n, ctx, stride) in [(1, 4, 4), (4, 4, 4), (5, 4, 4), (11, 4, 4), (11, 4, 2), (11, 4, 1), (3, 8, 8)] {
+        for (n, ctx, stride) in [
+            (1, 4, 4),
+            (4, 4, 4),
+            (5, 4, 4),
+            (11, 4, 4),
+            (11, 4, 2),
+            (11, 4, 1),
+            (3, 8, 8),
+        ] {
             let ws = windows(n, ctx, stride).unwrap();
             let mut covered = Vec::new();
             for w in &ws {
-                assert!(w.end - w.start <= ctx && w.targets <= stride && w.targets <= w.end - w.start);
+                assert!(
+                    w.end - w.start <= ctx && w.targets <= stride && w.targets <= w.end - w.start
+                );
                 covered.extend(w.end + 1 - w.targets..=w.end);
                 // Each window is as long as the text before it allows.
                 assert_eq!(w.end - w.start, w.end.min(ctx));
             }
-            assert_eq!(covered, (1..=n).collect::<Vec<_>>(), "n={n} ctx={ctx} stride={stride}");
+            assert_eq!(
+                covered,
+                (1..=n).collect::<Vec<_>>(),
+                "n={n} ctx={ctx} stride={stride}"
+            );
         }
         assert!(windows(5, 4, 0).is_err() && windows(5, 4, 5).is_err());
         assert!(windows(0, 4, 4).unwrap().is_empty());
@@ -224,7 +262,26 @@ mod tests {
         // lm-eval: first window [EOT] + t[0..3] -> t[0..4]; then t[3..7] -> t[4..8];
         // last: t[6..10] -> t[8..10] (inputs filled with context).
         let ws = windows(10, 4, 4).unwrap();
-        assert_eq!(ws, vec![Window { start: 0, end: 4, targets: 4 }, Window { start: 4, end: 8, targets: 4 }, Window { start: 6, end: 10, targets: 2 }]);
+        assert_eq!(
+            ws,
+            vec![
+                Window {
+                    start: 0,
+                    end: 4,
+                    targets: 4
+                },
+                Window {
+                    start: 4,
+                    end: 8,
+                    targets: 4
+                },
+                Window {
+                    start: 6,
+                    end: 10,
+                    targets: 2
+                }
+            ]
+        );
     }
 
     #[test]
@@ -235,7 +292,13 @@ mod tests {
         let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
         assert!((s.logprob as f64 - (2.0 - z.ln())).abs() < 1e-6);
         assert_eq!(s.rank, 3);
-        let h: f64 = logits.iter().map(|&l| { let p = (l as f64).exp() / z; -p * p.ln() }).sum();
+        let h: f64 = logits
+            .iter()
+            .map(|&l| {
+                let p = (l as f64).exp() / z;
+                -p * p.ln()
+            })
+            .sum();
         assert!((s.entropy as f64 - h).abs() < 1e-5);
         assert_eq!(s.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3]);
     }

@@ -22,7 +22,9 @@ pub fn resolve(spec: &str) -> Result<ModelSource> {
     if path.exists() {
         return Err(ModelError::Resolve {
             spec: spec.into(),
-            reason: "is a file; --model takes a checkpoint directory (config.json + model.safetensors)".into(),
+            reason:
+                "is a file; --model takes a checkpoint directory (config.json + model.safetensors)"
+                    .into(),
         });
     }
     if spec == "default" {

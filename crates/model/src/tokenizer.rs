@@ -46,15 +46,17 @@ impl Tokenizer {
 
     /// Validates UTF-8 (naming the first bad offset), then encodes.
     pub fn encode_bytes(&self, bytes: &[u8]) -> Result<Vec<u32>> {
-        let text = std::str::from_utf8(bytes).map_err(|e| ModelError::InvalidUtf8 { offset: e.valid_up_to() })?;
+        let text = std::str::from_utf8(bytes).map_err(|e| ModelError::InvalidUtf8 {
+            offset: e.valid_up_to(),
+        })?;
         self.encode(text)
     }
 
     /// The exact bytes of a token sequence.
     pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>> {
-        self.bpe
-            .decode_bytes(ids)
-            .map_err(|e| ModelError::Tokenizer(format!("token id {} is not in GPT-2's vocabulary", e.token)))
+        self.bpe.decode_bytes(ids).map_err(|e| {
+            ModelError::Tokenizer(format!("token id {} is not in GPT-2's vocabulary", e.token))
+        })
     }
 
     /// The text of a token sequence; invalid UTF-8 becomes U+FFFD.
@@ -69,7 +71,11 @@ impl Tokenizer {
         let table = TABLE.get_or_init(|| {
             let bpe = tiktoken_rs::r50k_base_singleton();
             (0..crate::config::GPT2_VOCAB_SIZE as u32)
-                .map(|i| bpe.decode_bytes(&[i]).unwrap_or_default().into_boxed_slice())
+                .map(|i| {
+                    bpe.decode_bytes(&[i])
+                        .unwrap_or_default()
+                        .into_boxed_slice()
+                })
                 .collect()
         });
         table.get(id as usize).map(|b| &b[..])
@@ -77,7 +83,9 @@ impl Tokenizer {
 
     /// One token's text for display: its bytes, invalid UTF-8 as U+FFFD.
     pub fn token_text(&self, id: u32) -> String {
-        self.token_bytes(id).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+        self.token_bytes(id)
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default()
     }
 
     pub fn is_special(&self, id: u32) -> bool {
@@ -87,7 +95,8 @@ impl Tokenizer {
     /// The pattern matcher underneath can, in principle, give up on
     /// pathological input; that becomes an error instead of a panic.
     fn guard(&self, f: impl FnOnce() -> Vec<u32> + std::panic::UnwindSafe) -> Result<Vec<u32>> {
-        std::panic::catch_unwind(f).map_err(|_| ModelError::Tokenizer("the BPE pre-tokenizer failed on this input".into()))
+        std::panic::catch_unwind(f)
+            .map_err(|_| ModelError::Tokenizer("the BPE pre-tokenizer failed on this input".into()))
     }
 }
 
@@ -99,9 +108,18 @@ mod tests {
     fn known_ids_and_round_trip() {
         let t = Tokenizer::gpt2();
         assert_eq!(t.encode("Hello world").unwrap(), vec![15496, 995]);
-        assert_eq!(t.encode_with_special("<|endoftext|>").unwrap(), vec![END_OF_TEXT]);
+        assert_eq!(
+            t.encode_with_special("<|endoftext|>").unwrap(),
+            vec![END_OF_TEXT]
+        );
         assert_ne!(t.encode("<|endoftext|>").unwrap(), vec![END_OF_TEXT]);
-        for text in ["", " ", "  \n\n\t x", "naïve café 🤖 日本語 e\u{301}", "I'll we've it's\r\n"] {
+        for text in [
+            "",
+            " ",
+            "  \n\n\t x",
+            "naïve café 🤖 日本語 e\u{301}",
+            "I'll we've it's\r\n",
+        ] {
             let ids = t.encode(text).unwrap();
             assert_eq!(t.decode(&ids).unwrap(), text);
         }
@@ -112,7 +130,11 @@ mod tests {
         let t = Tokenizer::gpt2();
         let err = t.encode_bytes(b"ok\xff\xfe").unwrap_err().to_string();
         assert!(err.contains("offset 2"), "{err}");
-        assert!(t.decode_bytes(&[60000]).unwrap_err().to_string().contains("60000"));
+        assert!(t
+            .decode_bytes(&[60000])
+            .unwrap_err()
+            .to_string()
+            .contains("60000"));
         // A token that ends inside a character decodes to U+FFFD, not garbage.
         let ids = t.encode("🤖").unwrap();
         assert!(ids.len() > 1);

@@ -25,7 +25,11 @@ pub struct Tensor {
 enum Storage {
     /// invariant: `offset` is 4-byte aligned within `map` and
     /// `offset + 4 * len <= map.len()`; checked in `Tensor::from_view`.
-    Mapped { map: Arc<Mmap>, offset: usize, len: usize },
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
     Owned(Arc<Vec<f32>>),
 }
 
@@ -159,7 +163,9 @@ impl Loader<'_> {
         let c = self.config.n_embd;
         let wte = self.tensor("wte.weight", &[self.config.vocab_size, c])?;
         let wpe = self.tensor("wpe.weight", &[self.config.n_ctx, c])?;
-        let layers = (0..self.config.n_layer).map(|i| self.layer(i)).collect::<Result<Vec<_>>>()?;
+        let layers = (0..self.config.n_layer)
+            .map(|i| self.layer(i))
+            .collect::<Result<Vec<_>>>()?;
         let ln_f_w = self.tensor("ln_f.weight", &[c])?;
         let ln_f_b = self.tensor("ln_f.bias", &[c])?;
         self.check_tied_head(&wte)?;
@@ -175,7 +181,11 @@ impl Loader<'_> {
     fn layer(&self, i: usize) -> Result<LayerWeights> {
         let c = self.config.n_embd;
         let mut t = LAYER_TENSORS.iter().map(|&(name, rows, cols)| {
-            let shape: Vec<usize> = if rows == 0 { vec![cols * c] } else { vec![rows * c, cols * c] };
+            let shape: Vec<usize> = if rows == 0 {
+                vec![cols * c]
+            } else {
+                vec![rows * c, cols * c]
+            };
             self.tensor(&format!("h.{i}.{name}"), &shape)
         });
         let mut next = || t.next().expect("invariant: LAYER_TENSORS has 12 entries");
@@ -228,7 +238,8 @@ impl Loader<'_> {
             return Err(ModelError::Tensor {
                 path: self.path.to_path_buf(),
                 tensor: "lm_head.weight".into(),
-                reason: "differs from wte.weight; GPT-2 ties the LM head to the token embedding".into(),
+                reason: "differs from wte.weight; GPT-2 ties the LM head to the token embedding"
+                    .into(),
             });
         }
         Ok(())
@@ -236,14 +247,22 @@ impl Loader<'_> {
 
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let full = format!("{}{}", self.prefix, name);
-        let view = self.st.tensor(&full).map_err(|_| ModelError::MissingTensor {
-            path: self.path.to_path_buf(),
-            tensor: full.clone(),
-        })?;
+        let view = self
+            .st
+            .tensor(&full)
+            .map_err(|_| ModelError::MissingTensor {
+                path: self.path.to_path_buf(),
+                tensor: full.clone(),
+            })?;
         self.convert(&full, view, shape)
     }
 
-    fn convert(&self, name: &str, view: safetensors::tensor::TensorView<'_>, shape: &[usize]) -> Result<Tensor> {
+    fn convert(
+        &self,
+        name: &str,
+        view: safetensors::tensor::TensorView<'_>,
+        shape: &[usize],
+    ) -> Result<Tensor> {
         let err = |reason: String| ModelError::Tensor {
             path: self.path.to_path_buf(),
             tensor: name.to_string(),
@@ -262,7 +281,7 @@ impl Loader<'_> {
         let data = match view.dtype() {
             Dtype::F32 => {
                 let offset = bytes.as_ptr() as usize - self.map.as_ptr() as usize;
-                if offset % 4 == 0 && cfg!(target_endian = "little") {
+                if offset.is_multiple_of(4) && cfg!(target_endian = "little") {
                     return Ok(Tensor {
                         storage: Storage::Mapped {
                             map: Arc::clone(self.map),
@@ -274,9 +293,21 @@ impl Loader<'_> {
                 }
                 widen(bytes, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]), 4)
             }
-            Dtype::F16 => widen(bytes, |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32(), 2),
-            Dtype::BF16 => widen(bytes, |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32(), 2),
-            other => return Err(err(format!("dtype {other:?} is not supported (f32, f16 or bf16)"))),
+            Dtype::F16 => widen(
+                bytes,
+                |b| half::f16::from_le_bytes([b[0], b[1]]).to_f32(),
+                2,
+            ),
+            Dtype::BF16 => widen(
+                bytes,
+                |b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+                2,
+            ),
+            other => {
+                return Err(err(format!(
+                    "dtype {other:?} is not supported (f32, f16 or bf16)"
+                )))
+            }
         };
         Ok(Tensor::from_vec(data, shape.to_vec()))
     }
@@ -306,7 +337,10 @@ impl CheckpointFiles {
         if !config.is_file() {
             return Err(ModelError::io(
                 &config,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "no config.json in the model directory"),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "no config.json in the model directory",
+                ),
             ));
         }
         if !weights.is_file() {
@@ -317,7 +351,10 @@ impl CheckpointFiles {
             } else {
                 "no model.safetensors in the model directory"
             };
-            return Err(ModelError::io(&weights, std::io::Error::new(std::io::ErrorKind::NotFound, reason)));
+            return Err(ModelError::io(
+                &weights,
+                std::io::Error::new(std::io::ErrorKind::NotFound, reason),
+            ));
         }
         Ok(CheckpointFiles { config, weights })
     }

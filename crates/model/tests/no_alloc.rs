@@ -32,19 +32,26 @@ static GLOBAL: Counting = Counting;
 fn decode_steps_do_not_allocate() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity-small");
     let model = Model::load_dir(&dir).unwrap();
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
     pool.install(|| {
         let mut cache = model.new_cache(2);
         let mut scratch = Scratch::default();
         let mut batch = Batch::default();
         batch.push(0, &[1, 2, 3, 4, 5]);
         batch.push(1, &[9]);
-        model.next_token_logits(&batch, &mut cache, &mut scratch).unwrap();
+        model
+            .next_token_logits(&batch, &mut cache, &mut scratch)
+            .unwrap();
         let mut step = |t: u32| {
             batch.clear();
             batch.push(0, &[t]);
             batch.push(1, &[t + 1]);
-            model.next_token_logits(&batch, &mut cache, &mut scratch).unwrap()[0]
+            model
+                .next_token_logits(&batch, &mut cache, &mut scratch)
+                .unwrap()[0]
         };
         // Warm-up sizes the decode buffers, and lets each pool thread make
         // its one-time registrations (crossbeam's epoch state on first steal).

@@ -61,26 +61,38 @@ pub fn attention_forward(
     let max_rows = segments.iter().map(|s| s.rows).max().unwrap_or(0);
     let per_task = scores_per_task(max_rows, cache.capacity());
     let tasks = segments.len() * n_head;
-    assert!(scores.len() >= tasks * per_task, "attention_forward: scores buffer too small");
-    assert!(out.len() >= segments.iter().map(|s| s.row0 + s.rows).max().unwrap_or(0) * c, "attention_forward: out too small");
-    assert!(qkv.len() >= out.len() / c * 3 * c, "attention_forward: qkv too small");
+    assert!(
+        scores.len() >= tasks * per_task,
+        "attention_forward: scores buffer too small"
+    );
+    assert!(
+        out.len() >= segments.iter().map(|s| s.row0 + s.rows).max().unwrap_or(0) * c,
+        "attention_forward: out too small"
+    );
+    assert!(
+        qkv.len() >= out.len() / c * 3 * c,
+        "attention_forward: qkv too small"
+    );
     let cache = &*cache;
-    let out_ptr = DisjointPtr(out.as_mut_ptr());
+    let out_ptr = DisjointPtr::new(out);
     let head = Head {
         hd: c / n_head,
         c,
         scale: 1.0 / ((c / n_head) as f32).sqrt(),
         capacity: cache.capacity(),
     };
-    scores[..tasks * per_task].par_chunks_mut(per_task).enumerate().for_each(|(task, scores)| {
-        let (seg, h) = (&segments[task / n_head], task % n_head);
-        let (keys, values) = cache.head(seg.slot, layer, h, seg.past + seg.rows);
-        if seg.rows >= GEMM_MIN_ROWS {
-            head.attend_tiled(seg, h, qkv, keys, values, scores, out_ptr);
-        } else {
-            head.attend_rows(seg, h, qkv, keys, values, scores, out_ptr);
-        }
-    });
+    scores[..tasks * per_task]
+        .par_chunks_mut(per_task)
+        .enumerate()
+        .for_each(|(task, scores)| {
+            let (seg, h) = (&segments[task / n_head], task % n_head);
+            let (keys, values) = cache.head(seg.slot, layer, h, seg.past + seg.rows);
+            if seg.rows >= GEMM_MIN_ROWS {
+                head.attend_tiled(seg, h, qkv, keys, values, scores, out_ptr);
+            } else {
+                head.attend_rows(seg, h, qkv, keys, values, scores, out_ptr);
+            }
+        });
 }
 
 struct Head {
@@ -91,12 +103,11 @@ struct Head {
 }
 
 impl Head {
-    /// # Safety of the writes
-    /// Every task writes only head `h`'s columns of its own segment's rows,
-    /// which lie inside `out` (asserted by the caller).
-    fn out_row(&self, out: DisjointPtr, row: usize, h: usize) -> &mut [f32] {
-        // SAFETY: see above.
-        unsafe { std::slice::from_raw_parts_mut(out.0.add(row * self.c + h * self.hd), self.hd) }
+    /// Head `h`'s columns of one output row.
+    fn out_row<'o>(&self, out: DisjointPtr, row: usize, h: usize) -> &'o mut [f32] {
+        // SAFETY: every task writes only head h's columns of its own
+        // segment's rows, which lie inside `out` (asserted by the caller).
+        unsafe { out.slice(row * self.c + h * self.hd, self.hd) }
     }
 
     fn query<'q>(&self, qkv: &'q [f32], row: usize, h: usize) -> &'q [f32] {
@@ -104,16 +115,41 @@ impl Head {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn attend_rows(&self, seg: &SegmentRows, h: usize, qkv: &[f32], keys: &[f32], values: &[f32], scores: &mut [f32], out: DisjointPtr) {
+    fn attend_rows(
+        &self,
+        seg: &SegmentRows,
+        h: usize,
+        qkv: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        scores: &mut [f32],
+        out: DisjointPtr,
+    ) {
         for i in 0..seg.rows {
             let visible = seg.past + i + 1;
             let n = visible * self.hd;
-            simd::attend_row(self.query(qkv, seg.row0 + i, h), &keys[..n], &values[..n], self.scale, &mut scores[..visible], self.out_row(out, seg.row0 + i, h));
+            simd::attend_row(
+                self.query(qkv, seg.row0 + i, h),
+                &keys[..n],
+                &values[..n],
+                self.scale,
+                &mut scores[..visible],
+                self.out_row(out, seg.row0 + i, h),
+            );
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn attend_tiled(&self, seg: &SegmentRows, h: usize, qkv: &[f32], keys: &[f32], values: &[f32], scores: &mut [f32], out: DisjointPtr) {
+    fn attend_tiled(
+        &self,
+        seg: &SegmentRows,
+        h: usize,
+        qkv: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        scores: &mut [f32],
+        out: DisjointPtr,
+    ) {
         let (hd, cap) = (self.hd, self.capacity);
         for t0 in (0..seg.rows).step_by(TILE) {
             let tr = TILE.min(seg.rows - t0);
@@ -123,7 +159,27 @@ impl Head {
             // (TILE * cap); Q rows are read with stride 3C inside qkv; K is
             // visible x hd inside `keys`.
             unsafe {
-                gemm::gemm(tr, visible, hd, scores.as_mut_ptr(), 1, cap as isize, false, q.as_ptr(), 1, 3 * self.c as isize, keys.as_ptr(), hd as isize, 1, 0.0, self.scale, false, false, false, gemm::Parallelism::None);
+                gemm::gemm(
+                    tr,
+                    visible,
+                    hd,
+                    scores.as_mut_ptr(),
+                    1,
+                    cap as isize,
+                    false,
+                    q.as_ptr(),
+                    1,
+                    3 * self.c as isize,
+                    keys.as_ptr(),
+                    hd as isize,
+                    1,
+                    0.0,
+                    self.scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
             }
             for i in 0..tr {
                 let row = &mut scores[i * cap..i * cap + visible];
@@ -136,7 +192,27 @@ impl Head {
             // this head's column of the tile's first row (see `out_row`);
             // P is tr x visible (stride cap); V is visible x hd.
             unsafe {
-                gemm::gemm(tr, hd, visible, o, 1, self.c as isize, false, scores.as_ptr(), 1, cap as isize, values.as_ptr(), 1, hd as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::None);
+                gemm::gemm(
+                    tr,
+                    hd,
+                    visible,
+                    o,
+                    1,
+                    self.c as isize,
+                    false,
+                    scores.as_ptr(),
+                    1,
+                    cap as isize,
+                    values.as_ptr(),
+                    1,
+                    hd as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
             }
         }
     }

@@ -17,10 +17,24 @@ pub const SKINNY_MAX_ROWS: usize = 4;
 
 /// A raw pointer that threads may share because each writes a disjoint part.
 #[derive(Clone, Copy)]
-pub(crate) struct DisjointPtr(pub *mut f32);
+pub(crate) struct DisjointPtr(*mut f32);
 // SAFETY: users guarantee that concurrent writers touch disjoint elements.
 unsafe impl Send for DisjointPtr {}
 unsafe impl Sync for DisjointPtr {}
+
+impl DisjointPtr {
+    pub(crate) fn new(buf: &mut [f32]) -> DisjointPtr {
+        DisjointPtr(buf.as_mut_ptr())
+    }
+
+    /// # Safety
+    /// `offset..offset + len` lies inside the buffer this was made from,
+    /// which outlives `'a`, and no other thread touches those elements
+    /// while the slice lives.
+    pub(crate) unsafe fn slice<'a>(self, offset: usize, len: usize) -> &'a mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
+    }
+}
 
 /// Splits `0..n` into ranges for the threads, each a multiple of 8 wide
 /// (the vector width) except the last. Several ranges per thread, so that a
@@ -29,7 +43,9 @@ fn column_chunks(n: usize) -> impl IndexedParallelIterator<Item = (usize, usize)
     let pieces = 8 * rayon::current_num_threads().max(1);
     let width = n.div_ceil(pieces).div_ceil(8) * 8;
     let chunks = n.div_ceil(width.max(1));
-    (0..chunks).into_par_iter().map(move |i| (i * width, ((i + 1) * width).min(n)))
+    (0..chunks)
+        .into_par_iter()
+        .map(move |i| (i * width, ((i + 1) * width).min(n)))
 }
 
 /// Slabs of weight rows a decode step splits each matrix into. Fixed (not
@@ -52,8 +68,14 @@ pub fn matmul_forward(
     accumulate: bool,
     partials: &mut Vec<f32>,
 ) {
-    assert!(out.len() >= rows * out_dim && inp.len() >= rows * in_dim, "matmul_forward: buffers too small");
-    assert!(weight.len() == in_dim * out_dim && bias.len() == out_dim, "matmul_forward: weight shape");
+    assert!(
+        out.len() >= rows * out_dim && inp.len() >= rows * in_dim,
+        "matmul_forward: buffers too small"
+    );
+    assert!(
+        weight.len() == in_dim * out_dim && bias.len() == out_dim,
+        "matmul_forward: weight shape"
+    );
     if rows == 0 {
         return;
     }
@@ -107,22 +129,37 @@ pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
 /// in order, a row at a time (a single sequential stream per thread is what
 /// the hardware prefetchers follow best), into a partial sum per slab; the
 /// partials are then added in slab order.
-fn skinny_matmul(out: &mut [f32], inp: &[f32], weight: &[f32], rows: usize, in_dim: usize, out_dim: usize, partials: &mut Vec<f32>) {
+fn skinny_matmul(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+    partials: &mut Vec<f32>,
+) {
     let slab_rows = in_dim.div_ceil(K_SLABS);
     let slabs = in_dim.div_ceil(slab_rows);
     let block = rows * out_dim;
     if partials.len() < slabs * block {
         partials.resize(slabs * block, 0.0);
     }
-    partials[..slabs * block].par_chunks_mut(block).enumerate().for_each(|(s, partial)| {
-        partial.fill(0.0);
-        for i in s * slab_rows..((s + 1) * slab_rows).min(in_dim) {
-            let w = &weight[i * out_dim..(i + 1) * out_dim];
-            for r in 0..rows {
-                simd::axpy(&mut partial[r * out_dim..(r + 1) * out_dim], inp[r * in_dim + i], w);
+    partials[..slabs * block]
+        .par_chunks_mut(block)
+        .enumerate()
+        .for_each(|(s, partial)| {
+            partial.fill(0.0);
+            for i in s * slab_rows..((s + 1) * slab_rows).min(in_dim) {
+                let w = &weight[i * out_dim..(i + 1) * out_dim];
+                for r in 0..rows {
+                    simd::axpy(
+                        &mut partial[r * out_dim..(r + 1) * out_dim],
+                        inp[r * in_dim + i],
+                        w,
+                    );
+                }
             }
-        }
-    });
+        });
     for partial in partials[..slabs * block].chunks_exact(block) {
         simd::axpy(&mut out[..block], 1.0, partial);
     }
@@ -131,8 +168,18 @@ fn skinny_matmul(out: &mut [f32], inp: &[f32], weight: &[f32], rows: usize, in_d
 /// The tied LM head: `logits[r][v] = hidden[r] . wte[v]`, for `rows` rows of
 /// width `c`, writing `[rows, vocab]`. `wte` is `[vocab, c]`, so each logit
 /// is a dot product over one contiguous row.
-pub fn lm_head_forward(logits: &mut [f32], hidden: &[f32], wte: &[f32], rows: usize, c: usize, vocab: usize) {
-    assert!(logits.len() >= rows * vocab && hidden.len() >= rows * c && wte.len() == vocab * c, "lm_head_forward: shapes");
+pub fn lm_head_forward(
+    logits: &mut [f32],
+    hidden: &[f32],
+    wte: &[f32],
+    rows: usize,
+    c: usize,
+    vocab: usize,
+) {
+    assert!(
+        logits.len() >= rows * vocab && hidden.len() >= rows * c && wte.len() == vocab * c,
+        "lm_head_forward: shapes"
+    );
     if rows == 0 {
         return;
     }
@@ -141,15 +188,14 @@ pub fn lm_head_forward(logits: &mut [f32], hidden: &[f32], wte: &[f32], rows: us
         // batch row is dotted with them: the embedding is read once.
         const BLOCK: usize = 64;
         logits[..rows * vocab].fill(0.0);
-        let out_ptr = DisjointPtr(logits.as_mut_ptr());
+        let out_ptr = DisjointPtr::new(logits);
         column_chunks(vocab).for_each(|(v0, v1)| {
-            let out_ptr = out_ptr;
             for b0 in (v0..v1).step_by(BLOCK) {
                 let b1 = (b0 + BLOCK).min(v1);
                 for r in 0..rows {
                     // SAFETY: row r, columns b0..b1 lie inside logits and
                     // belong to this chunk only.
-                    let out = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(r * vocab + b0), b1 - b0) };
+                    let out = unsafe { out_ptr.slice(r * vocab + b0, b1 - b0) };
                     simd::dot_rows_add(&hidden[r * c..(r + 1) * c], &wte[b0 * c..b1 * c], out);
                 }
             }
@@ -184,23 +230,39 @@ pub fn lm_head_forward(logits: &mut [f32], hidden: &[f32], wte: &[f32], rows: us
 }
 
 /// LayerNorm over each row of width `c`: `(x - mean) / sqrt(var + eps) * w + b`.
-pub fn layernorm_forward(out: &mut [f32], inp: &[f32], weight: &[f32], bias: &[f32], rows: usize, c: usize, eps: f32) {
+pub fn layernorm_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    rows: usize,
+    c: usize,
+    eps: f32,
+) {
     // Statistics in f64: the residual stream of a deep model can be large,
     // and these two sums set the precision of everything after them.
     let one = |(o, x): (&mut [f32], &[f32])| {
         let mean = x.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
-        let var = x.iter().map(|&v| (v as f64 - mean) * (v as f64 - mean)).sum::<f64>() / c as f64;
-        let rstd = (1.0 / (var + eps as f64).sqrt()) as f32;
-        let mean = mean as f32;
+        let var = x
+            .iter()
+            .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+            .sum::<f64>()
+            / c as f64;
+        let rstd = 1.0 / (var + eps as f64).sqrt();
         for (((o, x), w), b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
-            *o = (x - mean) * rstd * w + b;
+            *o = ((*x as f64 - mean) * rstd) as f32 * w + b;
         }
     };
-    let pairs = out[..rows * c].par_chunks_mut(c).zip(inp[..rows * c].par_chunks(c));
+    let pairs = out[..rows * c]
+        .par_chunks_mut(c)
+        .zip(inp[..rows * c].par_chunks(c));
     if rows >= 16 {
         pairs.for_each(one);
     } else {
-        out[..rows * c].chunks_mut(c).zip(inp[..rows * c].chunks(c)).for_each(one);
+        out[..rows * c]
+            .chunks_mut(c)
+            .zip(inp[..rows * c].chunks(c))
+            .for_each(one);
     }
 }
 
@@ -228,16 +290,27 @@ mod tests {
     use super::*;
 
     fn pseudo(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect()
     }
 
-    fn naive_matmul(inp: &[f32], w: &[f32], b: &[f32], rows: usize, k: usize, n: usize) -> Vec<f32> {
+    fn naive_matmul(
+        inp: &[f32],
+        w: &[f32],
+        b: &[f32],
+        rows: usize,
+        k: usize,
+        n: usize,
+    ) -> Vec<f32> {
         let mut out = vec![0f32; rows * n];
         for r in 0..rows {
             for j in 0..n {
@@ -253,7 +326,15 @@ mod tests {
 
     #[test]
     fn matmul_paths_match_a_naive_product() {
-        for &(rows, k, n) in &[(1, 7, 13), (3, 64, 40), (4, 33, 129), (2, 3, 300), (1, 300, 5), (5, 16, 24), (37, 70, 90)] {
+        for &(rows, k, n) in &[
+            (1, 7, 13),
+            (3, 64, 40),
+            (4, 33, 129),
+            (2, 3, 300),
+            (1, 300, 5),
+            (5, 16, 24),
+            (37, 70, 90),
+        ] {
             let (inp, w, b) = (pseudo(rows * k, 1), pseudo(k * n, 2), pseudo(n, 3));
             let want = naive_matmul(&inp, &w, &b, rows, k, n);
             let mut out = vec![f32::NAN; rows * n];
@@ -293,7 +374,10 @@ mod tests {
         for row in out.chunks(c) {
             let mean = row.iter().sum::<f32>() / c as f32;
             let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / c as f32;
-            assert!((mean - 0.5).abs() < 1e-4 && (var - 4.0).abs() < 1e-3, "{mean} {var}");
+            assert!(
+                (mean - 0.5).abs() < 1e-4 && (var - 4.0).abs() < 1e-3,
+                "{mean} {var}"
+            );
         }
     }
 }

@@ -35,7 +35,10 @@ pub fn set_level(level: Level) {
     } else {
         level
     };
-    LEVEL.store(if level == Level::Scalar { 1 } else { 2 }, Ordering::Relaxed);
+    LEVEL.store(
+        if level == Level::Scalar { 1 } else { 2 },
+        Ordering::Relaxed,
+    );
 }
 
 fn detect() -> Level {
@@ -113,8 +116,24 @@ pub fn dot_rows_add(x: &[f32], rows: &[f32], out: &mut [f32]) {
 /// One query's attention over `visible` cached positions: scores
 /// `q . k_j * scale`, softmax, and `out = sum_j p_j v_j`. `keys` and
 /// `values` are `[visible, q.len()]`; `scores` is scratch.
-pub fn attend_row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
-    dispatch!(scalar::attend_row, avx2::attend_row, q, keys, values, scale, scores, out)
+pub fn attend_row(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    dispatch!(
+        scalar::attend_row,
+        avx2::attend_row,
+        q,
+        keys,
+        values,
+        scale,
+        scores,
+        out
+    )
 }
 
 /// Softmax of `v` in place.
@@ -185,7 +204,14 @@ pub mod scalar {
         }
     }
 
-    pub fn attend_row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    pub fn attend_row(
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
         let hd = q.len();
         for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
             *s = dot(q, k) * scale;
@@ -227,12 +253,20 @@ pub mod avx2 {
         while i + 32 <= n {
             for (k, acc_k) in acc.iter_mut().enumerate() {
                 let off = i + 8 * k;
-                *acc_k = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(off)), _mm256_loadu_ps(pb.add(off)), *acc_k);
+                *acc_k = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(off)),
+                    _mm256_loadu_ps(pb.add(off)),
+                    *acc_k,
+                );
             }
             i += 32;
         }
         while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i)),
+                _mm256_loadu_ps(pb.add(i)),
+                acc[0],
+            );
             i += 8;
         }
         let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
@@ -250,7 +284,10 @@ pub mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn axpy4(y: &mut [f32], x: [f32; 4], w: [&[f32]; 4]) {
         let n = y.len();
-        assert!(w.iter().all(|r| r.len() >= n), "axpy4: weight rows shorter than output");
+        assert!(
+            w.iter().all(|r| r.len() >= n),
+            "axpy4: weight rows shorter than output"
+        );
         let xs = [
             _mm256_set1_ps(x[0]),
             _mm256_set1_ps(x[1]),
@@ -267,7 +304,11 @@ pub mod avx2 {
             _mm256_storeu_ps(py.add(j), acc);
             j += 8;
         }
-        scalar::axpy4(&mut y[j..], x, [&w[0][j..], &w[1][j..], &w[2][j..], &w[3][j..]]);
+        scalar::axpy4(
+            &mut y[j..],
+            x,
+            [&w[0][j..], &w[1][j..], &w[2][j..], &w[3][j..]],
+        );
     }
 
     /// # Safety
@@ -282,12 +323,18 @@ pub mod avx2 {
         while j + 32 <= n {
             for k in (0..32).step_by(8) {
                 let (yp, xp) = (py.add(j + k), px.add(j + k));
-                _mm256_storeu_ps(yp, _mm256_fmadd_ps(av, _mm256_loadu_ps(xp), _mm256_loadu_ps(yp)));
+                _mm256_storeu_ps(
+                    yp,
+                    _mm256_fmadd_ps(av, _mm256_loadu_ps(xp), _mm256_loadu_ps(yp)),
+                );
             }
             j += 32;
         }
         while j + 8 <= n {
-            _mm256_storeu_ps(py.add(j), _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(j)), _mm256_loadu_ps(py.add(j))));
+            _mm256_storeu_ps(
+                py.add(j),
+                _mm256_fmadd_ps(av, _mm256_loadu_ps(px.add(j)), _mm256_loadu_ps(py.add(j))),
+            );
             j += 8;
         }
         scalar::axpy(&mut y[j..n], a, &x[j..n]);
@@ -301,18 +348,30 @@ pub mod avx2 {
         let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.33));
         let x = _mm256_min_ps(x, _mm256_set1_ps(88.37));
         let x = _mm256_max_ps(x, _mm256_set1_ps(-87.33));
-        let fx = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-            x,
-            _mm256_set1_ps(std::f32::consts::LOG2_E),
-        ));
+        let fx = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+        );
         let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693_359_4), x);
         let x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.121_944_4e-4), x);
         let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1] {
+        for c in [
+            1.398_2e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            1.666_666_5e-1,
+            0.5,
+        ] {
             p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(c));
         }
-        let y = _mm256_fmadd_ps(p, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0)));
-        let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)));
+        let y = _mm256_fmadd_ps(
+            p,
+            _mm256_mul_ps(x, x),
+            _mm256_add_ps(x, _mm256_set1_ps(1.0)),
+        );
+        let pow2 = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(fx),
+            _mm256_set1_epi32(127),
+        ));
         let r = _mm256_mul_ps(y, _mm256_castsi256_ps(pow2));
         _mm256_andnot_ps(underflow, r)
     }
@@ -369,7 +428,14 @@ pub mod avx2 {
     /// # Safety
     /// Requires AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn attend_row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
+    pub unsafe fn attend_row(
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
         let hd = q.len();
         for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
             *s = dot(q, k) * scale;
@@ -396,7 +462,11 @@ pub mod avx2 {
         }
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-        lanes.iter().chain(&v[i..]).copied().fold(f32::NEG_INFINITY, f32::max)
+        lanes
+            .iter()
+            .chain(&v[i..])
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max)
     }
 }
 
@@ -441,36 +511,55 @@ mod tests {
             let (mut y1, mut y2) = (a.clone(), a.clone());
             scalar::axpy4(&mut y1, [0.5, -1.0, 2.0, 0.25], wr);
             unsafe { avx2::axpy4(&mut y2, [0.5, -1.0, 2.0, 0.25], wr) };
-            assert!(y1.iter().zip(&y2).all(|(p, q)| close(*p, *q, 1e-6)), "axpy4 n={n}");
+            assert!(
+                y1.iter().zip(&y2).all(|(p, q)| close(*p, *q, 1e-6)),
+                "axpy4 n={n}"
+            );
 
             let (mut y1, mut y2) = (a.clone(), a.clone());
             scalar::axpy(&mut y1, 0.3, &b);
             unsafe { avx2::axpy(&mut y2, 0.3, &b) };
-            assert!(y1.iter().zip(&y2).all(|(p, q)| close(*p, *q, 1e-6)), "axpy n={n}");
+            assert!(
+                y1.iter().zip(&y2).all(|(p, q)| close(*p, *q, 1e-6)),
+                "axpy n={n}"
+            );
 
             let (mut e1, mut e2) = (a.clone(), a.clone());
             let s1 = scalar::exp_shifted_sum(&mut e1, 1.5);
             let s2 = unsafe { avx2::exp_shifted_sum(&mut e2, 1.5) };
             assert!(close(s1, s2, 1e-6), "exp sum n={n}");
-            assert!(e1.iter().zip(&e2).all(|(p, q)| close(*p, *q, 1e-6)), "exp n={n}");
+            assert!(
+                e1.iter().zip(&e2).all(|(p, q)| close(*p, *q, 1e-6)),
+                "exp n={n}"
+            );
 
             let rows = data(3 * n, 3);
             let (mut d1, mut d2) = (vec![0.0; 3], vec![0.0; 3]);
             if n > 0 {
                 scalar::dot_rows_add(&a, &rows, &mut d1);
                 unsafe { avx2::dot_rows_add(&a, &rows, &mut d2) };
-                assert!(d1.iter().zip(&d2).all(|(p, q)| close(*p, *q, 1e-5)), "dot_rows_add n={n}");
+                assert!(
+                    d1.iter().zip(&d2).all(|(p, q)| close(*p, *q, 1e-5)),
+                    "dot_rows_add n={n}"
+                );
                 let (keys, values) = (data(5 * n, 4), data(5 * n, 5));
-                let (mut s1, mut s2, mut o1, mut o2) = (vec![0.0; 5], vec![0.0; 5], vec![0.0; n], vec![0.0; n]);
+                let (mut s1, mut s2, mut o1, mut o2) =
+                    (vec![0.0; 5], vec![0.0; 5], vec![0.0; n], vec![0.0; n]);
                 scalar::attend_row(&a, &keys, &values, 0.125, &mut s1, &mut o1);
                 unsafe { avx2::attend_row(&a, &keys, &values, 0.125, &mut s2, &mut o2) };
-                assert!(o1.iter().zip(&o2).all(|(p, q)| close(*p, *q, 1e-5)), "attend_row n={n}");
+                assert!(
+                    o1.iter().zip(&o2).all(|(p, q)| close(*p, *q, 1e-5)),
+                    "attend_row n={n}"
+                );
             }
 
             let (mut g1, mut g2) = (a.clone(), a.clone());
             scalar::gelu(&mut g1);
             unsafe { avx2::gelu(&mut g2) };
-            assert!(g1.iter().zip(&g2).all(|(p, q)| close(*p, *q, 1e-6)), "gelu n={n}");
+            assert!(
+                g1.iter().zip(&g2).all(|(p, q)| close(*p, *q, 1e-6)),
+                "gelu n={n}"
+            );
         }
     }
 
@@ -489,7 +578,10 @@ mod tests {
             if *x < -87.33 {
                 assert!(*e == 0.0 || (*e - want).abs() < 1e-37, "x={x}");
             } else {
-                assert!((e - want).abs() <= 4.0 * f32::EPSILON * want, "x={x}: {e} vs {want}");
+                assert!(
+                    (e - want).abs() <= 4.0 * f32::EPSILON * want,
+                    "x={x}: {e} vs {want}"
+                );
             }
         }
     }
@@ -497,11 +589,19 @@ mod tests {
     #[test]
     fn gelu_matches_the_tanh_formula() {
         for x in data(1000, 7) {
-            let want = 0.5 * x as f64 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x as f64 + 0.044715 * (x as f64).powi(3))).tanh());
+            let want = 0.5
+                * x as f64
+                * (1.0
+                    + ((2.0 / std::f64::consts::PI).sqrt()
+                        * (x as f64 + 0.044715 * (x as f64).powi(3)))
+                    .tanh());
             let mut v = [x; 9];
             gelu(&mut v);
             for got in v {
-                assert!((got as f64 - want).abs() < 1e-6 * (1.0 + want.abs()), "x={x}: {got} vs {want}");
+                assert!(
+                    (got as f64 - want).abs() < 1e-6 * (1.0 + want.abs()),
+                    "x={x}: {got} vs {want}"
+                );
             }
         }
     }
