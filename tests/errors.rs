@@ -221,6 +221,23 @@ fn hub_id_that_cannot_be_resolved_offline() {
 }
 
 #[test]
+fn empty_text_to_score() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("empty.txt");
+    std::fs::write(&f, "").unwrap();
+    let model = tiny_model();
+    fails_with(
+        run(&[
+            "score",
+            "--model",
+            model.to_str().unwrap(),
+            f.to_str().unwrap(),
+        ]),
+        &["empty.txt", "empty"],
+    );
+}
+
+#[test]
 fn no_default_model_yet() {
     fails_with(
         run(&["generate", "hello"]),

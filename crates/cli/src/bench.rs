@@ -3,6 +3,7 @@
 
 use crate::input::load_model;
 use anyhow::{ensure, Result};
+use gpt2_generate::sampling::argmax;
 use gpt2_model::score::Scorer;
 use gpt2_model::{Batch, Model, Scratch};
 use serde_json::json;
@@ -35,18 +36,13 @@ pub fn run(a: Args) -> Result<()> {
     let prompt: Vec<u32> = (0..a.prompt_tokens as u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab)
         .collect();
-    let mut best = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
-    for _ in 0..a.repeat + 1 {
-        let (prefill, ttft, decode) = time_generation(&model, &prompt, a.gen_tokens)?;
-        let start = Instant::now();
-        Scorer::new(&model).score(&prompt, n_ctx, 0)?;
-        let score = start.elapsed().as_secs_f64();
-        best = (
-            best.0.min(prefill),
-            best.1.min(ttft),
-            best.2.min(decode),
-            best.3.min(score),
-        );
+    // One untimed warm-up round, then the best of `repeat` rounds.
+    let mut best = Timings::worst();
+    for round in 0..=a.repeat {
+        let t = time_round(&model, &prompt, a.gen_tokens)?;
+        if round > 0 {
+            best = best.min(&t);
+        }
     }
     let threads = rayon::current_num_threads();
     let bandwidth = read_bandwidth_bytes_per_s();
@@ -54,10 +50,10 @@ pub fn run(a: Args) -> Result<()> {
     let c = model.config();
     let weight_bytes = (c.num_parameters() - c.n_ctx * c.n_embd) as f64 * 4.0;
     let result = json!({
-        "prefill_tokens_per_s": a.prompt_tokens as f64 / best.0,
-        "decode_tokens_per_s": if a.gen_tokens > 0 { a.gen_tokens as f64 / best.2 } else { 0.0 },
-        "score_tokens_per_s": a.prompt_tokens as f64 / best.3,
-        "time_to_first_token_s": best.1,
+        "prefill_tokens_per_s": a.prompt_tokens as f64 / best.first_token,
+        "decode_tokens_per_s": if a.gen_tokens > 0 { a.gen_tokens as f64 / best.decode } else { 0.0 },
+        "score_tokens_per_s": a.prompt_tokens as f64 / best.score,
+        "time_to_first_token_s": best.first_token,
         "threads": threads,
         "prompt_tokens": a.prompt_tokens,
         "gen_tokens": a.gen_tokens,
@@ -74,7 +70,7 @@ pub fn run(a: Args) -> Result<()> {
             result["prefill_tokens_per_s"].as_f64().unwrap_or(0.0),
             result["score_tokens_per_s"].as_f64().unwrap_or(0.0),
             result["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
-            best.1,
+            best.first_token,
             threads
         );
     }
@@ -100,25 +96,55 @@ fn read_bandwidth_bytes_per_s() -> f64 {
     (data.len() * 4) as f64 / best
 }
 
-/// (prefill seconds, time to first token, decode seconds for `gen` tokens);
-/// decoding is greedy so the work does not depend on sampling.
-fn time_generation(model: &Model, prompt: &[u32], gen: usize) -> Result<(f64, f64, f64)> {
+/// Seconds for each measured phase of one round.
+struct Timings {
+    /// The prompt in one pass, the last position's logits, the argmax:
+    /// prefill and time to the first token are the same thing here.
+    first_token: f64,
+    /// `gen` greedy tokens, one forward pass each.
+    decode: f64,
+    /// The prompt scored: logits and statistics at every position.
+    score: f64,
+}
+
+impl Timings {
+    fn worst() -> Timings {
+        Timings {
+            first_token: f64::MAX,
+            decode: f64::MAX,
+            score: f64::MAX,
+        }
+    }
+
+    fn min(&self, o: &Timings) -> Timings {
+        Timings {
+            first_token: self.first_token.min(o.first_token),
+            decode: self.decode.min(o.decode),
+            score: self.score.min(o.score),
+        }
+    }
+}
+
+/// Greedy decoding, so the work does not depend on sampling.
+fn time_round(model: &Model, prompt: &[u32], gen: usize) -> Result<Timings> {
     let mut cache = model.new_cache(1);
     let mut scratch = Scratch::default();
     let mut batch = Batch::single(0, prompt);
     let start = Instant::now();
-    let logits = model.next_token_logits(&batch, &mut cache, &mut scratch)?;
-    let mut next = gpt2_generate::sampling::argmax(logits);
-    let prefill = start.elapsed().as_secs_f64();
+    let mut next = argmax(model.next_token_logits(&batch, &mut cache, &mut scratch)?);
+    let first_token = start.elapsed().as_secs_f64();
     let start = Instant::now();
     for _ in 0..gen {
         batch.clear();
         batch.push(0, &[next]);
-        next = gpt2_generate::sampling::argmax(model.next_token_logits(
-            &batch,
-            &mut cache,
-            &mut scratch,
-        )?);
+        next = argmax(model.next_token_logits(&batch, &mut cache, &mut scratch)?);
     }
-    Ok((prefill, prefill, start.elapsed().as_secs_f64()))
+    let decode = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    Scorer::new(model).score(prompt, model.config().n_ctx, 0)?;
+    Ok(Timings {
+        first_token,
+        decode,
+        score: start.elapsed().as_secs_f64(),
+    })
 }

@@ -28,6 +28,11 @@ pub fn run(a: Args) -> Result<()> {
     let model = load_model(&a.model)?;
     let tokenizer = Tokenizer::gpt2();
     let ids = tokenizer.encode(&text)?;
+    anyhow::ensure!(
+        !ids.is_empty(),
+        "{}: the text is empty; there is nothing to score",
+        a.file.as_deref().unwrap_or("stdin")
+    );
     let stride = a.stride.unwrap_or(model.config().n_ctx);
     let scores = Scorer::new(&model).score(&ids, stride, a.top)?;
     let mean = if scores.is_empty() {

@@ -9,9 +9,12 @@
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+/// Temperatures below this sample greedily.
+pub const MIN_TEMPERATURE: f32 = 1e-4;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SamplingParams {
-    /// 0 means greedy (argmax).
+    /// 0 (or anything below `MIN_TEMPERATURE`) means greedy (argmax).
     pub temperature: f32,
     /// 0 means no top-k filter.
     pub top_k: usize,
@@ -113,7 +116,9 @@ impl Sampler {
                 };
             }
         }
-        if p.temperature == 0.0 {
+        // Dividing by a temperature this small would overflow to infinities;
+        // the limit is greedy anyway.
+        if p.temperature < MIN_TEMPERATURE {
             return argmax(logits);
         }
         let inv_t = 1.0 / p.temperature;

@@ -143,6 +143,37 @@ pub fn softmax(v: &mut [f32]) {
     v.iter_mut().for_each(|x| *x *= inv);
 }
 
+/// Kernels built from the primitives above, defined once and compiled into
+/// both the scalar and the AVX2 module, where the primitive names resolve to
+/// that module's versions (so the vector code inlines with one dispatch per
+/// call instead of one per primitive).
+macro_rules! composite_kernels {
+    ($(#[$attr:meta])* $vis:vis $($unsafety:ident)?) => {
+        /// `out[i] += x . rows[i]` for consecutive rows of width `x.len()`.
+        $(#[$attr])*
+        $vis $($unsafety)? fn dot_rows_add(x: &[f32], rows: &[f32], out: &mut [f32]) {
+            for (o, row) in out.iter_mut().zip(rows.chunks_exact(x.len())) {
+                *o += dot(x, row);
+            }
+        }
+
+        /// One query's attention over the cached positions; see `super::attend_row`.
+        $(#[$attr])*
+        $vis $($unsafety)? fn attend_row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
+            let hd = q.len();
+            for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
+                *s = dot(q, k) * scale;
+            }
+            let max = max(scores);
+            let inv = 1.0 / exp_shifted_sum(scores, max);
+            out.fill(0.0);
+            for (&p, v) in scores.iter().zip(values.chunks_exact(hd)) {
+                axpy(out, p * inv, v);
+            }
+        }
+    };
+}
+
 pub(crate) const GELU_SCALE: f32 = 0.797_884_6; // sqrt(2 / pi)
 pub(crate) const GELU_CUBIC: f32 = 0.044715;
 
@@ -198,31 +229,7 @@ pub mod scalar {
         v.iter().copied().fold(f32::NEG_INFINITY, f32::max)
     }
 
-    pub fn dot_rows_add(x: &[f32], rows: &[f32], out: &mut [f32]) {
-        for (o, row) in out.iter_mut().zip(rows.chunks_exact(x.len())) {
-            *o += dot(x, row);
-        }
-    }
-
-    pub fn attend_row(
-        q: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        scale: f32,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let hd = q.len();
-        for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
-            *s = dot(q, k) * scale;
-        }
-        let max = max(scores);
-        let inv = 1.0 / exp_shifted_sum(scores, max);
-        out.fill(0.0);
-        for (&p, v) in scores.iter().zip(values.chunks_exact(hd)) {
-            axpy(out, p * inv, v);
-        }
-    }
+    composite_kernels!(pub);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -416,37 +423,12 @@ pub mod avx2 {
         scalar::gelu(&mut v[i..]);
     }
 
-    /// # Safety
-    /// Requires AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_rows_add(x: &[f32], rows: &[f32], out: &mut [f32]) {
-        for (o, row) in out.iter_mut().zip(rows.chunks_exact(x.len())) {
-            *o += dot(x, row);
-        }
-    }
-
-    /// # Safety
-    /// Requires AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn attend_row(
-        q: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        scale: f32,
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let hd = q.len();
-        for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
-            *s = dot(q, k) * scale;
-        }
-        let max = max(scores);
-        let inv = 1.0 / exp_shifted_sum(scores, max);
-        out.fill(0.0);
-        for (&p, v) in scores.iter().zip(values.chunks_exact(hd)) {
-            axpy(out, p * inv, v);
-        }
-    }
+    composite_kernels!(
+        /// # Safety
+        /// Requires AVX2 and FMA.
+        #[target_feature(enable = "avx2,fma")]
+        pub unsafe
+    );
 
     /// # Safety
     /// Requires AVX2 and FMA.
