@@ -101,10 +101,10 @@ fn start_hub() -> Hub {
 
 fn score(hub: &Hub, home: &std::path::Path, model: &str, offline: bool) -> std::process::Output {
     let mut c = gpt2();
-    c.args(["score", "--model", model, "--json", "-"])
+    let text = fixtures().join("sample.txt");
+    c.args(["score", "--model", model, "--json", text.to_str().unwrap()])
         .env("HF_ENDPOINT", &hub.endpoint)
-        .env("HF_HOME", home)
-        .stdin(std::process::Stdio::null());
+        .env("HF_HOME", home);
     if offline {
         c.env("HF_HUB_OFFLINE", "1");
     }
