@@ -360,12 +360,42 @@ impl CheckpointFiles {
     }
 }
 
-/// Names of every tensor a checkpoint of this shape must hold (without prefix).
-pub fn tensor_names(config: &Config) -> Vec<String> {
-    let mut names = vec!["wte.weight".to_string(), "wpe.weight".to_string()];
+/// Every tensor a checkpoint of this shape holds, with its shape, in the
+/// order of the layers (the names without the `transformer.` prefix; the
+/// tied LM head is not listed).
+pub fn tensor_shapes(config: &Config) -> Vec<(String, Vec<usize>)> {
+    let c = config.n_embd;
+    let mut out = vec![
+        ("wte.weight".to_string(), vec![config.vocab_size, c]),
+        ("wpe.weight".to_string(), vec![config.n_ctx, c]),
+    ];
     for i in 0..config.n_layer {
-        names.extend(LAYER_TENSORS.iter().map(|(n, _, _)| format!("h.{i}.{n}")));
+        out.extend(LAYER_TENSORS.iter().map(|&(name, rows, cols)| {
+            let shape = if rows == 0 {
+                vec![cols * c]
+            } else {
+                vec![rows * c, cols * c]
+            };
+            (format!("h.{i}.{name}"), shape)
+        }));
     }
-    names.extend(["ln_f.weight".to_string(), "ln_f.bias".to_string()]);
-    names
+    out.push(("ln_f.weight".to_string(), vec![c]));
+    out.push(("ln_f.bias".to_string(), vec![c]));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_shapes_count_every_parameter() {
+        for config in [Config::GPT2, Config::GPT2_MEDIUM] {
+            let total: usize = tensor_shapes(&config)
+                .iter()
+                .map(|(_, s)| s.iter().product::<usize>())
+                .sum();
+            assert_eq!(total, config.num_parameters());
+        }
+    }
 }

@@ -117,7 +117,7 @@ pub fn matmul_forward(
     }
 }
 
-pub(crate) fn gemm_parallelism() -> gemm::Parallelism {
+pub fn gemm_parallelism() -> gemm::Parallelism {
     match rayon::current_num_threads() {
         0 | 1 => gemm::Parallelism::None,
         n => gemm::Parallelism::Rayon(n),

@@ -174,8 +174,8 @@ macro_rules! composite_kernels {
     };
 }
 
-pub(crate) const GELU_SCALE: f32 = 0.797_884_6; // sqrt(2 / pi)
-pub(crate) const GELU_CUBIC: f32 = 0.044715;
+pub const GELU_SCALE: f32 = 0.797_884_6; // sqrt(2 / pi)
+pub const GELU_CUBIC: f32 = 0.044715;
 
 pub mod scalar {
     use super::{GELU_CUBIC, GELU_SCALE};

@@ -1,0 +1,11 @@
+//! gpt2-train: training GPT-2, llm.c style. Flat parameter and gradient
+//! buffers (`params`), forward/backward kernel pairs (`kernels`), the model's
+//! forward and backward passes (`model`), and AdamW (`adamw`).
+
+pub mod adamw;
+pub mod kernels;
+pub mod model;
+pub mod params;
+
+pub use adamw::{clip_grad_norm, AdamW};
+pub use model::{params_from_weights, TrainModel};

@@ -1,0 +1,369 @@
+//! A GPT-2 being trained: the parameters and their gradients in flat
+//! buffers, the activations of one batch, and the forward and backward
+//! passes over them (llm.c's `gpt2_forward` / `gpt2_backward`).
+
+use crate::kernels::*;
+use crate::params::{views, views_mut};
+use gpt2_model::config::LAYER_NORM_EPSILON;
+use gpt2_model::weights::Weights;
+use gpt2_model::Config;
+
+/// What one layer's backward pass needs from its forward pass.
+struct LayerActs {
+    ln1: Vec<f32>,
+    ln1_mean: Vec<f32>,
+    ln1_rstd: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    atty: Vec<f32>,
+    /// The residual stream after attention.
+    res2: Vec<f32>,
+    ln2: Vec<f32>,
+    ln2_mean: Vec<f32>,
+    ln2_rstd: Vec<f32>,
+    fch: Vec<f32>,
+    fch_gelu: Vec<f32>,
+    /// The residual stream after the MLP: the layer's output.
+    res3: Vec<f32>,
+}
+
+impl LayerActs {
+    fn new(n: usize, c: usize, att: usize) -> LayerActs {
+        let z = |len| vec![0f32; len];
+        LayerActs {
+            ln1: z(n * c),
+            ln1_mean: z(n),
+            ln1_rstd: z(n),
+            qkv: z(n * 3 * c),
+            att: z(att),
+            atty: z(n * c),
+            res2: z(n * c),
+            ln2: z(n * c),
+            ln2_mean: z(n),
+            ln2_rstd: z(n),
+            fch: z(n * 4 * c),
+            fch_gelu: z(n * 4 * c),
+            res3: z(n * c),
+        }
+    }
+}
+
+/// Gradient buffers for activations, reused layer after layer.
+struct ActGrads {
+    dres: Vec<f32>,
+    dln: Vec<f32>,
+    dqkv: Vec<f32>,
+    datty: Vec<f32>,
+    dfch: Vec<f32>,
+    dfch_gelu: Vec<f32>,
+    datt: Vec<f32>,
+}
+
+pub struct TrainModel {
+    pub config: Config,
+    /// All parameters, in checkpoint order (see `params`).
+    pub params: Vec<f32>,
+    pub grads: Vec<f32>,
+    batch: usize,
+    seq: usize,
+    tokens: Vec<u32>,
+    targets: Vec<u32>,
+    encoded: Vec<f32>,
+    layers: Vec<LayerActs>,
+    lnf: Vec<f32>,
+    lnf_mean: Vec<f32>,
+    lnf_rstd: Vec<f32>,
+    /// Logits, then probabilities, then the gradient of the loss.
+    probs: Vec<f32>,
+    losses: Vec<f32>,
+    d: ActGrads,
+}
+
+/// The parameters of loaded weights, flattened in checkpoint order.
+pub fn params_from_weights(w: &Weights) -> Vec<f32> {
+    let mut out = Vec::new();
+    out.extend_from_slice(w.wte.data());
+    out.extend_from_slice(w.wpe.data());
+    for l in &w.layers {
+        for t in [
+            &l.ln_1_w,
+            &l.ln_1_b,
+            &l.attn_w,
+            &l.attn_b,
+            &l.attn_proj_w,
+            &l.attn_proj_b,
+            &l.ln_2_w,
+            &l.ln_2_b,
+            &l.fc_w,
+            &l.fc_b,
+            &l.fc_proj_w,
+            &l.fc_proj_b,
+        ] {
+            out.extend_from_slice(t.data());
+        }
+    }
+    out.extend_from_slice(w.ln_f_w.data());
+    out.extend_from_slice(w.ln_f_b.data());
+    out
+}
+
+impl TrainModel {
+    /// A model for batches of `batch` sequences of `seq` tokens.
+    pub fn new(config: Config, params: Vec<f32>, batch: usize, seq: usize) -> TrainModel {
+        assert_eq!(
+            params.len(),
+            config.num_parameters(),
+            "parameter buffer size"
+        );
+        assert!(seq <= config.n_ctx && batch > 0 && seq > 0, "batch shape");
+        let (n, c) = (batch * seq, config.n_embd);
+        let att = batch * config.n_head * seq * seq;
+        let z = |len| vec![0f32; len];
+        TrainModel {
+            grads: z(params.len()),
+            params,
+            batch,
+            seq,
+            tokens: vec![0; n],
+            targets: vec![0; n],
+            encoded: z(n * c),
+            layers: (0..config.n_layer)
+                .map(|_| LayerActs::new(n, c, att))
+                .collect(),
+            lnf: z(n * c),
+            lnf_mean: z(n),
+            lnf_rstd: z(n),
+            probs: z(n * config.vocab_size),
+            losses: z(n),
+            d: ActGrads {
+                dres: z(n * c),
+                dln: z(n * c),
+                dqkv: z(n * 3 * c),
+                datty: z(n * c),
+                dfch: z(n * 4 * c),
+                dfch_gelu: z(n * 4 * c),
+                datt: z(att),
+            },
+            config,
+        }
+    }
+
+    fn shape(&self) -> AttentionShape {
+        AttentionShape {
+            b: self.batch,
+            t: self.seq,
+            c: self.config.n_embd,
+            n_head: self.config.n_head,
+        }
+    }
+
+    /// Runs the batch and returns the mean cross-entropy of `targets`; the
+    /// logits stay available through [`TrainModel::logits`] until
+    /// `backward`.
+    pub fn forward(&mut self, tokens: &[u32], targets: &[u32]) -> f32 {
+        let cfg = self.config;
+        let (n, c, v) = (self.batch * self.seq, cfg.n_embd, cfg.vocab_size);
+        assert!(
+            tokens.len() == n && targets.len() == n,
+            "forward: batch has the wrong size"
+        );
+        assert!(
+            tokens.iter().chain(targets).all(|&t| (t as usize) < v),
+            "forward: token out of the vocabulary"
+        );
+        self.tokens.copy_from_slice(tokens);
+        self.targets.copy_from_slice(targets);
+        let p = views(&self.params, &cfg);
+        let shape = self.shape();
+        encoder_forward(&mut self.encoded, tokens, p.wte, p.wpe, self.seq, c);
+        for l in 0..cfg.n_layer {
+            let (done, rest) = self.layers.split_at_mut(l);
+            let x = if l == 0 {
+                &self.encoded
+            } else {
+                &done[l - 1].res3
+            };
+            let (a, w) = (&mut rest[0], &p.layers[l]);
+            layernorm_forward(
+                &mut a.ln1,
+                &mut a.ln1_mean,
+                &mut a.ln1_rstd,
+                x,
+                w.ln_1_w,
+                w.ln_1_b,
+                c,
+                LAYER_NORM_EPSILON,
+            );
+            matmul_forward(&mut a.qkv, &a.ln1, w.attn_w, w.attn_b, n, c, 3 * c);
+            attention_forward(&mut a.atty, &mut a.att, &a.qkv, shape);
+            matmul_forward(&mut a.res2, &a.atty, w.attn_proj_w, w.attn_proj_b, n, c, c);
+            a.res2.iter_mut().zip(x).for_each(|(r, x)| *r += x);
+            layernorm_forward(
+                &mut a.ln2,
+                &mut a.ln2_mean,
+                &mut a.ln2_rstd,
+                &a.res2,
+                w.ln_2_w,
+                w.ln_2_b,
+                c,
+                LAYER_NORM_EPSILON,
+            );
+            matmul_forward(&mut a.fch, &a.ln2, w.fc_w, w.fc_b, n, c, 4 * c);
+            gelu_forward(&mut a.fch_gelu, &a.fch);
+            matmul_forward(
+                &mut a.res3,
+                &a.fch_gelu,
+                w.fc_proj_w,
+                w.fc_proj_b,
+                n,
+                4 * c,
+                c,
+            );
+            a.res3.iter_mut().zip(&a.res2).for_each(|(r, x)| *r += x);
+        }
+        let last = &self.layers[cfg.n_layer - 1].res3;
+        layernorm_forward(
+            &mut self.lnf,
+            &mut self.lnf_mean,
+            &mut self.lnf_rstd,
+            last,
+            p.ln_f_w,
+            p.ln_f_b,
+            c,
+            LAYER_NORM_EPSILON,
+        );
+        lm_head_forward(&mut self.probs, &self.lnf, p.wte, n, c, v);
+        crossentropy_forward(&mut self.probs, &mut self.losses, targets, v)
+    }
+
+    /// Logits of the last forward pass, `[batch * seq, vocab]`, recomputed
+    /// from the saved final hidden states (the forward pass turns its
+    /// logits into probabilities in place).
+    pub fn logits(&self) -> Vec<f32> {
+        let (n, c, v) = (
+            self.batch * self.seq,
+            self.config.n_embd,
+            self.config.vocab_size,
+        );
+        let mut logits = vec![0f32; n * v];
+        lm_head_forward(
+            &mut logits,
+            &self.lnf,
+            views(&self.params, &self.config).wte,
+            n,
+            c,
+            v,
+        );
+        logits
+    }
+
+    /// Sets `grads` to the gradient of the last forward pass's mean loss.
+    pub fn backward(&mut self) {
+        let cfg = self.config;
+        let (n, c, v) = (self.batch * self.seq, cfg.n_embd, cfg.vocab_size);
+        let shape = self.shape();
+        self.grads.fill(0.0);
+        let p = views(&self.params, &cfg);
+        let mut g = views_mut(&mut self.grads, &cfg);
+        let d = &mut self.d;
+        crossentropy_backward(&mut self.probs, &self.targets, v);
+        d.dln.fill(0.0);
+        lm_head_backward(&mut d.dln, g.wte, &self.probs, &self.lnf, p.wte, n, c, v);
+        d.dres.fill(0.0);
+        let last = &self.layers[cfg.n_layer - 1].res3;
+        layernorm_backward(
+            &mut d.dres,
+            g.ln_f_w,
+            g.ln_f_b,
+            &d.dln,
+            last,
+            p.ln_f_w,
+            &self.lnf_mean,
+            &self.lnf_rstd,
+            c,
+        );
+        for l in (0..cfg.n_layer).rev() {
+            let x = if l == 0 {
+                &self.encoded
+            } else {
+                &self.layers[l - 1].res3
+            };
+            let (a, w, gw) = (&self.layers[l], &p.layers[l], &mut g.layers[l]);
+            d.dfch_gelu.fill(0.0);
+            matmul_backward(
+                &mut d.dfch_gelu,
+                gw.fc_proj_w,
+                gw.fc_proj_b,
+                &d.dres,
+                &a.fch_gelu,
+                w.fc_proj_w,
+                n,
+                4 * c,
+                c,
+            );
+            d.dfch.fill(0.0);
+            gelu_backward(&mut d.dfch, &a.fch, &d.dfch_gelu);
+            d.dln.fill(0.0);
+            matmul_backward(
+                &mut d.dln,
+                gw.fc_w,
+                gw.fc_b,
+                &d.dfch,
+                &a.ln2,
+                w.fc_w,
+                n,
+                c,
+                4 * c,
+            );
+            layernorm_backward(
+                &mut d.dres,
+                gw.ln_2_w,
+                gw.ln_2_b,
+                &d.dln,
+                &a.res2,
+                w.ln_2_w,
+                &a.ln2_mean,
+                &a.ln2_rstd,
+                c,
+            );
+            d.datty.fill(0.0);
+            matmul_backward(
+                &mut d.datty,
+                gw.attn_proj_w,
+                gw.attn_proj_b,
+                &d.dres,
+                &a.atty,
+                w.attn_proj_w,
+                n,
+                c,
+                c,
+            );
+            d.dqkv.fill(0.0);
+            attention_backward(&mut d.dqkv, &mut d.datt, &d.datty, &a.qkv, &a.att, shape);
+            d.dln.fill(0.0);
+            matmul_backward(
+                &mut d.dln,
+                gw.attn_w,
+                gw.attn_b,
+                &d.dqkv,
+                &a.ln1,
+                w.attn_w,
+                n,
+                c,
+                3 * c,
+            );
+            layernorm_backward(
+                &mut d.dres,
+                gw.ln_1_w,
+                gw.ln_1_b,
+                &d.dln,
+                x,
+                w.ln_1_w,
+                &a.ln1_mean,
+                &a.ln1_rstd,
+                c,
+            );
+        }
+        encoder_backward(g.wte, g.wpe, &d.dres, &self.tokens, self.seq, c);
+    }
+}
