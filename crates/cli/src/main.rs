@@ -6,6 +6,7 @@ mod generate;
 mod input;
 mod score;
 mod tokenize;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +34,10 @@ enum Command {
     Tokenize(tokenize::Args),
     /// Measure prefill, scoring and decode speed in-process.
     Bench(bench::Args),
+    /// Turn text files into token files with a train/validation split.
+    Prepare(train::PrepareArgs),
+    /// Train a model from scratch or fine-tune a checkpoint.
+    Train(train::TrainArgs),
 }
 
 fn main() {
@@ -65,5 +70,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Score(a) => score::run(a),
         Command::Tokenize(a) => tokenize::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Prepare(a) => train::prepare(a),
+        Command::Train(a) => train::train(a),
     }
 }

@@ -137,6 +137,15 @@ impl Model {
         Ok(Model { config, weights })
     }
 
+    /// A model from a `config.json` and a `model.safetensors` held in memory
+    /// (the default model built into the binary).
+    pub fn from_memory(config_json: &str, weights: &[u8]) -> Result<Model> {
+        let name = Path::new("built-in model");
+        let config = Config::from_json_str(config_json, name)?;
+        let weights = Weights::from_bytes(name, weights, &config)?;
+        Ok(Model { config, weights })
+    }
+
     /// A model from weights already in memory; the caller guarantees that
     /// `weights` has the shapes of `config`.
     pub fn from_parts(config: Config, weights: Weights) -> Model {

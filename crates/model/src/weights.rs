@@ -126,13 +126,29 @@ impl Weights {
         // is loaded is outside what any loader can defend against.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
         let map = Arc::new(map);
-        let st = SafeTensors::deserialize(&map).map_err(|e| ModelError::Safetensors {
+        Self::parse(path, &map, Some(&map), config)
+    }
+
+    /// Loads weights from bytes in memory (a checkpoint built into the
+    /// binary); `name` stands for the file in error messages. Tensors are
+    /// copied out of `bytes`.
+    pub fn from_bytes(name: &Path, bytes: &[u8], config: &Config) -> Result<Weights> {
+        Self::parse(name, bytes, None, config)
+    }
+
+    fn parse(
+        path: &Path,
+        bytes: &[u8],
+        map: Option<&Arc<Mmap>>,
+        config: &Config,
+    ) -> Result<Weights> {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| ModelError::Safetensors {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
         let loader = Loader {
             path,
-            map: &map,
+            map,
             st: &st,
             prefix: detect_prefix(&st),
             config,
@@ -152,7 +168,9 @@ fn detect_prefix(st: &SafeTensors) -> &'static str {
 
 struct Loader<'a> {
     path: &'a Path,
-    map: &'a Arc<Mmap>,
+    /// The memory map `st` reads from, when there is one: f32 tensors are
+    /// then used in place.
+    map: Option<&'a Arc<Mmap>>,
     st: &'a SafeTensors<'a>,
     prefix: &'static str,
     config: &'a Config,
@@ -280,16 +298,18 @@ impl Loader<'_> {
         let len: usize = shape.iter().product();
         let data = match view.dtype() {
             Dtype::F32 => {
-                let offset = bytes.as_ptr() as usize - self.map.as_ptr() as usize;
-                if offset.is_multiple_of(4) && cfg!(target_endian = "little") {
-                    return Ok(Tensor {
-                        storage: Storage::Mapped {
-                            map: Arc::clone(self.map),
-                            offset,
-                            len,
-                        },
-                        shape: shape.to_vec(),
-                    });
+                if let Some(map) = self.map {
+                    let offset = bytes.as_ptr() as usize - map.as_ptr() as usize;
+                    if offset.is_multiple_of(4) && cfg!(target_endian = "little") {
+                        return Ok(Tensor {
+                            storage: Storage::Mapped {
+                                map: Arc::clone(map),
+                                offset,
+                                len,
+                            },
+                            shape: shape.to_vec(),
+                        });
+                    }
                 }
                 widen(bytes, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]), 4)
             }

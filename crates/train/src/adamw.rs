@@ -35,6 +35,24 @@ impl AdamW {
         self.step
     }
 
+    /// The state to save: step, then both moments.
+    pub fn state(&self) -> (u64, &[f32], &[f32]) {
+        (self.step, &self.m, &self.v)
+    }
+
+    /// Restores a saved state; the moments must match the parameter count.
+    pub fn restore(&mut self, step: u64, m: Vec<f32>, v: Vec<f32>) -> Result<(), String> {
+        if m.len() != self.m.len() || v.len() != self.v.len() {
+            return Err(format!(
+                "optimizer state holds {} moments, the model has {} parameters",
+                m.len(),
+                self.m.len()
+            ));
+        }
+        (self.step, self.m, self.v) = (step, m, v);
+        Ok(())
+    }
+
     /// One update of `params` with `grads` at learning rate `lr`.
     pub fn update(&mut self, params: &mut [f32], grads: &[f32], lr: f32) {
         self.step += 1;

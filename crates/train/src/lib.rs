@@ -3,9 +3,15 @@
 //! forward and backward passes (`model`), and AdamW (`adamw`).
 
 pub mod adamw;
+pub mod checkpoint;
+pub mod data;
+pub mod init;
 pub mod kernels;
 pub mod model;
 pub mod params;
+pub mod prepare;
+pub mod trainer;
 
 pub use adamw::{clip_grad_norm, AdamW};
 pub use model::{params_from_weights, TrainModel};
+pub use trainer::{Observer, StepReport, TrainOptions, Trainer};

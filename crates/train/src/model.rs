@@ -79,6 +79,38 @@ pub struct TrainModel {
     d: ActGrads,
 }
 
+/// Inference weights holding a copy of `params` (for sampling during training).
+pub fn weights_from_params(config: &Config, params: &[f32]) -> Weights {
+    use gpt2_model::weights::{LayerWeights, Tensor};
+    let p = views(params, config);
+    let t = |s: &[f32], shape: Vec<usize>| Tensor::from_vec(s.to_vec(), shape);
+    let c = config.n_embd;
+    Weights {
+        wte: t(p.wte, vec![config.vocab_size, c]),
+        wpe: t(p.wpe, vec![config.n_ctx, c]),
+        layers: p
+            .layers
+            .iter()
+            .map(|l| LayerWeights {
+                ln_1_w: t(l.ln_1_w, vec![c]),
+                ln_1_b: t(l.ln_1_b, vec![c]),
+                attn_w: t(l.attn_w, vec![c, 3 * c]),
+                attn_b: t(l.attn_b, vec![3 * c]),
+                attn_proj_w: t(l.attn_proj_w, vec![c, c]),
+                attn_proj_b: t(l.attn_proj_b, vec![c]),
+                ln_2_w: t(l.ln_2_w, vec![c]),
+                ln_2_b: t(l.ln_2_b, vec![c]),
+                fc_w: t(l.fc_w, vec![c, 4 * c]),
+                fc_b: t(l.fc_b, vec![4 * c]),
+                fc_proj_w: t(l.fc_proj_w, vec![4 * c, c]),
+                fc_proj_b: t(l.fc_proj_b, vec![c]),
+            })
+            .collect(),
+        ln_f_w: t(p.ln_f_w, vec![c]),
+        ln_f_b: t(p.ln_f_b, vec![c]),
+    }
+}
+
 /// The parameters of loaded weights, flattened in checkpoint order.
 pub fn params_from_weights(w: &Weights) -> Vec<f32> {
     let mut out = Vec::new();
@@ -257,12 +289,16 @@ impl TrainModel {
         logits
     }
 
-    /// Sets `grads` to the gradient of the last forward pass's mean loss.
+    pub fn zero_grads(&mut self) {
+        self.grads.fill(0.0);
+    }
+
+    /// Adds the gradient of the last forward pass's mean loss to `grads`
+    /// (call `zero_grads` first, or accumulate over micro-batches).
     pub fn backward(&mut self) {
         let cfg = self.config;
         let (n, c, v) = (self.batch * self.seq, cfg.n_embd, cfg.vocab_size);
         let shape = self.shape();
-        self.grads.fill(0.0);
         let p = views(&self.params, &cfg);
         let mut g = views_mut(&mut self.grads, &cfg);
         let d = &mut self.d;

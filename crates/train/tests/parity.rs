@@ -83,6 +83,7 @@ fn logits_loss_and_every_gradient_match_pytorch() {
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(diff < 2e-5, "logits max |diff| {diff}");
 
+    s.model.zero_grads();
     s.model.backward();
     let grads = read_f32("grads.f32");
     assert_eq!(grads.len(), s.model.grads.len());
@@ -120,6 +121,7 @@ fn ten_adamw_steps_match_pytorch() {
             "step {step}: loss {loss:.6} vs {want:.6} (|diff| {:.1e})",
             (loss - want).abs()
         );
+        s.model.zero_grads();
         s.model.backward();
         clip_grad_norm(&mut s.model.grads, 1.0);
         let TrainModel { params, grads, .. } = &mut s.model;

@@ -1,0 +1,173 @@
+//! Training checkpoints: `OUT/step-NNNNNN/` holds `config.json` and
+//! `model.safetensors` in the Hugging Face layout (so `transformers` and
+//! `gpt2 --model` load it unchanged), `optimizer.bin` (AdamW's step and
+//! moments) and `state.json` (the run's settings and position). `OUT/latest`
+//! names the newest complete one.
+//!
+//! Writes are atomic: a checkpoint is written into a temporary directory,
+//! every file fsynced, then the directory renamed into place, and only then
+//! is `latest` replaced (itself through a temporary file and a rename). A
+//! run killed at any moment leaves the previous checkpoint loadable.
+
+use crate::adamw::AdamW;
+use crate::data::{write_atomic, DataError};
+use gpt2_model::weights::tensor_shapes;
+use gpt2_model::Config;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use std::path::{Path, PathBuf};
+
+const OPT_MAGIC: &[u8; 8] = b"GPT2OPT\0";
+
+/// Storage precision of the saved weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    F32,
+    F16,
+}
+
+fn io(path: &Path, e: std::io::Error) -> DataError {
+    DataError::Io {
+        path: path.display().to_string(),
+        source: e,
+    }
+}
+
+/// Writes `config.json` and `model.safetensors` into `dir` (which exists).
+pub fn write_model(
+    dir: &Path,
+    config: &Config,
+    params: &[f32],
+    precision: Precision,
+) -> Result<(), DataError> {
+    let config_json = serde_json::to_string_pretty(&config.to_hf_json())
+        .map_err(|e| io(dir, std::io::Error::other(e)))?;
+    write_atomic(&dir.join("config.json"), config_json.as_bytes())?;
+    let shapes = tensor_shapes(config);
+    let mut at = 0;
+    let mut buffers = Vec::with_capacity(shapes.len());
+    for (name, shape) in &shapes {
+        let n: usize = shape.iter().product();
+        let data = &params[at..at + n];
+        at += n;
+        let bytes: Vec<u8> = match precision {
+            Precision::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            Precision::F16 => data
+                .iter()
+                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                .collect(),
+        };
+        buffers.push((name.clone(), shape.clone(), bytes));
+    }
+    let dtype = if precision == Precision::F32 {
+        Dtype::F32
+    } else {
+        Dtype::F16
+    };
+    let views: Vec<(String, TensorView)> = buffers
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(dtype, s.clone(), b)
+                    .expect("invariant: sizes come from the shapes"),
+            )
+        })
+        .collect();
+    let metadata = Some(
+        [("format".to_string(), "pt".to_string())]
+            .into_iter()
+            .collect(),
+    );
+    let bytes =
+        safetensors::serialize(views, metadata).map_err(|e| io(dir, std::io::Error::other(e)))?;
+    write_atomic(&dir.join("model.safetensors"), &bytes)
+}
+
+fn optimizer_bytes(opt: &AdamW) -> Vec<u8> {
+    let (step, m, v) = opt.state();
+    let mut out = Vec::with_capacity(24 + 8 * m.len());
+    out.extend_from_slice(OPT_MAGIC);
+    out.extend_from_slice(&step.to_le_bytes());
+    out.extend_from_slice(&(m.len() as u64).to_le_bytes());
+    for x in m.iter().chain(v) {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+/// Reads `optimizer.bin` into `opt`.
+pub fn read_optimizer(path: &Path, opt: &mut AdamW) -> Result<(), DataError> {
+    let bad = |reason: String| DataError::Format {
+        path: path.display().to_string(),
+        reason,
+    };
+    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+    if bytes.len() < 24 || &bytes[..8] != OPT_MAGIC {
+        return Err(bad("not an optimizer state file".into()));
+    }
+    let word =
+        |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("invariant: 8 bytes"));
+    let (step, n) = (word(8), word(16) as usize);
+    if bytes.len() != 24 + 8 * n {
+        return Err(bad(format!(
+            "holds {} bytes, expected {} for {n} parameters (truncated?)",
+            bytes.len(),
+            24 + 8 * n
+        )));
+    }
+    let floats: Vec<f32> = bytes[24..]
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let (m, v) = floats.split_at(n);
+    opt.restore(step, m.to_vec(), v.to_vec()).map_err(bad)
+}
+
+/// Saves a complete checkpoint for `step` under `out` and points
+/// `out/latest` at it. Returns its directory.
+pub fn save(
+    out: &Path,
+    step: u64,
+    config: &Config,
+    params: &[f32],
+    opt: &AdamW,
+    state: &serde_json::Value,
+    precision: Precision,
+) -> Result<PathBuf, DataError> {
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    let name = format!("step-{step:06}");
+    let tmp = out.join(format!(".{name}.tmp{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
+    write_model(&tmp, config, params, precision)?;
+    write_atomic(&tmp.join("optimizer.bin"), &optimizer_bytes(opt))?;
+    write_atomic(&tmp.join("state.json"), state.to_string().as_bytes())?;
+    let dir = out.join(&name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::rename(&tmp, &dir).map_err(|e| io(&dir, e))?;
+    sync_dir(out)?;
+    write_atomic(&out.join("latest"), name.as_bytes())?;
+    sync_dir(out)?;
+    Ok(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), DataError> {
+    std::fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io(dir, e))
+}
+
+/// The newest complete checkpoint under `out`.
+pub fn latest(out: &Path) -> Result<PathBuf, DataError> {
+    let pointer = out.join("latest");
+    let name = std::fs::read_to_string(&pointer).map_err(|e| io(&pointer, e))?;
+    let name = name.trim();
+    if !name.starts_with("step-") || name.contains('/') {
+        return Err(DataError::Format {
+            path: pointer.display().to_string(),
+            reason: format!("does not name a checkpoint: {name:?}"),
+        });
+    }
+    Ok(out.join(name))
+}

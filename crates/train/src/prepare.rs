@@ -1,0 +1,166 @@
+//! `gpt2 prepare`: text files, folders of them, or JSONL with a `text`
+//! field become documents; each document is `<|endoftext|>` followed by its
+//! tokens; whole documents go to the training or the validation file.
+
+use crate::data::{write_atomic, write_tokens, DataError};
+use gpt2_model::{Tokenizer, END_OF_TEXT};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+pub struct Document {
+    /// The file (and line, for JSONL) it came from.
+    pub name: String,
+    pub text: String,
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> DataError {
+    DataError::Format {
+        path: path.display().to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// Every document under `inputs`, in a stable order (folders sorted).
+pub fn collect_documents(inputs: &[PathBuf]) -> Result<Vec<Document>, DataError> {
+    let mut docs = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(input)
+                .map_err(|e| DataError::Io {
+                    path: input.display().to_string(),
+                    source: e,
+                })?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(bad(input, "folder holds no files"));
+            }
+            for f in files {
+                read_file(&f, &mut docs)?;
+            }
+        } else {
+            read_file(input, &mut docs)?;
+        }
+    }
+    Ok(docs)
+}
+
+fn read_file(path: &Path, docs: &mut Vec<Document>) -> Result<(), DataError> {
+    let bytes = std::fs::read(path).map_err(|e| DataError::Io {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    if bytes.contains(&0) {
+        return Err(bad(path, "holds NUL bytes: not a text file"));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        bad(
+            path,
+            format!(
+                "not valid UTF-8 (first invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })?;
+    if text.trim().is_empty() {
+        return Err(bad(path, "is empty"));
+    }
+    if path.extension().is_some_and(|e| e == "jsonl") {
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .map_err(|e| bad(path, format!("line {}: {e}", i + 1)))?;
+            let t = v
+                .get("text")
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| bad(path, format!("line {}: no string field `text`", i + 1)))?;
+            docs.push(Document {
+                name: format!("{}:{}", path.display(), i + 1),
+                text: t.to_string(),
+            });
+        }
+    } else {
+        docs.push(Document {
+            name: path.display().to_string(),
+            text,
+        });
+    }
+    Ok(())
+}
+
+pub struct Split {
+    pub train: Vec<u32>,
+    pub val: Vec<u32>,
+    pub train_docs: Vec<String>,
+    pub val_docs: Vec<String>,
+}
+
+/// Documents whose name contains one of `val_names` go to validation; with
+/// none given, every `1 / val_fraction`-th document does (at least one).
+pub fn split(docs: &[Document], val_names: &[String], val_fraction: f64) -> Result<Split, String> {
+    let tokenizer = Tokenizer::gpt2();
+    let mut s = Split {
+        train: Vec::new(),
+        val: Vec::new(),
+        train_docs: Vec::new(),
+        val_docs: Vec::new(),
+    };
+    let every = if val_fraction > 0.0 {
+        (1.0 / val_fraction).round().max(1.0) as usize
+    } else {
+        usize::MAX
+    };
+    for (i, d) in docs.iter().enumerate() {
+        let to_val = if val_names.is_empty() {
+            docs.len() > 1 && (i + 1) % every == 0
+        } else {
+            val_names.iter().any(|n| d.name.contains(n.as_str()))
+        };
+        let ids = tokenizer
+            .encode(&d.text)
+            .map_err(|e| format!("{}: {e}", d.name))?;
+        let (tokens, names) = if to_val {
+            (&mut s.val, &mut s.val_docs)
+        } else {
+            (&mut s.train, &mut s.train_docs)
+        };
+        tokens.push(END_OF_TEXT);
+        tokens.extend(ids);
+        names.push(d.name.clone());
+    }
+    for n in val_names {
+        if !s.val_docs.iter().any(|d| d.contains(n.as_str())) {
+            return Err(format!("--val {n:?} matches no input document"));
+        }
+    }
+    if s.train.is_empty() {
+        return Err("every document went to validation; nothing is left to train on".into());
+    }
+    Ok(s)
+}
+
+/// Writes `train.bin`, `val.bin` and `meta.json` into `out`.
+pub fn write_split(out: &Path, s: &Split) -> Result<(), DataError> {
+    std::fs::create_dir_all(out).map_err(|e| DataError::Io {
+        path: out.display().to_string(),
+        source: e,
+    })?;
+    write_tokens(&out.join("train.bin"), &s.train)?;
+    write_tokens(&out.join("val.bin"), &s.val)?;
+    let meta = json!({
+        "tokenizer": "gpt2 (r50k_base)",
+        "train_tokens": s.train.len(), "val_tokens": s.val.len(),
+        "train_documents": s.train_docs, "val_documents": s.val_docs,
+    });
+    write_atomic(
+        &out.join("meta.json"),
+        serde_json::to_string_pretty(&meta)
+            .unwrap_or_default()
+            .as_bytes(),
+    )
+}
