@@ -38,6 +38,8 @@ enum Command {
     Prepare(train::PrepareArgs),
     /// Train a model from scratch or fine-tune a checkpoint.
     Train(train::TrainArgs),
+    /// Draw a training run's loss curve (log.csv) as a PNG.
+    Plot(train::PlotArgs),
 }
 
 fn main() {
@@ -72,5 +74,6 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Bench(a) => bench::run(a),
         Command::Prepare(a) => train::prepare(a),
         Command::Train(a) => train::train(a),
+        Command::Plot(a) => train::plot(a),
     }
 }

@@ -165,6 +165,21 @@ pub fn train(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(clap::Args)]
+pub struct PlotArgs {
+    /// A training run's log.csv.
+    log: PathBuf,
+    /// The PNG to write.
+    #[arg(long, default_value = "loss.png")]
+    out: PathBuf,
+}
+
+pub fn plot(a: PlotArgs) -> Result<()> {
+    gpt2_train::plot::plot_losses(&a.log, &a.out).map_err(|e| anyhow!(e))?;
+    println!("wrote {}", a.out.display());
+    Ok(())
+}
+
 /// The starting point: a loaded checkpoint, or a new model of the asked
 /// shape with GPT-2's initialisation.
 fn initial_model(a: &TrainArgs) -> Result<(Config, Vec<f32>)> {
@@ -241,5 +256,9 @@ impl Observer for Progress {
 
     fn checkpoint(&mut self, step: u64, dir: &Path) {
         eprintln!("checkpoint at step {step}: {}", dir.display());
+    }
+
+    fn warning(&mut self, message: &str) {
+        eprintln!("warning: {message}");
     }
 }

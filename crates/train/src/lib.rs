@@ -9,6 +9,7 @@ pub mod init;
 pub mod kernels;
 pub mod model;
 pub mod params;
+pub mod plot;
 pub mod prepare;
 pub mod trainer;
 

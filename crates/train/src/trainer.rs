@@ -100,6 +100,7 @@ pub trait Observer {
     fn validation(&mut self, _step: u64, _loss: f32) {}
     fn sample(&mut self, _step: u64, _text: &str) {}
     fn checkpoint(&mut self, _step: u64, _dir: &Path) {}
+    fn warning(&mut self, _message: &str) {}
 }
 
 pub struct Trainer<'a> {
