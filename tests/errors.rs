@@ -236,11 +236,3 @@ fn empty_text_to_score() {
         &["empty.txt", "empty"],
     );
 }
-
-#[test]
-fn no_default_model_yet() {
-    fails_with(
-        run(&["generate", "hello"]),
-        &["no default model", "--model"],
-    );
-}

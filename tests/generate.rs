@@ -187,3 +187,26 @@ fn invalid_sampling_options_are_named() {
     );
     fails_with(run(&["generate", "--model", m, "x", "-n", "0"]), &["-n"]);
 }
+
+/// The default model is inside the binary: no --model, no files nearby.
+#[test]
+fn the_built_in_model_generates_offline_from_anywhere() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let o = gpt2()
+        .current_dir(elsewhere.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .args([
+            "generate",
+            "Once upon a time",
+            "--seed",
+            "1",
+            "--max-tokens",
+            "12",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_str(&ok(o)).unwrap();
+    assert_eq!(v["model"], "default");
+    assert_eq!(v["samples"][0]["ids"].as_array().unwrap().len(), 12);
+}

@@ -29,12 +29,15 @@ pub fn read_text(file: Option<&str>) -> Result<String> {
     })
 }
 
+/// The default model, trained by `gpt2 train` on the shared books and built
+/// into the binary (see models/default/README.md).
+const DEFAULT_CONFIG: &str = include_str!("../../../models/default/config.json");
+static DEFAULT_WEIGHTS: &[u8] = include_bytes!("../../../models/default/model.safetensors");
+
 /// Loads the model `--model` names.
 pub fn load_model(spec: &str) -> Result<Model> {
     match resolve(spec)? {
         ModelSource::Dir(dir) => Ok(Model::load_dir(&dir)?),
-        ModelSource::Default => Err(anyhow!(
-            "no default model is built into this binary yet; pass --model DIR (a Hugging Face GPT-2 checkpoint directory) or a hub id such as gpt2"
-        )),
+        ModelSource::Default => Ok(Model::from_memory(DEFAULT_CONFIG, DEFAULT_WEIGHTS)?),
     }
 }

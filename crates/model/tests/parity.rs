@@ -93,6 +93,7 @@ fn matches_transformers_f32_with_prefix_and_tied_head_stored() {
     );
     let r = reference(&dir);
     let diff = compare(&score(&model, &r), &r.tokens).unwrap();
+    eprintln!("f32 fixture: max |delta logprob| {diff:.2e}");
     assert!(diff < 1e-4, "max |delta logprob| = {diff}");
 }
 
@@ -103,6 +104,7 @@ fn matches_transformers_bf16_in_strided_windows() {
     let r = reference(&dir);
     assert!(r.stride < model.config().n_ctx && ids().len() > model.config().n_ctx);
     let diff = compare(&score(&model, &r), &r.tokens).unwrap();
+    eprintln!("bf16 fixture, stride 16: max |delta logprob| {diff:.2e}");
     assert!(diff < 1e-4, "max |delta logprob| = {diff}");
 }
 

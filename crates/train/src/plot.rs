@@ -16,7 +16,9 @@ pub fn read_log(csv: &Path) -> Result<Vec<(u64, f32, Option<f32>)>, String> {
         let f: Vec<&str> = line.split(',').collect();
         let parse = |k: usize| f.get(k).and_then(|s| s.parse::<f64>().ok());
         match (parse(0), parse(1)) {
-            (Some(step), Some(loss)) => rows.push((step as u64, loss as f32, parse(2).map(|v| v as f32))),
+            (Some(step), Some(loss)) => {
+                rows.push((step as u64, loss as f32, parse(2).map(|v| v as f32)))
+            }
             _ => return Err(format!("{}: line {}: not a log row", csv.display(), i + 1)),
         }
     }
@@ -59,7 +61,10 @@ pub fn plot_losses(csv: &Path, png: &Path) -> Result<(), String> {
         .label("training")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
     chart
-        .draw_series(rows.iter().filter_map(|r| r.2.map(|v| Circle::new((r.0, v), 4, RED.filled()))))
+        .draw_series(
+            rows.iter()
+                .filter_map(|r| r.2.map(|v| Circle::new((r.0, v), 4, RED.filled()))),
+        )
         .map_err(|e| err(e.to_string()))?
         .label("validation")
         .legend(|(x, y)| Circle::new((x + 10, y), 4, RED.filled()));
