@@ -236,7 +236,7 @@ impl Observer for Progress {
         if self.terminal {
             eprint!("\r{line}   ");
             let _ = std::io::stderr().flush();
-        } else if done % 10 == 0 || done == self.steps {
+        } else if done.is_multiple_of(10) || done == self.steps {
             eprintln!("{line}");
         }
     }

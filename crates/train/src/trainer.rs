@@ -114,6 +114,11 @@ pub struct Trainer<'a> {
     pub step: u64,
 }
 
+/// Whether `step` is a multiple of a period (0 = never).
+fn every(step: u64, period: u64) -> bool {
+    period > 0 && step.is_multiple_of(period)
+}
+
 /// Losses and learning rates of every step, one row each.
 const CSV_HEADER: &str = "step,loss,val_loss,lr,grad_norm,tokens_per_s,elapsed_s\n";
 
@@ -198,28 +203,7 @@ impl<'a> Trainer<'a> {
         while self.step < end {
             let step = self.step;
             let lr = o.lr_at(step);
-            self.model.zero_grads();
-            let mut loss = 0f32;
-            for micro in 0..o.grad_accum as u64 {
-                batch_at(
-                    self.train,
-                    o.batch,
-                    o.seq,
-                    o.seed,
-                    step * o.grad_accum as u64 + micro,
-                    &mut inputs,
-                    &mut targets,
-                );
-                loss += self.model.forward(&inputs, &targets) / o.grad_accum as f32;
-                self.model.backward();
-            }
-            if o.grad_accum > 1 {
-                let inv = 1.0 / o.grad_accum as f32;
-                self.model.grads.iter_mut().for_each(|g| *g *= inv);
-            }
-            let grad_norm = clip_grad_norm(&mut self.model.grads, 1.0);
-            let TrainModel { params, grads, .. } = &mut self.model;
-            self.opt.update(params, grads, lr);
+            let (loss, grad_norm) = self.optimizer_step(step, lr, &mut inputs, &mut targets);
             self.step += 1;
             let elapsed = start.elapsed().as_secs_f64();
             let report = StepReport {
@@ -233,7 +217,7 @@ impl<'a> Trainer<'a> {
             };
             observer.step(&report);
             let last = self.step == end;
-            let val_loss = if (o.eval_every > 0 && self.step % o.eval_every == 0) || last {
+            let val_loss = if every(self.step, o.eval_every) || last {
                 let v = self.validation_loss();
                 observer.validation(step, v);
                 Some(v)
@@ -251,10 +235,10 @@ impl<'a> Trainer<'a> {
                 path: self.out.join("log.csv").display().to_string(),
                 source: e,
             })?;
-            if (o.sample_every > 0 && self.step % o.sample_every == 0) || last {
+            if every(self.step, o.sample_every) || last {
                 observer.sample(step, &self.sample());
             }
-            if (o.checkpoint_every > 0 && self.step % o.checkpoint_every == 0) || last {
+            if every(self.step, o.checkpoint_every) || last {
                 let dir = checkpoint::save(
                     &self.out,
                     self.step,
@@ -268,6 +252,43 @@ impl<'a> Trainer<'a> {
             }
         }
         Ok(())
+    }
+
+    /// One step of the schedule: `grad_accum` micro-batches, averaged
+    /// gradients, clipping, AdamW. Returns (mean loss, gradient norm before
+    /// clipping).
+    fn optimizer_step(
+        &mut self,
+        step: u64,
+        lr: f32,
+        inputs: &mut Vec<u32>,
+        targets: &mut Vec<u32>,
+    ) -> (f32, f32) {
+        let o = &self.options;
+        let accum = o.grad_accum as u64;
+        self.model.zero_grads();
+        let mut loss = 0f32;
+        for micro in 0..accum {
+            batch_at(
+                self.train,
+                o.batch,
+                o.seq,
+                o.seed,
+                step * accum + micro,
+                inputs,
+                targets,
+            );
+            loss += self.model.forward(inputs, targets) / accum as f32;
+            self.model.backward();
+        }
+        if accum > 1 {
+            let inv = 1.0 / accum as f32;
+            self.model.grads.iter_mut().for_each(|g| *g *= inv);
+        }
+        let grad_norm = clip_grad_norm(&mut self.model.grads, 1.0);
+        let TrainModel { params, grads, .. } = &mut self.model;
+        self.opt.update(params, grads, lr);
+        (loss, grad_norm)
     }
 
     fn open_log(&self) -> Result<std::fs::File, DataError> {
@@ -303,7 +324,7 @@ impl<'a> Trainer<'a> {
                 self.val,
                 o.batch,
                 o.seq,
-                o.seed ^ 0x5EED_0F_7A11,
+                o.seed ^ 0x005E_ED0F_7A11,
                 k,
                 &mut inputs,
                 &mut targets,
