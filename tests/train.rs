@@ -55,6 +55,19 @@ fn train(data: &str, out: &Path, extra: &[&str]) -> std::process::Output {
     run(&args)
 }
 
+/// The checkpoint `out/latest` names loads in the engine and scores a text.
+fn assert_latest_loads(out: &Path) {
+    let latest = std::fs::read_to_string(out.join("latest")).unwrap();
+    let model = out.join(latest.trim());
+    let text = fixtures().join("sample.txt");
+    ok(run(&[
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        text.to_str().unwrap(),
+    ]));
+}
+
 fn losses(out: &Path) -> Vec<String> {
     std::fs::read_to_string(out.join("log.csv"))
         .unwrap()
@@ -152,14 +165,7 @@ fn resume_continues_exactly_and_checkpoints_load_in_the_engine() {
         "the resumed run's losses equal the uninterrupted run's"
     );
     // The checkpoint is a Hugging Face directory the engine loads.
-    let latest = std::fs::read_to_string(straight.join("latest")).unwrap();
-    let model = straight.join(latest.trim());
-    ok(run(&[
-        "score",
-        "--model",
-        model.to_str().unwrap(),
-        fixtures().join("sample.txt").to_str().unwrap(),
-    ]));
+    assert_latest_loads(&straight);
     // A second run into the same folder must not overwrite it.
     fails_with(
         train(&data, &straight, &["--steps", "6"]),
@@ -276,13 +282,6 @@ fn kill_during_checkpointing_leaves_a_loadable_checkpoint() {
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        let latest = std::fs::read_to_string(out.join("latest")).unwrap();
-        let model = out.join(latest.trim());
-        ok(run(&[
-            "score",
-            "--model",
-            model.to_str().unwrap(),
-            fixtures().join("sample.txt").to_str().unwrap(),
-        ]));
+        assert_latest_loads(&out);
     }
 }
