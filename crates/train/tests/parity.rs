@@ -128,3 +128,29 @@ fn ten_adamw_steps_match_pytorch() {
         opt.update(params, grads, lr);
     }
 }
+
+/// Accumulating two micro-batches of one sequence each, then averaging,
+/// gives the gradient of one batch of both sequences.
+#[test]
+fn gradient_accumulation_equals_one_larger_batch() {
+    let s = setup();
+    let config = s.model.config;
+    let t = s.inputs.len() / 2;
+    let mut whole = TrainModel::new(config, s.model.params.clone(), 2, t);
+    whole.zero_grads();
+    whole.forward(&s.inputs, &s.targets);
+    whole.backward();
+
+    let mut micro = TrainModel::new(config, s.model.params.clone(), 1, t);
+    micro.zero_grads();
+    for k in 0..2 {
+        micro.forward(
+            &s.inputs[k * t..(k + 1) * t],
+            &s.targets[k * t..(k + 1) * t],
+        );
+        micro.backward();
+    }
+    micro.grads.iter_mut().for_each(|g| *g *= 0.5);
+    let d = max_rel_diff(&micro.grads, &whole.grads);
+    assert!(d < 1e-5, "accumulated gradient differs by {d}");
+}
