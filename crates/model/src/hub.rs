@@ -16,6 +16,7 @@
 //! `https://huggingface.co`), `$HF_TOKEN` is sent when set, and
 //! `HF_HUB_OFFLINE=1` forbids the network.
 
+use crate::atomic::write_atomic;
 use crate::error::{ModelError, Result};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -350,14 +351,6 @@ fn link_into_snapshot(blob: &Path, target: &Path, etag: &str) -> std::io::Result
     #[cfg(not(unix))]
     let linked: std::io::Result<()> = Err(std::io::Error::other(format!("no symlinks for {etag}")));
     linked.or_else(|_| std::fs::copy(blob, target).map(|_| ()))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //! # }
 //! ```
 
+pub mod atomic;
 pub mod cache;
 pub mod config;
 pub mod error;

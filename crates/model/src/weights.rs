@@ -177,50 +177,45 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
+    /// Every tensor in the order and shapes `tensor_shapes` gives, then
+    /// the tied head's check.
     fn load_all(&self) -> Result<Weights> {
-        let c = self.config.n_embd;
-        let wte = self.tensor("wte.weight", &[self.config.vocab_size, c])?;
-        let wpe = self.tensor("wpe.weight", &[self.config.n_ctx, c])?;
-        let layers = (0..self.config.n_layer)
-            .map(|i| self.layer(i))
+        let tensors = tensor_shapes(self.config)
+            .iter()
+            .map(|(name, shape)| self.tensor(name, shape))
             .collect::<Result<Vec<_>>>()?;
-        let ln_f_w = self.tensor("ln_f.weight", &[c])?;
-        let ln_f_b = self.tensor("ln_f.bias", &[c])?;
-        self.check_tied_head(&wte)?;
-        Ok(Weights {
+        let mut t = tensors.into_iter();
+        let mut next = || {
+            t.next()
+                .expect("invariant: tensor_shapes lists every tensor once")
+        };
+        let wte = next();
+        let wpe = next();
+        let layers = (0..self.config.n_layer)
+            .map(|_| LayerWeights {
+                ln_1_w: next(),
+                ln_1_b: next(),
+                attn_w: next(),
+                attn_b: next(),
+                attn_proj_w: next(),
+                attn_proj_b: next(),
+                ln_2_w: next(),
+                ln_2_b: next(),
+                fc_w: next(),
+                fc_b: next(),
+                fc_proj_w: next(),
+                fc_proj_b: next(),
+            })
+            .collect();
+        let weights = Weights {
             wte,
             wpe,
             layers,
-            ln_f_w,
-            ln_f_b,
-        })
-    }
-
-    fn layer(&self, i: usize) -> Result<LayerWeights> {
-        let c = self.config.n_embd;
-        let mut t = LAYER_TENSORS.iter().map(|&(name, rows, cols)| {
-            let shape: Vec<usize> = if rows == 0 {
-                vec![cols * c]
-            } else {
-                vec![rows * c, cols * c]
-            };
-            self.tensor(&format!("h.{i}.{name}"), &shape)
-        });
-        let mut next = || t.next().expect("invariant: LAYER_TENSORS has 12 entries");
-        Ok(LayerWeights {
-            ln_1_w: next()?,
-            ln_1_b: next()?,
-            attn_w: next()?,
-            attn_b: next()?,
-            attn_proj_w: next()?,
-            attn_proj_b: next()?,
-            ln_2_w: next()?,
-            ln_2_b: next()?,
-            fc_w: next()?,
-            fc_b: next()?,
-            fc_proj_w: next()?,
-            fc_proj_b: next()?,
-        })
+            ln_f_w: next(),
+            ln_f_b: next(),
+        };
+        self.check_tied_head(&weights.wte)?;
+        Ok(weights)
     }
 
     /// A checkpoint with more layers than config.json says is a mismatch, not

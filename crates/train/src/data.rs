@@ -2,7 +2,6 @@
 //! (magic `GPT2TOK\0`, format version as u32, token count as u64, all
 //! little-endian), and the seeded batches a training run draws from them.
 
-use std::io::Write;
 use std::path::Path;
 
 pub const MAGIC: &[u8; 8] = b"GPT2TOK\0";
@@ -49,14 +48,9 @@ pub fn write_tokens(path: &Path, tokens: &[u32]) -> Result<(), DataError> {
     write_atomic(path, &bytes)
 }
 
+/// `gpt2_model::atomic::write_atomic`, with the file named in the error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    f.write_all(bytes)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+    gpt2_model::atomic::write_atomic(path, bytes).map_err(|e| io(path, e))
 }
 
 /// Reads a token file, checking the header against the file's length and
