@@ -3,6 +3,7 @@
 //! gradients. Shapes: `n` rows (batch x time) of width `c`.
 
 use gpt2_model::kernels::simd::{self, GELU_CUBIC, GELU_SCALE};
+use gpt2_model::kernels::DisjointPtr;
 use rayon::prelude::*;
 
 /// A matrix operand read through strides.
@@ -282,20 +283,6 @@ impl AttentionShape {
     }
 }
 
-/// Raw output pointer shared by tasks that write disjoint heads.
-#[derive(Clone, Copy)]
-struct Shared(*mut f32);
-// SAFETY: each task writes only its own (sequence, head) columns.
-unsafe impl Send for Shared {}
-unsafe impl Sync for Shared {}
-
-impl Shared {
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY (of the arithmetic): callers pass offsets inside the buffer.
-        unsafe { self.0.add(offset) }
-    }
-}
-
 /// `qkv` is `[b*t, 3C]`; writes `out` `[b*t, C]` and the attention
 /// probabilities `att` `[b, n_head, t, t]` (zero above the diagonal).
 pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttentionShape) {
@@ -306,7 +293,7 @@ pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: Atten
             && att.len() >= s.b * s.n_head * t * t,
         "attention_forward: shapes"
     );
-    let out_ptr = Shared(out.as_mut_ptr());
+    let out_ptr = DisjointPtr::new(out);
     att[..s.b * s.n_head * t * t]
         .par_chunks_mut(t * t)
         .enumerate()
@@ -370,7 +357,7 @@ pub fn attention_backward(
             && dout.len() >= s.b * t * c,
         "attention_backward: shapes"
     );
-    let dqkv_ptr = Shared(dqkv.as_mut_ptr());
+    let dqkv_ptr = DisjointPtr::new(dqkv);
     scratch[..s.b * s.n_head * t * t]
         .par_chunks_mut(t * t)
         .enumerate()

@@ -17,13 +17,13 @@ pub const SKINNY_MAX_ROWS: usize = 4;
 
 /// A raw pointer that threads may share because each writes a disjoint part.
 #[derive(Clone, Copy)]
-pub(crate) struct DisjointPtr(*mut f32);
+pub struct DisjointPtr(*mut f32);
 // SAFETY: users guarantee that concurrent writers touch disjoint elements.
 unsafe impl Send for DisjointPtr {}
 unsafe impl Sync for DisjointPtr {}
 
 impl DisjointPtr {
-    pub(crate) fn new(buf: &mut [f32]) -> DisjointPtr {
+    pub fn new(buf: &mut [f32]) -> DisjointPtr {
         DisjointPtr(buf.as_mut_ptr())
     }
 
@@ -31,8 +31,16 @@ impl DisjointPtr {
     /// `offset..offset + len` lies inside the buffer this was made from,
     /// which outlives `'a`, and no other thread touches those elements
     /// while the slice lives.
-    pub(crate) unsafe fn slice<'a>(self, offset: usize, len: usize) -> &'a mut [f32] {
+    pub unsafe fn slice<'a>(self, offset: usize, len: usize) -> &'a mut [f32] {
         unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
+    }
+
+    /// The raw pointer at `offset`, for a strided write (a gemm destination).
+    ///
+    /// # Safety
+    /// `offset` lies inside the buffer this was made from.
+    pub unsafe fn at(self, offset: usize) -> *mut f32 {
+        unsafe { self.0.add(offset) }
     }
 }
 
