@@ -3,7 +3,7 @@
 //! gradients. Shapes: `n` rows (batch x time) of width `c`.
 
 use gpt2_model::kernels::simd::{self, GELU_CUBIC, GELU_SCALE};
-use gpt2_model::kernels::DisjointPtr;
+use gpt2_model::kernels::{layernorm_row, DisjointPtr};
 use rayon::prelude::*;
 
 /// A matrix operand read through strides.
@@ -115,15 +115,7 @@ pub fn layernorm_forward(
     out.par_chunks_mut(c)
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
-        .for_each(|((o, x), (m, r))| {
-            let mu = x.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
-            let var = x.iter().map(|&v| (v as f64 - mu).powi(2)).sum::<f64>() / c as f64;
-            let rs = 1.0 / (var + eps as f64).sqrt();
-            for (((o, x), w), b) in o.iter_mut().zip(x).zip(w).zip(b) {
-                *o = ((*x as f64 - mu) * rs) as f32 * w + b;
-            }
-            (*m, *r) = (mu as f32, rs as f32);
-        });
+        .for_each(|((o, x), (m, r))| (*m, *r) = layernorm_row(o, x, w, b, eps));
 }
 
 #[allow(clippy::too_many_arguments)]

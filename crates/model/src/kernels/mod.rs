@@ -237,6 +237,30 @@ pub fn lm_head_forward(
     }
 }
 
+/// LayerNorm of one row; returns its (mean, 1/std) for a backward pass.
+/// Statistics in f64: the residual stream of a deep model can be large, and
+/// these two sums set the precision of everything after them.
+pub fn layernorm_row(
+    out: &mut [f32],
+    x: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+) -> (f32, f32) {
+    let n = x.len() as f64;
+    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+        .sum::<f64>()
+        / n;
+    let rstd = 1.0 / (var + eps as f64).sqrt();
+    for (((o, x), w), b) in out.iter_mut().zip(x).zip(weight).zip(bias) {
+        *o = ((*x as f64 - mean) * rstd) as f32 * w + b;
+    }
+    (mean as f32, rstd as f32)
+}
+
 /// LayerNorm over each row of width `c`: `(x - mean) / sqrt(var + eps) * w + b`.
 pub fn layernorm_forward(
     out: &mut [f32],
@@ -247,19 +271,8 @@ pub fn layernorm_forward(
     c: usize,
     eps: f32,
 ) {
-    // Statistics in f64: the residual stream of a deep model can be large,
-    // and these two sums set the precision of everything after them.
     let one = |(o, x): (&mut [f32], &[f32])| {
-        let mean = x.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
-        let var = x
-            .iter()
-            .map(|&v| (v as f64 - mean) * (v as f64 - mean))
-            .sum::<f64>()
-            / c as f64;
-        let rstd = 1.0 / (var + eps as f64).sqrt();
-        for (((o, x), w), b) in o.iter_mut().zip(x).zip(weight).zip(bias) {
-            *o = ((*x as f64 - mean) * rstd) as f32 * w + b;
-        }
+        layernorm_row(o, x, weight, bias, eps);
     };
     let pairs = out[..rows * c]
         .par_chunks_mut(c)
