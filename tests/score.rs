@@ -92,17 +92,11 @@ fn score_json_has_exactly_the_documented_shape() {
 fn stride_changes_context_not_coverage() {
     let model = tiny_model();
     let sample = fixtures().join("sample.txt");
-    let score = |stride: &str| -> Vec<f64> {
-        let v: Value = serde_json::from_str(&ok(run(&[
-            "score",
-            "--model",
-            model.to_str().unwrap(),
-            "--json",
-            "--stride",
-            stride,
-            sample.to_str().unwrap(),
-        ])))
-        .unwrap();
+    let score = |stride: &[&str]| -> Vec<f64> {
+        let mut args = vec!["score", "--model", model.to_str().unwrap(), "--json"];
+        args.extend(stride);
+        args.push(sample.to_str().unwrap());
+        let v: Value = serde_json::from_str(&ok(run(&args))).unwrap();
         v["tokens"]
             .as_array()
             .unwrap()
@@ -110,16 +104,16 @@ fn stride_changes_context_not_coverage() {
             .map(|t| t["logprob"].as_f64().unwrap())
             .collect()
     };
-    let (full, half) = (score("128"), score("64"));
+    let (full, half) = (score(&[]), score(&["--stride", "64"]));
     assert_eq!(full.len(), half.len());
-    // The first window is identical; later ones see more context with stride 64.
-    assert!(full[..128]
+    // The first window scores 127 tokens alike; later ones see other context.
+    assert!(full[..127]
         .iter()
-        .zip(&half[..128])
+        .zip(&half[..127])
         .all(|(a, b)| (a - b).abs() < 1e-5));
-    assert!(full[128..]
+    assert!(full[127..]
         .iter()
-        .zip(&half[128..])
+        .zip(&half[127..])
         .any(|(a, b)| (a - b).abs() > 1e-3));
     fails_with(
         run(&[
@@ -131,6 +125,17 @@ fn stride_changes_context_not_coverage() {
             sample.to_str().unwrap(),
         ]),
         &["stride"],
+    );
+    fails_with(
+        run(&[
+            "score",
+            "--model",
+            model.to_str().unwrap(),
+            "--stride",
+            "128",
+            sample.to_str().unwrap(),
+        ]),
+        &["stride", "127"],
     );
 }
 

@@ -74,18 +74,30 @@ def load(dir_):
     return GPT2LMHeadModel.from_pretrained(dir_, torch_dtype=torch.float32).eval()
 
 
-def rolling_windows(tokens, prefix, n_ctx, stride):
-    """(inputs, number of scored targets) per window; lm-eval's rolling
-    loglikelihood when stride == n_ctx, written out independently."""
+def windows(tokens, prefix, n_ctx, stride):
+    """(inputs, scored targets) per window over [prefix] + tokens, written
+    out independently of the Rust code: lm-eval's rolling loglikelihood when
+    stride == n_ctx, else Hugging Face's sliding-window loop."""
     seq = [prefix] + tokens
     out = []
-    first = 1
-    while first <= len(tokens):
-        last = min(first + stride, len(tokens) + 1)
-        end = last - 1
-        start = max(0, end - n_ctx)
-        out.append((seq[start:end], seq[first:last]))
-        first = last
+    if stride == n_ctx:
+        scored = 0
+        while scored < len(tokens):
+            end = scored + min(len(tokens) - scored, n_ctx)
+            out.append((seq[max(0, end - n_ctx):end], seq[scored + 1:end + 1]))
+            scored = end
+        return out
+    prev_end = 0
+    for begin in range(0, len(seq), stride):
+        end = min(begin + n_ctx, len(seq))
+        trg_len = end - prev_end
+        inputs = seq[begin:end]
+        # HF masks all but the last trg_len labels; the shift drops label 0.
+        targets = inputs[1:][-trg_len:]
+        out.append((inputs[:-1], targets))
+        prev_end = end
+        if end == len(seq):
+            break
     return out
 
 
@@ -93,7 +105,7 @@ def rolling_windows(tokens, prefix, n_ctx, stride):
 def reference(model, tokens, prefix, stride, top=5):
     n_ctx = model.config.n_positions
     rows = []
-    for inputs, targets in rolling_windows(tokens, prefix, n_ctx, stride):
+    for inputs, targets in windows(tokens, prefix, n_ctx, stride):
         logits = model(torch.tensor([inputs])).logits[0].to(torch.float64)
         logp = torch.log_softmax(logits, dim=-1)[-len(targets):]
         for lp, t in zip(logp, targets):

@@ -4,7 +4,7 @@
 use crate::input::load_model;
 use anyhow::{ensure, Result};
 use gpt2_generate::sampling::argmax;
-use gpt2_model::score::Scorer;
+use gpt2_model::score::{Scorer, Windowing};
 use gpt2_model::{Batch, Model, Scratch};
 use serde_json::json;
 use std::time::Instant;
@@ -141,7 +141,7 @@ fn time_round(model: &Model, prompt: &[u32], gen: usize) -> Result<Timings> {
     }
     let decode = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    Scorer::new(model).score(prompt, model.config().n_ctx, 0)?;
+    Scorer::new(model).score(prompt, Windowing::Rolling, 0)?;
     Ok(Timings {
         first_token,
         decode,

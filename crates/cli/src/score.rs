@@ -1,6 +1,6 @@
 use crate::input::{load_model, read_text};
 use anyhow::Result;
-use gpt2_model::score::{Scorer, TokenScore};
+use gpt2_model::score::{Scorer, TokenScore, Windowing};
 use gpt2_model::Tokenizer;
 use serde_json::{json, Value};
 use std::io::Write;
@@ -12,8 +12,8 @@ pub struct Args {
     /// Checkpoint directory, hub id, or `default`.
     #[arg(long, default_value = "default")]
     model: String,
-    /// Tokens scored per window for texts longer than the context
-    /// (default: the context length, i.e. disjoint windows).
+    /// Score long texts in Hugging Face's sliding windows, each scoring its
+    /// last S tokens (default: lm-eval's rolling, disjoint windows).
     #[arg(long)]
     stride: Option<usize>,
     /// Also report the N most likely tokens at each position.
@@ -33,8 +33,8 @@ pub fn run(a: Args) -> Result<()> {
         "{}: the text is empty; there is nothing to score",
         a.file.as_deref().unwrap_or("stdin")
     );
-    let stride = a.stride.unwrap_or(model.config().n_ctx);
-    let scores = Scorer::new(&model).score(&ids, stride, a.top)?;
+    let windowing = a.stride.map_or(Windowing::Rolling, |stride| Windowing::Sliding { stride });
+    let scores = Scorer::new(&model).score(&ids, windowing, a.top)?;
     let mean = if scores.is_empty() {
         0.0
     } else {

@@ -2,11 +2,12 @@
 //! kernels and the inference forward pass with a KV cache.
 //!
 //! ```no_run
-//! use gpt2_model::{score::Scorer, Model, Tokenizer};
+//! use gpt2_model::score::{Scorer, Windowing};
+//! use gpt2_model::{Model, Tokenizer};
 //! # fn main() -> gpt2_model::Result<()> {
 //! let model = Model::load_dir(std::path::Path::new("my-checkpoint"))?;
 //! let ids = Tokenizer::gpt2().encode("Hello world")?;
-//! let scores = Scorer::new(&model).score(&ids, model.config().n_ctx, 0)?;
+//! let scores = Scorer::new(&model).score(&ids, Windowing::Rolling, 0)?;
 //! println!("first token logprob {}", scores[0].logprob);
 //! # Ok(())
 //! # }

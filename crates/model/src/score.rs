@@ -1,12 +1,15 @@
 //! Scoring a text: the log-probability, rank and entropy of every token
 //! under the model, the first token conditioned on `<|endoftext|>`.
 //!
-//! Texts longer than the context are scored in windows. With stride `S`,
-//! window `k` scores the targets `S*k .. S*(k+1)` and feeds the model as
-//! much left context as fits (the context length minus the targets in the
-//! window). With `S` = the context length (the default) this is exactly
-//! lm-evaluation-harness's rolling loglikelihood: disjoint windows, the
-//! first one starting at `<|endoftext|>`, the last one filled with context.
+//! Texts longer than the context are scored in windows over the sequence
+//! `[EOT] + tokens`, in one of two ways (see [`Windowing`]):
+//! lm-evaluation-harness's rolling loglikelihood (disjoint windows, the last
+//! one filled with context; the default), or Hugging Face's sliding window
+//! (each window scores only its last `stride` tokens).
+//!
+//! Underneath both is [`Scorer::score_spans`]: any list of (input, targets)
+//! pairs, batched into shared forward passes, which is also what the
+//! evaluation tasks use for many short examples.
 
 use crate::cache::KvCache;
 use crate::config::END_OF_TEXT;
@@ -28,9 +31,19 @@ pub struct TokenScore {
     pub top: Vec<(u32, f32)>,
 }
 
+impl TokenScore {
+    /// Whether greedy decoding would have chosen this token (lm-eval's
+    /// `is_greedy`: no other token has a strictly larger logit).
+    pub fn is_greedy(&self) -> bool {
+        self.rank == 1
+    }
+}
+
 /// How many window rows one forward pass may hold; bounds memory on long
 /// texts (activations are about 10 floats per row per embedding width).
 const MAX_BATCH_ROWS: usize = 2048;
+/// Key/value cells (sequences x longest sequence) one batch may reserve.
+const MAX_BATCH_CELLS: usize = 2 * MAX_BATCH_ROWS;
 /// Rows of logits materialised at once (each is a full vocabulary, so this
 /// is 50 MB for GPT-2); large enough that `gemm` packs the embedding
 /// matrix rarely.
@@ -45,6 +58,28 @@ pub struct Scorer<'m> {
     prefix: u32,
 }
 
+/// One piece of scoring work: the model reads `input`, and its last
+/// `targets.len()` outputs are scored against `targets` (output `i` of the
+/// input predicts the token after input `i`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    pub input: Vec<u32>,
+    pub targets: Vec<u32>,
+}
+
+/// How a text longer than the context is cut into windows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Windowing {
+    /// lm-evaluation-harness's `loglikelihood_rolling`: disjoint windows of
+    /// the context length, the first starting at `<|endoftext|>`, the last
+    /// one filled with as much preceding context as fits.
+    Rolling,
+    /// Hugging Face's "perplexity of fixed-length models": windows of the
+    /// context length start every `stride` tokens, and each scores only the
+    /// tokens no earlier window scored (the first scores all of its own).
+    Sliding { stride: usize },
+}
+
 /// One window: positions `start..end` of the sequence `[EOT] + tokens` are
 /// fed, and its last `targets` outputs are scored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,35 +90,67 @@ pub struct Window {
 }
 
 /// The windows that score every token of a text of `n` tokens exactly once.
-pub fn windows(n: usize, n_ctx: usize, stride: usize) -> Result<Vec<Window>> {
-    if stride == 0 || stride > n_ctx {
-        return Err(ModelError::InvalidRequest(format!(
-            "stride must be between 1 and the context length {n_ctx}, got {stride}"
-        )));
+pub fn windows(n: usize, n_ctx: usize, windowing: Windowing) -> Result<Vec<Window>> {
+    match windowing {
+        Windowing::Rolling => Ok(rolling_windows(n, n_ctx)),
+        // At stride == n_ctx Hugging Face's loop drops the first label of
+        // every window; rolling windows are the disjoint case done right.
+        Windowing::Sliding { stride } if stride == 0 || stride >= n_ctx => {
+            Err(ModelError::InvalidRequest(format!(
+                "stride must be between 1 and {} (the context length minus one; \
+                 without a stride, texts are scored in lm-eval's rolling windows), got {stride}",
+                n_ctx.saturating_sub(1)
+            )))
+        }
+        Windowing::Sliding { stride } => Ok(sliding_windows(n, n_ctx, stride)),
     }
+}
+
+/// lm-eval's `get_rolling_token_windows` with `context_len = 1`, followed by
+/// `make_disjoint_window`, in positions of `[EOT] + tokens`.
+fn rolling_windows(n: usize, n_ctx: usize) -> Vec<Window> {
     let mut out = Vec::new();
-    let mut first_target = 1; // index into [EOT] + tokens
-    while first_target <= n {
-        let last_target = (first_target + stride).min(n + 1); // exclusive
-        let end = last_target - 1; // inputs are positions start..end
-        let start = end.saturating_sub(n_ctx);
+    let mut scored = 0; // tokens scored so far
+    while scored < n {
+        let targets = (n - scored).min(n_ctx);
+        let end = scored + targets; // the last input is seq[end - 1]
         out.push(Window {
-            start,
+            start: end.saturating_sub(n_ctx),
             end,
-            targets: last_target - first_target,
+            targets,
         });
-        first_target = last_target;
+        scored = end;
     }
-    Ok(out)
+    out
+}
+
+/// Hugging Face's loop: `for begin in range(0, N, stride)`, the window
+/// `seq[begin..min(begin + n_ctx, N)]` scoring the labels past the previous
+/// window's end, stopping at the window that reaches the end. Its last input
+/// predicts nothing, so it is not fed.
+fn sliding_windows(n: usize, n_ctx: usize, stride: usize) -> Vec<Window> {
+    let len = n + 1;
+    let mut out = Vec::new();
+    let mut prev_end = 1; // seq[0] is the prefix, never a label
+    let mut begin = 0;
+    while prev_end < len {
+        let end = (begin + n_ctx).min(len);
+        out.push(Window {
+            start: begin,
+            end: end - 1,
+            targets: end - prev_end,
+        });
+        prev_end = end;
+        begin += stride;
+    }
+    out
 }
 
 impl<'m> Scorer<'m> {
     pub fn new(model: &'m Model) -> Scorer<'m> {
-        let n_ctx = model.config().n_ctx;
-        let slots = (MAX_BATCH_ROWS / n_ctx).max(1);
         Scorer {
             model,
-            cache: KvCache::new(model.config(), slots, n_ctx),
+            cache: KvCache::new(model.config(), 0, 0),
             scratch: Scratch::default(),
             logits: Vec::new(),
             prefix: END_OF_TEXT,
@@ -101,83 +168,128 @@ impl<'m> Scorer<'m> {
     pub fn score(
         &mut self,
         tokens: &[u32],
-        stride: usize,
+        windowing: Windowing,
         top_n: usize,
     ) -> Result<Vec<TokenScore>> {
+        let spans = self.text_spans(tokens, windowing)?;
+        let scored = self.score_spans(&spans, top_n, &mut |_| {})?;
+        Ok(scored.into_iter().flatten().collect())
+    }
+
+    /// The spans that score every token of `tokens` once, the first one
+    /// conditioned on the prefix token.
+    pub fn text_spans(&self, tokens: &[u32], windowing: Windowing) -> Result<Vec<Span>> {
         let mut seq = Vec::with_capacity(tokens.len() + 1);
         seq.push(self.prefix);
         seq.extend_from_slice(tokens);
         let n_ctx = self.model.config().n_ctx;
-        let all = windows(tokens.len(), n_ctx, stride)?;
-        let mut scores = Vec::with_capacity(tokens.len());
-        let mut rest = &all[..];
+        Ok(windows(tokens.len(), n_ctx, windowing)?
+            .into_iter()
+            .map(|w| Span {
+                input: seq[w.start..w.end].to_vec(),
+                targets: seq[w.end + 1 - w.targets..=w.end].to_vec(),
+            })
+            .collect())
+    }
+
+    /// Scores each span's targets, in order, batching spans into shared
+    /// forward passes; `progress` hears the number of targets each batch
+    /// scored.
+    pub fn score_spans(
+        &mut self,
+        spans: &[Span],
+        top_n: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Vec<TokenScore>>> {
+        let n_ctx = self.model.config().n_ctx;
+        for (i, s) in spans.iter().enumerate() {
+            if s.input.len() > n_ctx || s.targets.is_empty() || s.targets.len() > s.input.len() {
+                return Err(ModelError::InvalidRequest(format!(
+                    "span {i}: {} inputs and {} targets (inputs must fit the context of \
+                     {n_ctx} and hold at least one position per target)",
+                    s.input.len(),
+                    s.targets.len()
+                )));
+            }
+        }
+        let mut out = Vec::with_capacity(spans.len());
+        let mut rest = spans;
         while !rest.is_empty() {
-            let take = batch_len(rest, self.cache.slots());
-            self.score_batch(&seq, &rest[..take], top_n, &mut scores)?;
+            let take = batch_len(rest);
+            let batch = &rest[..take];
+            self.score_batch(batch, top_n, &mut out)?;
+            progress(batch.iter().map(|s| s.targets.len()).sum());
             rest = &rest[take..];
         }
-        Ok(scores)
+        Ok(out)
     }
 
     fn score_batch(
         &mut self,
-        seq: &[u32],
-        batch: &[Window],
+        batch: &[Span],
         top_n: usize,
-        scores: &mut Vec<TokenScore>,
+        out: &mut Vec<Vec<TokenScore>>,
     ) -> Result<()> {
+        let longest = batch.iter().map(|s| s.input.len()).max().unwrap_or(0);
+        if self.cache.slots() < batch.len() || self.cache.capacity() < longest {
+            self.cache = KvCache::new(self.model.config(), batch.len(), longest);
+        }
         let mut segments = Batch::default();
-        for (slot, w) in batch.iter().enumerate() {
-            segments.push(slot, &seq[w.start..w.end]);
+        for (slot, s) in batch.iter().enumerate() {
+            segments.push(slot, &s.input);
         }
         self.cache.reset_all();
         self.model
             .forward(&segments, &mut self.cache, &mut self.scratch, Output::All)?;
-        // The rows to score: the last `targets` rows of each window.
+        // (hidden row, target token, span) of every scored position.
         let mut rows = Vec::new();
         let mut row0 = 0;
-        for w in batch {
-            let len = w.end - w.start;
-            rows.extend((row0 + len - w.targets..row0 + len).zip(w.end + 1 - w.targets..=w.end));
+        for (i, s) in batch.iter().enumerate() {
+            let len = s.input.len();
+            let first = row0 + len - s.targets.len();
+            rows.extend(s.targets.iter().enumerate().map(|(k, &t)| (first + k, t, i)));
             row0 += len;
         }
+        let first_span = out.len();
+        out.extend(batch.iter().map(|s| Vec::with_capacity(s.targets.len())));
         let (c, v) = (self.model.config().n_embd, self.model.config().vocab_size);
         for chunk in rows.chunks(LOGIT_CHUNK_ROWS) {
             let hidden = self.scratch.hidden(c);
             let mut h = Vec::with_capacity(chunk.len() * c);
-            for &(row, _) in chunk {
+            for &(row, _, _) in chunk {
                 h.extend_from_slice(&hidden[row * c..(row + 1) * c]);
             }
             if self.logits.len() < chunk.len() * v {
                 self.logits.resize(chunk.len() * v, 0.0);
             }
             self.model.lm_head(&h, chunk.len(), &mut self.logits);
-            let rows: Vec<TokenScore> = self.logits[..chunk.len() * v]
+            let scores: Vec<TokenScore> = self.logits[..chunk.len() * v]
                 .par_chunks(v)
                 .zip(chunk.par_iter())
                 .map_init(
                     || vec![0f32; v],
-                    |work, (logits, &(_, target))| score_row(logits, seq[target], top_n, work),
+                    |work, (logits, &(_, target, _))| score_row(logits, target, top_n, work),
                 )
                 .collect();
-            scores.extend(rows);
+            for (score, &(_, _, span)) in scores.into_iter().zip(chunk) {
+                out[first_span + span].push(score);
+            }
         }
         Ok(())
     }
 }
 
-/// As many windows as fit the slots and the row budget (at least one).
-fn batch_len(windows: &[Window], slots: usize) -> usize {
-    let mut rows = 0;
-    let mut n = 0;
-    for w in windows.iter().take(slots) {
-        rows += w.end - w.start;
-        if n > 0 && rows > MAX_BATCH_ROWS {
-            break;
+/// As many spans as fit the row and cache budgets (at least one).
+fn batch_len(spans: &[Span]) -> usize {
+    let (mut rows, mut longest) = (0, 0);
+    for (n, s) in spans.iter().enumerate() {
+        rows += s.input.len();
+        longest = longest.max(s.input.len());
+        if n > 0 && (rows > MAX_BATCH_ROWS || (n + 1) * longest > MAX_BATCH_CELLS) {
+            return n;
         }
-        n += 1;
     }
-    n
+    spans.len()
 }
 
 /// Log-probability, rank, entropy and top alternatives of `target` under
@@ -226,61 +338,53 @@ pub fn top_k(values: &[f32], k: usize) -> Vec<u32> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn windows_cover_every_target_once_with_full_context() {
-        for (n, ctx, stride) in [
-            (1, 4, 4),
-            (4, 4, 4),
-            (5, 4, 4),
-            (11, 4, 4),
-            (11, 4, 2),
-            (11, 4, 1),
-            (3, 8, 8),
-        ] {
-            let ws = windows(n, ctx, stride).unwrap();
-            let mut covered = Vec::new();
-            for w in &ws {
-                assert!(
-                    w.end - w.start <= ctx && w.targets <= stride && w.targets <= w.end - w.start
-                );
-                covered.extend(w.end + 1 - w.targets..=w.end);
-                // Each window is as long as the text before it allows.
-                assert_eq!(w.end - w.start, w.end.min(ctx));
-            }
-            assert_eq!(
-                covered,
-                (1..=n).collect::<Vec<_>>(),
-                "n={n} ctx={ctx} stride={stride}"
-            );
-        }
-        assert!(windows(5, 4, 0).is_err() && windows(5, 4, 5).is_err());
-        assert!(windows(0, 4, 4).unwrap().is_empty());
+    fn coverage(ws: &[Window]) -> Vec<usize> {
+        ws.iter().flat_map(|w| w.end + 1 - w.targets..=w.end).collect()
     }
 
     #[test]
-    fn lm_eval_rolling_windows_for_the_default_stride() {
-        // lm-eval: first window [EOT] + t[0..3] -> t[0..4]; then t[3..7] -> t[4..8];
-        // last: t[6..10] -> t[8..10] (inputs filled with context).
-        let ws = windows(10, 4, 4).unwrap();
-        assert_eq!(
-            ws,
-            vec![
-                Window {
-                    start: 0,
-                    end: 4,
-                    targets: 4
-                },
-                Window {
-                    start: 4,
-                    end: 8,
-                    targets: 4
-                },
-                Window {
-                    start: 6,
-                    end: 10,
-                    targets: 2
+    fn windows_cover_every_target_once() {
+        for (n, ctx) in [(1, 4), (4, 4), (5, 4), (11, 4), (3, 8), (100, 16)] {
+            let mut modes = vec![Windowing::Rolling];
+            modes.extend((1..ctx).map(|stride| Windowing::Sliding { stride }));
+            for mode in modes {
+                let ws = windows(n, ctx, mode).unwrap();
+                for w in &ws {
+                    assert!(w.end - w.start <= ctx && w.targets <= w.end - w.start);
                 }
-            ]
+                assert_eq!(coverage(&ws), (1..=n).collect::<Vec<_>>(), "n={n} {mode:?}");
+            }
+        }
+        assert!(windows(5, 4, Windowing::Sliding { stride: 0 }).is_err());
+        assert!(windows(5, 4, Windowing::Sliding { stride: 4 }).is_err());
+        assert!(windows(0, 4, Windowing::Rolling).unwrap().is_empty());
+    }
+
+    fn w(start: usize, end: usize, targets: usize) -> Window {
+        Window {
+            start,
+            end,
+            targets,
+        }
+    }
+
+    #[test]
+    fn lm_eval_rolling_windows() {
+        // lm-eval, max_seq_len 4: ([EOT] t0 t1 t2 -> t0..t3), (t3..t6 -> t4..t7),
+        // then the last window filled with context: (t5..t8 -> t8 t9).
+        assert_eq!(
+            windows(10, 4, Windowing::Rolling).unwrap(),
+            vec![w(0, 4, 4), w(4, 8, 4), w(6, 10, 2)]
+        );
+    }
+
+    #[test]
+    fn hugging_face_sliding_windows() {
+        // seq = [EOT] + 10 tokens, max_length 4, stride 2: begin 0, 2, 4, 6, 8;
+        // the last window is shorter than the context, as in HF's loop.
+        assert_eq!(
+            windows(10, 4, Windowing::Sliding { stride: 2 }).unwrap(),
+            vec![w(0, 3, 3), w(2, 5, 2), w(4, 7, 2), w(6, 9, 2), w(8, 10, 1)]
         );
     }
 

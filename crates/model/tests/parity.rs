@@ -3,7 +3,7 @@
 //! non-trivial LayerNorms) and the per-token log-probabilities, ranks,
 //! entropies and top-5 that transformers computes for them in float32.
 
-use gpt2_model::score::{Scorer, TokenScore};
+use gpt2_model::score::{Scorer, TokenScore, Windowing};
 use gpt2_model::weights::{LayerWeights, Tensor};
 use gpt2_model::{Batch, Model, Output, Scratch};
 use serde_json::Value;
@@ -76,10 +76,19 @@ fn compare(ours: &[TokenScore], reference: &[Value]) -> Result<f64, String> {
     Ok(max_diff)
 }
 
+/// The reference script's convention: stride = context means rolling.
+fn windowing(model: &Model, stride: usize) -> Windowing {
+    if stride == model.config().n_ctx {
+        Windowing::Rolling
+    } else {
+        Windowing::Sliding { stride }
+    }
+}
+
 fn score(model: &Model, r: &Reference) -> Vec<TokenScore> {
     Scorer::new(model)
         .with_prefix_token(r.prefix)
-        .score(&ids(), r.stride, 5)
+        .score(&ids(), windowing(model, r.stride), 5)
         .unwrap()
 }
 
