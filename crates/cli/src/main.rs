@@ -2,6 +2,7 @@
 //! the work happens in the library crates.
 
 mod bench;
+mod eval;
 mod generate;
 mod input;
 mod score;
@@ -14,7 +15,7 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "gpt2",
     version,
-    about = "GPT-2 in Rust: generate, score and tokenize text"
+    about = "GPT-2 in Rust: generate, score, evaluate, tokenize and train"
 )]
 struct Cli {
     /// Worker threads (default: all cores).
@@ -32,6 +33,10 @@ enum Command {
     Score(score::Args),
     /// Print the GPT-2 token ids of a text.
     Tokenize(tokenize::Args),
+    /// The paper's zero-shot evaluation: LAMBADA, WikiText, PTB, bits per byte.
+    Eval(eval::EvalArgs),
+    /// Perplexity of any text: per token, word and byte.
+    Perplexity(eval::PerplexityArgs),
     /// Measure prefill, scoring and decode speed in-process.
     Bench(bench::Args),
     /// Turn text files into token files with a train/validation split.
@@ -71,6 +76,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),
         Command::Tokenize(a) => tokenize::run(a),
+        Command::Eval(a) => eval::eval(a),
+        Command::Perplexity(a) => eval::perplexity(a),
         Command::Bench(a) => bench::run(a),
         Command::Prepare(a) => train::prepare(a),
         Command::Train(a) => train::train(a),

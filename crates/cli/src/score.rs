@@ -33,7 +33,9 @@ pub fn run(a: Args) -> Result<()> {
         "{}: the text is empty; there is nothing to score",
         a.file.as_deref().unwrap_or("stdin")
     );
-    let windowing = a.stride.map_or(Windowing::Rolling, |stride| Windowing::Sliding { stride });
+    let windowing = a
+        .stride
+        .map_or(Windowing::Rolling, |stride| Windowing::Sliding { stride });
     let scores = Scorer::new(&model).score(&ids, windowing, a.top)?;
     let mean = if scores.is_empty() {
         0.0

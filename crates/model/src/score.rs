@@ -247,7 +247,12 @@ impl<'m> Scorer<'m> {
         for (i, s) in batch.iter().enumerate() {
             let len = s.input.len();
             let first = row0 + len - s.targets.len();
-            rows.extend(s.targets.iter().enumerate().map(|(k, &t)| (first + k, t, i)));
+            rows.extend(
+                s.targets
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &t)| (first + k, t, i)),
+            );
             row0 += len;
         }
         let first_span = out.len();
@@ -339,7 +344,9 @@ mod tests {
     use super::*;
 
     fn coverage(ws: &[Window]) -> Vec<usize> {
-        ws.iter().flat_map(|w| w.end + 1 - w.targets..=w.end).collect()
+        ws.iter()
+            .flat_map(|w| w.end + 1 - w.targets..=w.end)
+            .collect()
     }
 
     #[test]

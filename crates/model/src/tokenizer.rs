@@ -52,6 +52,33 @@ impl Tokenizer {
         self.encode(text)
     }
 
+    /// Token ids of any bytes: valid UTF-8 runs are encoded as text, and
+    /// each byte that is not valid UTF-8 becomes its single-byte token, so
+    /// `decode_bytes` gives the input back. Also returns how many bytes
+    /// were invalid.
+    pub fn encode_any_bytes(&self, mut bytes: &[u8]) -> Result<(Vec<u32>, usize)> {
+        let mut ids = Vec::new();
+        let mut invalid = 0;
+        while !bytes.is_empty() {
+            let (valid, bad) = match std::str::from_utf8(bytes) {
+                Ok(text) => (text, 0),
+                Err(e) => {
+                    let bad = e.error_len().unwrap_or(bytes.len() - e.valid_up_to());
+                    // invariant: from_utf8 vouched for the bytes before valid_up_to.
+                    let text = std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default();
+                    (text, bad)
+                }
+            };
+            ids.extend(self.encode(valid)?);
+            for &b in &bytes[valid.len()..valid.len() + bad] {
+                ids.push(single_byte_token(b));
+            }
+            invalid += bad;
+            bytes = &bytes[valid.len() + bad..];
+        }
+        Ok((ids, invalid))
+    }
+
     /// The exact bytes of a token sequence.
     pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>> {
         self.bpe.decode_bytes(ids).map_err(|e| {
@@ -100,6 +127,22 @@ impl Tokenizer {
     }
 }
 
+/// The id of the token that is exactly the byte `b` (GPT-2's vocabulary has
+/// one for each of the 256 bytes).
+fn single_byte_token(b: u8) -> u32 {
+    static TABLE: OnceLock<[u32; 256]> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let tok = Tokenizer::gpt2();
+        let mut table = [0; 256];
+        for id in 0..crate::config::GPT2_VOCAB_SIZE as u32 {
+            if let Some(&[byte]) = tok.token_bytes(id) {
+                table[byte as usize] = id;
+            }
+        }
+        table
+    })[b as usize]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +182,16 @@ mod tests {
         let ids = t.encode("🤖").unwrap();
         assert!(ids.len() > 1);
         assert!(t.decode(&ids[..1]).unwrap().contains('\u{FFFD}'));
+    }
+
+    #[test]
+    fn any_bytes_round_trip_with_invalid_utf8() {
+        let tok = Tokenizer::gpt2();
+        let bytes = b"ok \xff\xfe then \xe2\x82 caf\xc3\xa9\xc3";
+        let (ids, invalid) = tok.encode_any_bytes(bytes).unwrap();
+        assert_eq!(invalid, 5);
+        assert_eq!(tok.decode_bytes(&ids).unwrap(), bytes);
+        let (ids, invalid) = tok.encode_any_bytes("plain".as_bytes()).unwrap();
+        assert_eq!((ids, invalid), (tok.encode("plain").unwrap(), 0));
     }
 }
