@@ -57,6 +57,11 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+def stderr(fn, items):
+    """lm-eval reports "N/A" for a standard error over fewer than two items."""
+    return fn(items) if len(items) > 1 else "N/A"
+
+
 class Tokenizer:
     """Just enough of an lm-eval causal LM for TemplateLM.loglikelihood to run
     unchanged: it moves the context's trailing whitespace onto the
@@ -99,10 +104,11 @@ def score(model, spans, batch, label):
         group = [todo[k]]
         while k + len(group) < len(todo) and len(group) < batch and len(spans[todo[k + len(group)]][0]) == n:
             group.append(todo[k + len(group)])
-        logp = torch.log_softmax(model(torch.tensor([spans[i][0] for i in group])).logits.float(), dim=-1)
+        m = max(len(spans[i][1]) for i in group)  # only positions that predict a target
+        logp = torch.log_softmax(model(torch.tensor([spans[i][0] for i in group])).logits[:, -m:], dim=-1)
         for row, i in zip(logp, group):
             tgt = torch.tensor(spans[i][1])
-            lp = row[n - len(tgt):]
+            lp = row[m - len(tgt):]
             out[i] = (lp.gather(1, tgt[:, None]).double().sum().item(), bool((lp.argmax(-1) == tgt).all()))
         k += len(group)
         if time.time() - last > 15 or k == len(todo):
@@ -223,7 +229,7 @@ def run_lambada(a, model, n_ctx, tok, word):
             hits.append(int(greedy_word(model, tok.enc, ctx, n_ctx) == t.split(" ")[-1]))
             if (i + 1) % 250 == 0 or i + 1 == len(texts):
                 log(f"[lambada_word] {i + 1}/{len(texts)}, acc {mean(hits):.4f}, {time.time() - start:.1f}s")
-        metrics = {"acc": (mean(hits), mean_stderr(hits))}
+        metrics = {"acc": (mean(hits), stderr(mean_stderr, hits))}
     else:
         spans = [((ctx + cont)[-(n_ctx + 1):][:-1], cont) for ctx, cont in pairs]
         res = score(model, spans, a.batch, "lambada")
@@ -231,8 +237,8 @@ def run_lambada(a, model, n_ctx, tok, word):
         ppl_se = "N/A"
         if a.bootstrap_iters > 0:  # lm-eval's bootstrap; it prints to stdout, keep that off ours
             with contextlib.redirect_stdout(sys.stderr):
-                ppl_se = stderr_for_metric(perplexity, a.bootstrap_iters)(lls)
-        metrics = {"perplexity": (perplexity(lls), ppl_se), "acc": (mean(accs), mean_stderr(accs))}
+                ppl_se = stderr(stderr_for_metric(perplexity, a.bootstrap_iters), lls)
+        metrics = {"perplexity": (perplexity(lls), ppl_se), "acc": (mean(accs), stderr(mean_stderr, accs))}
     return metrics, original, len(texts)
 
 
@@ -252,8 +258,6 @@ def run_wikitext(a, model, n_ctx, tok):
 
 def run_single_document(a, model, n_ctx, tok):
     """ptb, bytes and perplexity: the whole file is one document."""
-    if a.limit is not None:
-        log(f"[{a.task}] --limit ignored: the whole file is one document")
     text, n_bytes = read_utf8(a.data)
     scored_text = ptb_detokenizer(text) if a.task == "ptb" else text
     tokens = tok.enc.encode_ordinary(scored_text)
@@ -295,6 +299,10 @@ def main():
         ap.error(f"--stride must be in 1..{n_ctx}")
     if a.stride is not None and a.task.startswith("lambada"):
         log("--stride ignored: LAMBADA is not a rolling task")
+        a.stride = None  # config reports what was used
+    if a.limit is not None and a.task not in ("lambada", "lambada_word", "wikitext"):
+        log(f"--limit ignored: {a.task} scores the whole file as one document")
+        a.limit = None
     tok = Tokenizer()
     start = time.time()
     if a.task.startswith("lambada"):
