@@ -315,9 +315,9 @@ def main():
 
     name = TASK_NAMES[a.task]
     result = {"alias": name}
-    for metric, (value, stderr) in metrics.items():
+    for metric, (value, se) in metrics.items():
         result[f"{metric},none"] = value
-        result[f"{metric}_stderr,none"] = stderr
+        result[f"{metric}_stderr,none"] = se
     print(json.dumps({
         "results": {name: result},
         "n-samples": {name: {"original": original, "effective": effective}},

@@ -1,0 +1,1 @@
+//! `gpt2 ledger ...` (being written).

@@ -1,0 +1,1 @@
+//! The provenance ledger (being written).
