@@ -5,6 +5,7 @@ mod bench;
 mod eval;
 mod generate;
 mod input;
+mod ledger;
 mod score;
 mod tokenize;
 mod train;
@@ -37,6 +38,8 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Perplexity of any text: per token, word and byte.
     Perplexity(eval::PerplexityArgs),
+    /// The provenance ledger: record generations, look texts up.
+    Ledger(ledger::Args),
     /// Measure prefill, scoring and decode speed in-process.
     Bench(bench::Args),
     /// Turn text files into token files with a train/validation split.
@@ -78,6 +81,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Tokenize(a) => tokenize::run(a),
         Command::Eval(a) => eval::eval(a),
         Command::Perplexity(a) => eval::perplexity(a),
+        Command::Ledger(a) => ledger::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Prepare(a) => train::prepare(a),
         Command::Train(a) => train::train(a),
