@@ -24,8 +24,12 @@ pub struct TokenScore {
     pub logprob: f32,
     /// 1 for the most likely token; ties rank by strict inequality.
     pub rank: u32,
-    /// Entropy of the predicted distribution, in nats.
+    /// Entropy of the predicted distribution, in nats: minus the mean of
+    /// log p under the model's own distribution.
     pub entropy: f32,
+    /// Variance of log p under the model's own distribution (the sigma^2 of
+    /// Fast-DetectGPT's analytic criterion).
+    pub logprob_variance: f32,
     /// The most likely tokens at this position with their log-probabilities,
     /// most likely first (empty unless asked for).
     pub top: Vec<(u32, f32)>,
@@ -224,6 +228,32 @@ impl<'m> Scorer<'m> {
         Ok(out)
     }
 
+    /// The raw logits of a span's scored positions, `[targets, vocab]` (for
+    /// statistics that need whole distributions, such as Binoculars').
+    pub fn span_logits(&mut self, span: &Span) -> Result<Vec<f32>> {
+        let n_ctx = self.model.config().n_ctx;
+        if span.input.len() > n_ctx || span.targets.len() > span.input.len() {
+            return Err(ModelError::InvalidRequest(format!(
+                "a span of {} inputs and {} targets does not fit the context of {n_ctx}",
+                span.input.len(),
+                span.targets.len()
+            )));
+        }
+        if self.cache.slots() < 1 || self.cache.capacity() < span.input.len() {
+            self.cache = KvCache::new(self.model.config(), 1, n_ctx);
+        }
+        self.cache.reset_all();
+        let batch = Batch::single(0, &span.input);
+        self.model
+            .forward(&batch, &mut self.cache, &mut self.scratch, Output::All)?;
+        let (c, v) = (self.model.config().n_embd, self.model.config().vocab_size);
+        let first = span.input.len() - span.targets.len();
+        let hidden = &self.scratch.hidden(c)[first * c..span.input.len() * c];
+        let mut logits = vec![0f32; span.targets.len() * v];
+        self.model.lm_head(hidden, span.targets.len(), &mut logits);
+        Ok(logits)
+    }
+
     fn score_batch(
         &mut self,
         batch: &[Span],
@@ -312,11 +342,25 @@ pub fn score_row(logits: &[f32], target: u32, top_n: usize, work: &mut [f32]) ->
         logprob: t - max - lse,
         rank,
         entropy,
+        logprob_variance: logprob_variance(logits, work, max + lse, -entropy),
         top: top_k(logits, top_n)
             .into_iter()
             .map(|i| (i, logits[i as usize] - max - lse))
             .collect(),
     }
+}
+
+/// E[(log p - mean)^2] under p, with `work` = exp(l - max) (unnormalised)
+/// and `log_z` = max + lse; in f64, since the terms nearly cancel for
+/// peaked distributions.
+fn logprob_variance(logits: &[f32], work: &[f32], log_z: f32, mean: f32) -> f32 {
+    let (mut total, mut sum) = (0f64, 0f64);
+    for (&w, &l) in work.iter().zip(logits) {
+        let d = (l - log_z - mean) as f64;
+        total += w as f64 * d * d;
+        sum += w as f64;
+    }
+    (total / sum) as f32
 }
 
 /// Indices of the `k` largest values, largest first (ties: lower index first).
@@ -411,6 +455,14 @@ mod tests {
             })
             .sum();
         assert!((s.entropy as f64 - h).abs() < 1e-5);
+        let var: f64 = logits
+            .iter()
+            .map(|&l| {
+                let lp = l as f64 - z.ln();
+                lp.exp() * (lp + h).powi(2)
+            })
+            .sum();
+        assert!((s.logprob_variance as f64 - var).abs() < 1e-5);
         assert_eq!(s.top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 3]);
     }
 }

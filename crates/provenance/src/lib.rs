@@ -15,3 +15,4 @@ pub mod ledger;
 pub mod roc;
 pub mod stats;
 pub mod watermark;
+pub mod watermark_key;

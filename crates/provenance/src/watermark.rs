@@ -1,0 +1,486 @@
+//! Keyed watermarks for generated text, and their detectors.
+//!
+//! - KGW (Kirchenbauer et al. 2023): at each step a keyed pseudo-random
+//!   function of the previous `h` tokens splits the vocabulary into a green
+//!   fraction `gamma` and the rest, and `delta` is added to the green
+//!   logits. A detector that holds the key counts green tokens: human text
+//!   has a fraction `gamma` of them, watermarked text more, and the z-score
+//!   says how surprising the count is.
+//! - Gumbel (Aaronson 2022, "exponential minimum"): at each step the keyed
+//!   function gives every token a uniform `r_v`, and the token with the
+//!   largest `ln(r_v) / p_v` is emitted. Over the key's randomness this is an
+//!   exact sample from `p` (no distortion), yet the emitted tokens have large
+//!   `r`; the detector sums `-ln(1 - r)`, which is Gamma(T, 1) for text
+//!   written without the key.
+//!
+//! The pseudo-random function is SipHash-2-4 under keys derived from the
+//! secret with HMAC-SHA256: a function of (secret, context, token) whose
+//! output is specified, so a text watermarked on one machine is detected on
+//! any other. Never an RNG seeded with the key.
+
+use crate::watermark_key::{Scheme, Seeding, WatermarkKey};
+use gpt2_generate::LogitsProcessor;
+use serde::Serialize;
+use siphasher::sip::SipHasher24;
+use std::collections::HashSet;
+use std::hash::Hasher;
+
+pub use crate::watermark_key::KeyError;
+
+/// The keyed pseudo-random function, with the per-key tables it needs.
+pub struct Prf {
+    key: WatermarkKey,
+    /// SelfHash: each token's anchor hash, for the min over the window.
+    anchors: Vec<u64>,
+    self_key: (u64, u64),
+}
+
+impl Prf {
+    pub fn new(key: WatermarkKey, vocab: usize) -> Prf {
+        let anchor_key = key.derive(b"anchor", &[]);
+        let anchors = match key.seeding {
+            Seeding::SelfHash => (0..vocab as u32).map(|t| sip(anchor_key, &[t])).collect(),
+            Seeding::LeftHash => Vec::new(),
+        };
+        let self_key = key.derive(b"self-hash", &[]);
+        Prf {
+            key,
+            anchors,
+            self_key,
+        }
+    }
+
+    pub fn key(&self) -> &WatermarkKey {
+        &self.key
+    }
+
+    /// The SipHash key for a step whose preceding tokens end with `context`
+    /// (`h` tokens).
+    fn step_key(&self, context: &[u32]) -> StepKey {
+        match self.key.seeding {
+            Seeding::LeftHash => StepKey::Left(self.key.derive(b"left-hash", context)),
+            Seeding::SelfHash => {
+                let min = context
+                    .iter()
+                    .map(|&t| self.anchor(t))
+                    .min()
+                    .unwrap_or(u64::MAX);
+                StepKey::SelfMin(min)
+            }
+        }
+    }
+
+    fn anchor(&self, t: u32) -> u64 {
+        self.anchors.get(t as usize).copied().unwrap_or(u64::MAX)
+    }
+
+    /// The token's pseudo-random 64 bits at this step.
+    fn bits(&self, step: StepKey, token: u32) -> u64 {
+        match step {
+            StepKey::Left(k) => sip(k, &[token]),
+            // SelfHash: the anchor is the min over the context *and* the
+            // candidate, so one edited context token rarely changes it.
+            StepKey::SelfMin(min) => {
+                let m = min.min(self.anchor(token));
+                sip(self.self_key, &[(m >> 32) as u32, m as u32, token])
+            }
+        }
+    }
+
+    /// Whether `token` is green after `context` (KGW).
+    pub fn is_green(&self, context: &[u32], token: u32) -> bool {
+        self.green(self.step_key(context), token)
+    }
+
+    fn green(&self, step: StepKey, token: u32) -> bool {
+        (self.bits(step, token) as f64) < self.key.gamma * TWO_64
+    }
+
+    /// The token's uniform in (0, 1) after `context` (Gumbel).
+    pub fn uniform(&self, context: &[u32], token: u32) -> f64 {
+        to_unit(self.bits(self.step_key(context), token))
+    }
+}
+
+const TWO_64: f64 = 18_446_744_073_709_551_616.0;
+
+fn to_unit(bits: u64) -> f64 {
+    ((bits >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+}
+
+#[derive(Clone, Copy)]
+enum StepKey {
+    Left((u64, u64)),
+    SelfMin(u64),
+}
+
+fn sip(key: (u64, u64), words: &[u32]) -> u64 {
+    let mut h = SipHasher24::new_with_keys(key.0, key.1);
+    for w in words {
+        h.write(&w.to_le_bytes());
+    }
+    h.finish()
+}
+
+/// Adds the watermark while generating (`Generator::add_processor`).
+pub struct WatermarkProcessor {
+    prf: Prf,
+    /// Gumbel draws from the distribution the sampler would have used.
+    temperature: f32,
+    top_k: usize,
+    probs: Vec<f64>,
+}
+
+impl WatermarkProcessor {
+    /// `temperature` and `top_k` are the generation's, so that the Gumbel
+    /// scheme samples exactly the distribution the sampler would have.
+    pub fn new(prf: Prf, temperature: f32, top_k: usize) -> WatermarkProcessor {
+        WatermarkProcessor {
+            prf,
+            temperature,
+            top_k,
+            probs: Vec::new(),
+        }
+    }
+}
+
+impl LogitsProcessor for WatermarkProcessor {
+    fn process(&mut self, history: &[u32], logits: &mut [f32]) {
+        let h = self.prf.key.context_width;
+        if history.len() < h {
+            return; // no full context: this step is neither marked nor scored
+        }
+        let step = self.prf.step_key(&history[history.len() - h..]);
+        match self.prf.key.scheme {
+            Scheme::Kgw => {
+                let delta = self.prf.key.delta;
+                for (v, l) in logits.iter_mut().enumerate() {
+                    if self.prf.green(step, v as u32) {
+                        *l += delta;
+                    }
+                }
+            }
+            Scheme::Gumbel => {
+                let choice = self.gumbel_choice(step, logits);
+                for (v, l) in logits.iter_mut().enumerate() {
+                    *l = if v == choice { 0.0 } else { f32::NEG_INFINITY };
+                }
+            }
+        }
+    }
+}
+
+impl WatermarkProcessor {
+    /// argmax over v of ln(r_v) / p_v, p the tempered, top-k-filtered softmax.
+    fn gumbel_choice(&mut self, step: StepKey, logits: &[f32]) -> usize {
+        let t = self
+            .temperature
+            .max(gpt2_generate::sampling::MIN_TEMPERATURE) as f64;
+        let cutoff = kth_largest(logits, self.top_k);
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) as f64;
+        self.probs.clear();
+        self.probs.extend(logits.iter().map(|&l| {
+            if l >= cutoff && l.is_finite() {
+                ((l as f64 - max) / t).exp()
+            } else {
+                0.0
+            }
+        }));
+        let z: f64 = self.probs.iter().sum();
+        let mut best = (f64::NEG_INFINITY, 0);
+        for (v, &p) in self.probs.iter().enumerate() {
+            if p > 0.0 {
+                let score = to_unit(self.prf.bits(step, v as u32)).ln() / (p / z);
+                if score > best.0 {
+                    best = (score, v);
+                }
+            }
+        }
+        best.1
+    }
+}
+
+/// The k-th largest logit (everything at or above it survives top-k);
+/// -inf keeps all.
+fn kth_largest(logits: &[f32], k: usize) -> f32 {
+    if k == 0 || k >= logits.len() {
+        return f32::NEG_INFINITY;
+    }
+    let mut v = logits.to_vec();
+    let (_, kth, _) = v.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    *kth
+}
+
+/// What the detector found in a text.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Detection {
+    pub z_score: f64,
+    pub p_value: f64,
+    pub tokens_scored: usize,
+    /// KGW: the fraction of scored tokens that are green. Gumbel: the
+    /// fraction whose r is above one half.
+    pub green_fraction: f64,
+    pub key_id: String,
+    /// One entry per token of the text: green (KGW) or r > 1/2 (Gumbel).
+    pub green_mask: Vec<bool>,
+    /// "watermarked", "not watermarked", or "too short to decide".
+    pub decision: &'static str,
+}
+
+/// Fewest scored tokens for a verdict; below it the detector abstains.
+pub const MIN_SCORED_TOKENS: usize = 16;
+
+/// Tests `tokens` (the canonical encoding of the text) for the watermark;
+/// `prompt` supplies the context of the first tokens and is not scored.
+/// Each (context, token) pair counts once, so repeated phrases cannot
+/// inflate the score.
+pub fn detect(prf: &Prf, prompt: &[u32], tokens: &[u32], z_threshold: f64) -> Detection {
+    let h = prf.key.context_width;
+    let mut all = prompt.to_vec();
+    all.extend_from_slice(tokens);
+    let mut seen = HashSet::new();
+    let mut mask = Vec::with_capacity(tokens.len());
+    let (mut scored, mut hits, mut gumbel_sum) = (0usize, 0usize, 0f64);
+    for i in prompt.len()..all.len() {
+        if i < h {
+            mask.push(false);
+            continue;
+        }
+        let context = &all[i - h..i];
+        let token = all[i];
+        let (hit, r) = match prf.key.scheme {
+            Scheme::Kgw => (prf.is_green(context, token), 0.0),
+            Scheme::Gumbel => {
+                let r = prf.uniform(context, token);
+                (r > 0.5, r)
+            }
+        };
+        mask.push(hit);
+        if seen.insert((context.to_vec(), token)) {
+            scored += 1;
+            hits += usize::from(hit);
+            gumbel_sum += -(1.0 - r).ln();
+        }
+    }
+    let (z, p) = match prf.key.scheme {
+        Scheme::Kgw => {
+            let g = prf.key.gamma;
+            let n = scored as f64;
+            let z = (hits as f64 - g * n) / (n * g * (1.0 - g)).sqrt();
+            (z, normal_upper_tail(z))
+        }
+        Scheme::Gumbel => {
+            let n = scored as f64;
+            (
+                (gumbel_sum - n) / n.sqrt(),
+                gamma_upper_tail(scored, gumbel_sum),
+            )
+        }
+    };
+    let (z, p) = if scored == 0 { (0.0, 1.0) } else { (z, p) };
+    let decision = if scored < MIN_SCORED_TOKENS {
+        "too short to decide"
+    } else if z >= z_threshold {
+        "watermarked"
+    } else {
+        "not watermarked"
+    };
+    Detection {
+        z_score: z,
+        p_value: p,
+        tokens_scored: scored,
+        green_fraction: if scored == 0 {
+            0.0
+        } else {
+            hits as f64 / scored as f64
+        },
+        key_id: prf.key.id.clone(),
+        green_mask: mask,
+        decision,
+    }
+}
+
+/// P(Z >= z) for a standard normal.
+pub fn normal_upper_tail(z: f64) -> f64 {
+    0.5 * erfc(z / std::f64::consts::SQRT_2)
+}
+
+/// The complementary error function (Numerical Recipes' `erfcc`, relative
+/// error below 1.2e-7 everywhere).
+fn erfc(x: f64) -> f64 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let poly = -z * z - 1.26551223
+        + t * (1.00002368
+            + t * (0.37409196
+                + t * (0.09678418
+                    + t * (-0.18628806
+                        + t * (0.27886807
+                            + t * (-1.13520398
+                                + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
+    let r = t * poly.exp();
+    if x >= 0.0 {
+        r
+    } else {
+        2.0 - r
+    }
+}
+
+/// P(X >= s) for X ~ Gamma(n, 1), n a whole number: the probability that a
+/// Poisson(s) count is below n, summed in log space.
+pub fn gamma_upper_tail(n: usize, s: f64) -> f64 {
+    if n == 0 {
+        return 1.0;
+    }
+    let mut log_term = -s; // k = 0: e^-s s^0 / 0!
+    let mut log_sum = log_term;
+    for k in 1..n {
+        log_term += s.ln() - (k as f64).ln();
+        let (a, b) = (log_sum.max(log_term), log_sum.min(log_term));
+        log_sum = a + (b - a).exp().ln_1p();
+    }
+    log_sum.exp().min(1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watermark_key::KeyParams;
+
+    fn key(scheme: Scheme, seeding: Seeding) -> WatermarkKey {
+        WatermarkKey::from_secret(
+            [7; 32],
+            KeyParams {
+                scheme,
+                seeding,
+                ..KeyParams::default()
+            },
+        )
+    }
+
+    #[test]
+    fn green_lists_are_fixed_by_key_and_context_and_have_gamma_of_the_vocabulary() {
+        let prf = Prf::new(key(Scheme::Kgw, Seeding::LeftHash), 50257);
+        let green = (0..50257).filter(|&v| prf.is_green(&[464], v)).count();
+        assert!((green as f64 / 50257.0 - 0.25).abs() < 0.01, "{green}");
+        // The function is specified: these bits never change across platforms.
+        assert_eq!(prf.is_green(&[464], 262), prf.is_green(&[464], 262));
+        let other = Prf::new(
+            WatermarkKey::from_secret([8; 32], KeyParams::default()),
+            50257,
+        );
+        let same = (0..1000)
+            .filter(|&v| prf.is_green(&[464], v) == other.is_green(&[464], v))
+            .count();
+        assert!(
+            same < 700,
+            "a different key gives a different list ({same} of 1000 agree)"
+        );
+    }
+
+    #[test]
+    fn biased_tokens_are_detected_and_plain_ones_are_not() {
+        for seeding in [Seeding::LeftHash, Seeding::SelfHash] {
+            let prf = Prf::new(key(Scheme::Kgw, seeding), 1000);
+            // A "text" that always picks a green token, and one that ignores the key.
+            let mut marked = vec![1u32];
+            let mut plain = vec![1u32];
+            for i in 0..200u32 {
+                let ctx = [*marked.last().unwrap()];
+                let next = (0..1000)
+                    .map(|v| (v * 7 + i) % 1000)
+                    .find(|&v| prf.is_green(&ctx, v))
+                    .unwrap();
+                marked.push(next);
+                plain.push((i * 7919 + 13) % 1000);
+            }
+            let d = detect(&prf, &[], &marked, 4.0);
+            assert!(
+                d.z_score > 10.0 && d.decision == "watermarked",
+                "{seeding:?} {d:?}"
+            );
+            let d = detect(&prf, &[], &plain, 4.0);
+            assert!(
+                d.z_score < 4.0 && d.decision == "not watermarked",
+                "{seeding:?} {d:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn repeated_pairs_count_once_and_short_texts_abstain() {
+        let prf = Prf::new(key(Scheme::Kgw, Seeding::LeftHash), 1000);
+        let d = detect(&prf, &[], &[5, 6, 5, 6, 5, 6, 5, 6], 4.0);
+        assert_eq!(d.tokens_scored, 2); // (5 -> 6) and (6 -> 5)
+        assert_eq!(d.green_mask.len(), 8);
+        assert_eq!(d.decision, "too short to decide");
+        let d = detect(&prf, &[], &[5], 4.0);
+        assert_eq!((d.tokens_scored, d.decision), (0, "too short to decide"));
+        // The prompt gives context but is not scored.
+        assert_eq!(detect(&prf, &[5], &[6], 4.0).tokens_scored, 1);
+    }
+
+    #[test]
+    fn gumbel_sampling_follows_the_distribution_and_is_detected() {
+        let prf = Prf::new(key(Scheme::Gumbel, Seeding::LeftHash), 4);
+        let mut p = WatermarkProcessor::new(prf, 1.0, 0);
+        // Over many contexts, the choice frequencies match softmax(logits)...
+        let logits = [0.0f32, 1.0, 2.0, 0.5];
+        let mut counts = [0usize; 4];
+        let mut excess = 0.0;
+        for c in 0..20000u32 {
+            let mut l = logits;
+            p.process(&[c], &mut l);
+            let v = l.iter().position(|&x| x == 0.0).unwrap();
+            counts[v] += 1;
+            excess += -(1.0 - p.prf.uniform(&[c], v as u32)).ln() - 1.0;
+        }
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        for v in 0..4 {
+            let want = logits[v].exp() / z;
+            assert!(
+                (counts[v] as f32 / 20000.0 - want).abs() < 0.015,
+                "{counts:?}"
+            );
+        }
+        // ...yet the chosen tokens' r is far above chance.
+        assert!(excess / 20000f64.sqrt() > 20.0, "{excess}");
+        // A generated chain is detected; the same chain under another key is not.
+        let prf = Prf::new(key(Scheme::Gumbel, Seeding::LeftHash), 1000);
+        let mut p = WatermarkProcessor::new(prf, 1.0, 0);
+        let mut chain = vec![1u32];
+        for _ in 0..200 {
+            let ctx = *chain.last().unwrap();
+            let mut l: Vec<f32> = (0..1000u32)
+                .map(|v| ((v * 31 + ctx * 17) % 97) as f32 / 20.0)
+                .collect();
+            p.process(&[ctx], &mut l);
+            chain.push(l.iter().position(|&x| x == 0.0).unwrap() as u32);
+        }
+        let d = detect(&p.prf, &[], &chain, 4.0);
+        assert!(d.z_score > 4.0 && d.p_value < 1e-4, "{d:?}");
+        let other = Prf::new(
+            WatermarkKey::from_secret(
+                [9; 32],
+                KeyParams {
+                    scheme: Scheme::Gumbel,
+                    ..KeyParams::default()
+                },
+            ),
+            1000,
+        );
+        assert!(detect(&other, &[], &chain, 4.0).z_score < 4.0);
+    }
+
+    #[test]
+    fn tails() {
+        assert!((normal_upper_tail(0.0) - 0.5).abs() < 1e-7);
+        assert!((normal_upper_tail(4.0) - 3.167e-5).abs() < 1e-8);
+        assert!((normal_upper_tail(-1.0) - 0.841345).abs() < 1e-6);
+        // Gamma(1, 1) is Exp(1): P(X >= 2) = e^-2.
+        assert!((gamma_upper_tail(1, 2.0) - (-2f64).exp()).abs() < 1e-12);
+        // Gamma(3, 1) at its mean.
+        let want = (-3f64).exp() * (1.0 + 3.0 + 4.5);
+        assert!((gamma_upper_tail(3, 3.0) - want).abs() < 1e-12);
+    }
+}
