@@ -2,6 +2,7 @@ use crate::input::load_model;
 use anyhow::{ensure, Result};
 use gpt2_generate::{GenerateOptions, Generator, SamplingParams, Truncate};
 use gpt2_model::Tokenizer;
+use gpt2_provenance::watermark::{Prf, WatermarkProcessor};
 use serde_json::json;
 use std::io::Write;
 
@@ -40,6 +41,9 @@ pub struct Args {
     /// (keep its end).
     #[arg(long, default_value = "error", value_parser = ["error", "left"])]
     truncate: String,
+    /// Watermark the output with this key (`gpt2 watermark keygen`).
+    #[arg(long)]
+    watermark: Option<String>,
     /// Print ids, text and per-token logprobs as JSON instead of streaming.
     #[arg(long)]
     json: bool,
@@ -69,6 +73,20 @@ pub fn run(a: Args) -> Result<()> {
         },
     };
     let mut generator = Generator::new(&model);
+    let key = a
+        .watermark
+        .as_deref()
+        .map(crate::watermark::load_key)
+        .transpose()?;
+    let key_id = key.as_ref().map(|k| k.id.clone());
+    if let Some(key) = key {
+        let prf = Prf::new(key, model.config().vocab_size);
+        generator.add_processor(Box::new(WatermarkProcessor::new(
+            prf,
+            a.temperature,
+            a.top_k,
+        )));
+    }
     let stream = !a.json && a.n == 1;
     let mut stdout = std::io::stdout().lock();
     if stream {
@@ -99,7 +117,7 @@ pub fn run(a: Args) -> Result<()> {
                 })
             })
             .collect();
-        let out = json!({"model": a.model, "prompt": a.prompt, "prompt_ids": prompt, "seed": seed, "samples": samples});
+        let out = json!({"model": a.model, "prompt": a.prompt, "prompt_ids": prompt, "seed": seed, "watermark_key_id": key_id, "samples": samples});
         writeln!(stdout, "{}", serde_json::to_string(&out)?)?;
     } else if stream {
         writeln!(stdout)?;

@@ -2,13 +2,16 @@
 //! the work happens in the library crates.
 
 mod bench;
+mod detect;
 mod eval;
 mod generate;
 mod input;
 mod ledger;
 mod score;
+mod texts;
 mod tokenize;
 mod train;
+mod watermark;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +41,10 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Perplexity of any text: per token, word and byte.
     Perplexity(eval::PerplexityArgs),
+    /// Zero-shot detection of machine text: statistics, calibration, evaluation.
+    Detect(detect::Args),
+    /// Keyed watermarks: make a key, test a text for it.
+    Watermark(watermark::Args),
     /// The provenance ledger: record generations, look texts up.
     Ledger(ledger::Args),
     /// Measure prefill, scoring and decode speed in-process.
@@ -81,6 +88,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Tokenize(a) => tokenize::run(a),
         Command::Eval(a) => eval::eval(a),
         Command::Perplexity(a) => eval::perplexity(a),
+        Command::Detect(a) => detect::run(a),
+        Command::Watermark(a) => watermark::run(a),
         Command::Ledger(a) => ledger::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Prepare(a) => train::prepare(a),
