@@ -1,0 +1,317 @@
+//! `gpt2 watermark`, `gpt2 generate --watermark` and `gpt2 detect` end to
+//! end on the tiny fixture model (random weights: high-entropy outputs, so
+//! a watermark shows clearly in a few hundred tokens).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn tiny() -> String {
+    tiny_model().to_string_lossy().into_owned()
+}
+
+fn keygen(dir: &tempfile::TempDir, name: &str, extra: &[&str]) -> String {
+    let path = dir.path().join(name).to_string_lossy().into_owned();
+    let mut args = vec!["watermark", "keygen", "--out", &path];
+    args.extend(extra);
+    let id = ok(run(&args));
+    assert_eq!(id.trim().len(), 16, "key ids are 16 hex digits: {id}");
+    path
+}
+
+fn generate(key: Option<&str>, seed: &str) -> Value {
+    let model = tiny();
+    let mut args = vec![
+        "generate",
+        "Once upon a time",
+        "--model",
+        &model,
+        "--max-tokens",
+        "200",
+        "--seed",
+        seed,
+        "--json",
+    ];
+    if let Some(k) = key {
+        args.extend(["--watermark", k]);
+    }
+    serde_json::from_str(&ok(run(&args))).unwrap()
+}
+
+fn detect(key: &str, text: &str, dir: &tempfile::TempDir) -> Value {
+    let file = dir.path().join("text.txt");
+    std::fs::write(&file, text).unwrap();
+    let out = ok(run(&[
+        "watermark",
+        "detect",
+        "--key",
+        key,
+        "--prompt",
+        "Once upon a time",
+        file.to_str().unwrap(),
+        "--json",
+    ]));
+    serde_json::from_str(&out).unwrap()
+}
+
+#[test]
+fn watermarked_generations_are_detected_and_plain_ones_are_not() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, extra) in [
+        ("kgw.key", &[][..]),
+        (
+            "self.key",
+            &["--seeding", "self-hash", "--context", "3"][..],
+        ),
+        ("gumbel.key", &["--scheme", "gumbel"][..]),
+    ] {
+        let key = keygen(&dir, name, extra);
+        let marked = generate(Some(&key), "7");
+        let text = marked["samples"][0]["text"].as_str().unwrap();
+        let d = detect(&key, text, &dir);
+        assert_eq!(marked["watermark_key_id"], d["key_id"]);
+        assert!(d["z_score"].as_f64().unwrap() >= 4.0, "{name}: {d}");
+        assert_eq!(d["decision"], "watermarked", "{name}");
+        let plain = generate(None, "7");
+        let d = detect(&key, plain["samples"][0]["text"].as_str().unwrap(), &dir);
+        assert!(d["z_score"].as_f64().unwrap() < 4.0, "{name}: {d}");
+        // Another key does not see this key's mark.
+        let other = keygen(&dir, &format!("other-{name}"), extra);
+        assert!(
+            detect(&other, text, &dir)["z_score"].as_f64().unwrap() < 4.0,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn detection_json_has_the_documented_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(&dir, "k.key", &[]);
+    let d = detect(
+        &key,
+        "A short text that has a few words in it and then some more of them.",
+        &dir,
+    );
+    let keys: Vec<&str> = d.as_object().unwrap().keys().map(String::as_str).collect();
+    for k in [
+        "z_score",
+        "p_value",
+        "tokens_scored",
+        "green_fraction",
+        "key_id",
+        "green_mask",
+        "decision",
+    ] {
+        assert!(keys.contains(&k), "missing {k} in {d}");
+    }
+    assert_eq!(d["green_mask"].as_array().unwrap().len(), 17);
+    // Too short for a verdict is said, not guessed.
+    let d = detect(&key, "Hi", &dir);
+    assert_eq!(d["decision"], "too short to decide");
+    let d = detect(&key, "", &dir);
+    assert_eq!(
+        (d["tokens_scored"].as_u64(), d["decision"].as_str()),
+        (Some(0), Some("too short to decide"))
+    );
+}
+
+#[test]
+fn bad_keys_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(&dir, "k.key", &[]);
+    fails_with(
+        run(&["watermark", "keygen", "--out", &key]),
+        &["k.key", "already exists"],
+    );
+    fails_with(
+        run(&[
+            "watermark",
+            "keygen",
+            "--out",
+            "/tmp/never.key",
+            "--gamma",
+            "1.5",
+        ]),
+        &["gamma"],
+    );
+    let text = std::fs::read_to_string(&key).unwrap();
+    let bad = dir.path().join("bad.key");
+    std::fs::write(&bad, text.replace("\"secret\": \"", "\"secret\": \"00")).unwrap();
+    let sample = fixtures().join("sample.txt");
+    fails_with(
+        run(&[
+            "watermark",
+            "detect",
+            "--key",
+            bad.to_str().unwrap(),
+            sample.to_str().unwrap(),
+        ]),
+        &["bad.key", "64 hex digits"],
+    );
+    std::fs::write(&bad, "not json").unwrap();
+    fails_with(
+        run(&[
+            "watermark",
+            "detect",
+            "--key",
+            bad.to_str().unwrap(),
+            sample.to_str().unwrap(),
+        ]),
+        &["bad.key", "not a watermark key file"],
+    );
+    let model = tiny();
+    fails_with(
+        run(&[
+            "generate",
+            "x",
+            "--model",
+            &model,
+            "--watermark",
+            "/nonexistent.key",
+        ]),
+        &["/nonexistent.key"],
+    );
+}
+
+#[test]
+fn detect_prints_every_statistic_and_calibrated_decisions() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny();
+    let sample = fixtures().join("sample.txt");
+    let out = ok(run(&[
+        "detect",
+        "--model",
+        &model,
+        "--observer",
+        &model,
+        "--performer",
+        &model,
+        "--json",
+        sample.to_str().unwrap(),
+    ]));
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    let stats = v["statistics"].as_object().unwrap();
+    let mut names: Vec<&str> = stats.keys().map(String::as_str).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "binoculars",
+            "entropy",
+            "fast_detectgpt",
+            "gltr",
+            "log_likelihood",
+            "log_rank",
+            "lrr"
+        ]
+    );
+    let gltr: u64 = v["statistics"]["gltr"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .sum();
+    assert_eq!(gltr, v["tokens"].as_u64().unwrap());
+    // One model as observer and performer: log-ppl over its own entropy.
+    assert!(v["statistics"]["binoculars"].as_f64().unwrap() > 0.0);
+    assert!(v["decision"].is_null());
+
+    // Calibrate on "human" texts (the books' JSONL lines), then decide.
+    let human = dir.path().join("human.jsonl");
+    let machine = dir.path().join("machine.jsonl");
+    let mut h = String::new();
+    let mut m = String::new();
+    let text = std::fs::read_to_string(&sample).unwrap();
+    for (i, chunk) in text
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .chunks(30)
+        .enumerate()
+    {
+        h.push_str(&serde_json::json!({ "text": chunk.join(" ") }).to_string());
+        h.push('\n');
+        let g = generate(None, &i.to_string());
+        m.push_str(&serde_json::json!({ "text": g["samples"][0]["text"] }).to_string());
+        m.push('\n');
+        if i == 5 {
+            break;
+        }
+    }
+    std::fs::write(&human, h).unwrap();
+    std::fs::write(&machine, m).unwrap();
+    let thresholds = dir.path().join("t.json");
+    ok(run(&[
+        "detect",
+        "calibrate",
+        "--model",
+        &model,
+        "--human",
+        human.to_str().unwrap(),
+        "--out",
+        thresholds.to_str().unwrap(),
+    ]));
+    let out = ok(run(&[
+        "detect",
+        "--model",
+        &model,
+        "--thresholds",
+        thresholds.to_str().unwrap(),
+        "--json",
+        machine.to_str().unwrap(),
+    ]));
+    for line in out.lines() {
+        let d: Value = serde_json::from_str(line).unwrap();
+        assert!(
+            ["machine", "human", "abstain"].contains(&d["decision"].as_str().unwrap()),
+            "{d}"
+        );
+    }
+    let table = ok(run(&[
+        "detect",
+        "evaluate",
+        "--model",
+        &model,
+        "--human",
+        human.to_str().unwrap(),
+        "--machine",
+        machine.to_str().unwrap(),
+    ]));
+    assert!(table.contains("| fast_detectgpt |"), "{table}");
+}
+
+#[test]
+fn detect_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny();
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    fails_with(
+        run(&["detect", "--model", &model, empty.to_str().unwrap()]),
+        &["empty.txt", "empty"],
+    );
+    let jsonl = dir.path().join("x.jsonl");
+    std::fs::write(&jsonl, "{\"text\": \"fine\"}\n{\"body\": 1}\n").unwrap();
+    fails_with(
+        run(&["detect", "--model", &model, jsonl.to_str().unwrap()]),
+        &["x.jsonl:2", "\"text\""],
+    );
+    // Binoculars needs one tokenizer: this fixture has a 1,024-token vocabulary.
+    let other = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("crates/model/tests/fixtures/parity-small");
+    let sample = fixtures().join("sample.txt");
+    fails_with(
+        run(&[
+            "detect",
+            "--model",
+            &model,
+            "--observer",
+            &model,
+            "--performer",
+            other.to_str().unwrap(),
+            sample.to_str().unwrap(),
+        ]),
+        &["same tokenizer"],
+    );
+}
