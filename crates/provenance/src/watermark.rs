@@ -160,6 +160,10 @@ impl LogitsProcessor for WatermarkProcessor {
                     }
                 }
             }
+            // The choice is a function of the context, so a context seen
+            // before would repeat its token and loop forever; there the
+            // step samples normally (the detector counts each pair once).
+            Scheme::Gumbel if context_repeats(history, h) => {}
             Scheme::Gumbel => {
                 let choice = self.gumbel_choice(step, logits);
                 for (v, l) in logits.iter_mut().enumerate() {
@@ -198,6 +202,14 @@ impl WatermarkProcessor {
         }
         best.1
     }
+}
+
+/// Whether the last `h` tokens of `history` occurred earlier in it, with a
+/// token after them.
+fn context_repeats(history: &[u32], h: usize) -> bool {
+    let n = history.len();
+    let context = &history[n - h..];
+    history[..n - 1].windows(h).any(|w| w == context)
 }
 
 /// The k-th largest logit (everything at or above it survives top-k);
@@ -470,6 +482,14 @@ mod tests {
             1000,
         );
         assert!(detect(&other, &[], &chain, 4.0).z_score < 4.0);
+    }
+
+    #[test]
+    fn gumbel_does_not_loop_on_a_repeated_context() {
+        assert!(context_repeats(&[1, 2, 3, 1, 2], 2));
+        assert!(!context_repeats(&[1, 2, 3, 2, 1], 2));
+        assert!(!context_repeats(&[5], 1));
+        assert!(context_repeats(&[5, 5], 1));
     }
 
     #[test]
