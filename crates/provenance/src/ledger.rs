@@ -156,7 +156,7 @@ fn tokens_to_blob(tokens: &[u32]) -> Vec<u8> {
 }
 
 fn tokens_from_blob(bytes: &[u8]) -> Option<Vec<u32>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     Some(

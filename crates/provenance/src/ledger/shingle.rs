@@ -113,7 +113,7 @@ pub fn to_blob(set: &[u64]) -> Vec<u8> {
 /// The set stored by [`to_blob`]; `None` when the length is not a multiple
 /// of eight bytes.
 pub fn from_blob(bytes: &[u8]) -> Option<Vec<u64>> {
-    if bytes.len() % 8 != 0 {
+    if !bytes.len().is_multiple_of(8) {
         return None;
     }
     Some(
