@@ -315,3 +315,61 @@ fn detect_refuses_bad_input() {
         &["same tokenizer"],
     );
 }
+
+#[test]
+fn generations_are_recorded_in_the_ledger_with_their_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(&dir, "k.key", &[]);
+    let db = dir.path().join("ledger.db").to_string_lossy().into_owned();
+    let model = tiny();
+    let out: Value = serde_json::from_str(&ok(run(&[
+        "generate",
+        "Hello",
+        "--model",
+        &model,
+        "--max-tokens",
+        "40",
+        "-n",
+        "2",
+        "--seed",
+        "1",
+        "--watermark",
+        &key,
+        "--ledger",
+        &db,
+        "--caller",
+        "org-a",
+        "--json",
+    ])))
+    .unwrap();
+    for (i, s) in out["samples"].as_array().unwrap().iter().enumerate() {
+        let text = dir.path().join("g.txt");
+        std::fs::write(&text, s["text"].as_str().unwrap()).unwrap();
+        let found: Value = serde_json::from_str(&ok(run(&[
+            "ledger",
+            "lookup",
+            "--db",
+            &db,
+            text.to_str().unwrap(),
+            "--json",
+        ])))
+        .unwrap();
+        let m = &found["matches"][0];
+        assert_eq!(
+            (m["exact"].as_bool(), m["record_id"].as_i64()),
+            (Some(true), Some(i as i64 + 1)),
+            "{found}"
+        );
+        let shown: Value = serde_json::from_str(&ok(run(&[
+            "ledger",
+            "show",
+            "--db",
+            &db,
+            &(i + 1).to_string(),
+            "--json",
+        ])))
+        .unwrap();
+        assert_eq!(shown["caller"], "org-a");
+        assert_eq!(shown["watermark_key_id"], out["watermark_key_id"]);
+    }
+}

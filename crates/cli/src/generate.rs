@@ -1,7 +1,8 @@
 use crate::input::load_model;
 use anyhow::{ensure, Result};
-use gpt2_generate::{GenerateOptions, Generator, SamplingParams, Truncate};
+use gpt2_generate::{Completion, GenerateOptions, Generator, SamplingParams, Truncate};
 use gpt2_model::Tokenizer;
+use gpt2_provenance::ledger::{Ledger, NewRecord};
 use gpt2_provenance::watermark::{Prf, WatermarkProcessor};
 use serde_json::json;
 use std::io::Write;
@@ -44,6 +45,13 @@ pub struct Args {
     /// Watermark the output with this key (`gpt2 watermark keygen`).
     #[arg(long)]
     watermark: Option<String>,
+    /// Record every sample in this provenance ledger (created if missing)
+    /// before printing the JSON; streamed text is recorded when it ends.
+    #[arg(long)]
+    ledger: Option<String>,
+    /// Who asked, for the ledger record.
+    #[arg(long, requires = "ledger")]
+    caller: Option<String>,
     /// Print ids, text and per-token logprobs as JSON instead of streaming.
     #[arg(long)]
     json: bool,
@@ -72,6 +80,10 @@ pub fn run(a: Args) -> Result<()> {
             Truncate::Error
         },
     };
+    // Open the ledger before generating, so a bad path fails fast.
+    if let Some(path) = &a.ledger {
+        Ledger::open(path)?;
+    }
     let mut generator = Generator::new(&model);
     let key = a
         .watermark
@@ -101,6 +113,9 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     })?;
+    if let Some(path) = &a.ledger {
+        record(path, &completions, &a, key_id.as_deref())?;
+    }
     if let Some(e) = write_error {
         return Err(e.into());
     }
@@ -145,4 +160,21 @@ fn random_seed() -> u64 {
             .unwrap_or(0),
     );
     h.finish()
+}
+
+/// Records every sample in the ledger, in one transaction.
+fn record(path: &str, completions: &[Completion], a: &Args, key_id: Option<&str>) -> Result<()> {
+    let mut ledger = Ledger::open(path)?;
+    let records: Vec<NewRecord> = completions
+        .iter()
+        .map(|c| NewRecord {
+            tokens: c.tokens.clone(),
+            text: c.text.clone(),
+            watermark_key_id: key_id.map(str::to_string),
+            caller: a.caller.clone(),
+            model: Some(a.model.clone()),
+        })
+        .collect();
+    ledger.record_batch(&records)?;
+    Ok(())
 }
