@@ -35,6 +35,11 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// pages cached writes each one once per transaction instead of many times.
 const CACHE_KIB: i64 = 128 * 1024;
 
+/// The WAL is truncated to this size after a checkpoint (a bulk import can
+/// grow it to hundreds of megabytes; a long-lived writer should not keep
+/// that much disk).
+const WAL_LIMIT_BYTES: i64 = 64 * 1024 * 1024;
+
 const TABLES: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE records (
@@ -198,6 +203,8 @@ fn configure(conn: &Connection, path: &Path) -> Result<()> {
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(&err)?;
     conn.pragma_update(None, "cache_size", -CACHE_KIB)
+        .map_err(&err)?;
+    conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES)
         .map_err(&err)?;
     Ok(())
 }
