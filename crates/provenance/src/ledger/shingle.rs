@@ -15,12 +15,12 @@ use sha2::{Digest, Sha256};
 
 /// Words per shingle. Measured with exact Jaccard on 200-token book
 /// passages (bench/ledger_bench.py, step 0): after 20% random word
-/// substitutions the 1st percentile of J(edited, original) is 0.35 / 0.22 /
-/// 0.14 for n = 2 / 3 / 4, and the most similar of 300,000 unrelated
-/// passage pairs has J = 0.060 / 0.018 / 0.011. The margin (ratio) is
-/// 6x at n = 2 (common bigrams such as "of the" are shared by everything)
-/// and 12-13x at n = 3 and 4; of those, n = 3 keeps J higher, which the
-/// LSH stage needs (a band of r entries collides with probability J^r).
+/// substitutions the 1st percentile of J(edited, original) is 0.35 / 0.21 /
+/// 0.13 for n = 2 / 3 / 4, and the most similar of 300,000 unrelated
+/// passage pairs has J = 0.061 / 0.019 / 0.015: a margin of 6x / 11x / 9x.
+/// Bigrams are shared by everything ("of the"); 4-grams break too easily.
+/// n = 3 also keeps J high, which the LSH stage needs (a band of r entries
+/// collides with probability J^r).
 pub const NGRAM: usize = 3;
 
 /// Domain separator for the n-gram hash; changing the normalisation or the
