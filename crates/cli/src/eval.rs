@@ -94,8 +94,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         Task::Ptb => rolling::ptb(&model, &a.data, a.limit, windowing, &mut bar)?,
         Task::Bytes => rolling::bytes(&model, &a.data, windowing, &mut bar)?,
     };
-    let config = config(&a.common, &model, started, &result);
-    let mut config = config;
+    let mut config = config(&a.common, &model, started, &result);
     config["data"] = json!(a.data.display().to_string());
     config["limit"] = json!(a.limit);
     print(&result, config, a.common.json)

@@ -69,7 +69,7 @@ pub fn score_documents(
     progress: &mut dyn Progress,
 ) -> Result<Totals> {
     let tok = Tokenizer::gpt2();
-    let scorer = Scorer::new(model);
+    let mut scorer = Scorer::new(model);
     let mut spans = Vec::new();
     let mut totals = Totals::default();
     for d in docs {
@@ -84,7 +84,6 @@ pub fn score_documents(
         totals.chars += d.chars;
     }
     progress.start(totals.tokens, "tokens");
-    let mut scorer = scorer;
     let scores = scorer.score_spans(&spans, 0, &mut |n| progress.advance(n))?;
     progress.finish();
     // Summed in f64 in document order, as the reference sums per document.
