@@ -230,7 +230,7 @@ fn bytes_counts_every_byte_of_a_file_that_is_not_utf8() {
     let dir = tempfile::tempdir().unwrap();
     let path = write(&dir, "bin", b"text \xff\xfe more text \xc3");
     let v = run_case(&["eval", "bytes", "--data", &path]);
-    assert_eq!(v["tokens"]["bytes"].as_u64().unwrap() > 0, true);
+    assert!(v["tokens"]["bytes"].as_u64().unwrap() > 0);
     let note = v["notes"]["bytes"][0].as_str().unwrap();
     assert!(note.starts_with("3 bytes were not valid UTF-8"), "{note}");
     assert!(

@@ -242,6 +242,9 @@ fn calibrate(
     Ok(())
 }
 
+/// A metric of (human scores, machine scores).
+type RocMetric = dyn Fn(&[f64], &[f64]) -> f64;
+
 fn evaluate(human: &[String], machine: &[String], as_json: bool, opts: &Opts) -> Result<()> {
     let (h, m) = (measure(human, opts)?, measure(machine, opts)?);
     let mut rows = Vec::new();
@@ -257,7 +260,7 @@ fn evaluate(human: &[String], machine: &[String], as_json: bool, opts: &Opts) ->
         if hs.len() < 2 || ms.len() < 2 {
             continue;
         }
-        let metrics: [(&str, Box<dyn Fn(&[f64], &[f64]) -> f64>); 3] = [
+        let metrics: [(&str, Box<RocMetric>); 3] = [
             ("auroc", Box::new(auroc)),
             (
                 "tpr_at_1pct_fpr",

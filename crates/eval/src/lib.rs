@@ -2,8 +2,8 @@
 //! Table 3) with lm-evaluation-harness's definitions, which is how GPT-2 is
 //! measured today.
 //!
-//! - [`lambada`]: `lambada_openai` (accuracy and perplexity of the last word)
-//!   and a word-level variant closer to the paper's.
+//! - [`lambada`]: `lambada_openai` (accuracy and perplexity of the last
+//!   word) and a word-level variant closer to the paper's.
 //! - [`rolling`]: WikiText (word and byte perplexity, bits per byte), the
 //!   Penn Treebank, bits per byte/character of any file, and perplexity.
 //! - [`detokenize`]: the invertible detokenizers (lm-eval's for WikiText,

@@ -377,7 +377,9 @@ mod tests {
         assert!((green as f64 / 50257.0 - 0.25).abs() < 0.01, "{green}");
         // The function is specified (HMAC-SHA256, SipHash-2-4, little-endian
         // words): these bits are the same on every platform and release.
-        let mask: String = (0..32).map(|v| if prf.is_green(&[464], v) { '1' } else { '0' }).collect();
+        let mask: String = (0..32)
+            .map(|v| if prf.is_green(&[464], v) { '1' } else { '0' })
+            .collect();
         assert_eq!(mask, "00010000000100010100100001101110");
         let other = Prf::new(
             WatermarkKey::from_secret([8; 32], KeyParams::default()),
