@@ -373,3 +373,35 @@ fn generations_are_recorded_in_the_ledger_with_their_key() {
         assert_eq!(shown["watermark_key_id"], out["watermark_key_id"]);
     }
 }
+
+#[test]
+fn a_verifier_with_several_keys_learns_which_one_matched() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        keygen(&dir, "a.key", &[]),
+        keygen(&dir, "b.key", &["--scheme", "gumbel"]),
+    );
+    let marked = generate(Some(&b), "3");
+    let file = dir.path().join("t.txt");
+    std::fs::write(&file, marked["samples"][0]["text"].as_str().unwrap()).unwrap();
+    let out = ok(run(&[
+        "watermark",
+        "detect",
+        "--key",
+        &a,
+        "--key",
+        &b,
+        "--prompt",
+        "Once upon a time",
+        file.to_str().unwrap(),
+        "--json",
+    ]));
+    let results: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 2);
+    assert_eq!(results[0]["decision"], "not watermarked");
+    assert_eq!(results[1]["decision"], "watermarked");
+    assert_eq!(results[1]["key_id"], marked["watermark_key_id"]);
+}

@@ -34,10 +34,11 @@ enum Sub {
         #[arg(long, default_value_t = 1)]
         context: usize,
     },
-    /// Test a text for the watermark of a key.
+    /// Test a text for the watermark of one or more keys (one result per key,
+    /// so a verifier can say which key matched).
     Detect {
-        #[arg(long)]
-        key: String,
+        #[arg(long, required = true)]
+        key: Vec<String>,
         /// The prompt the text continued: context for its first tokens, not scored.
         #[arg(long, default_value = "")]
         prompt: String,
@@ -101,28 +102,34 @@ pub fn run(a: Args) -> Result<()> {
             z_threshold,
             json,
         } => {
-            let prf = Prf::new(load_key(&key)?, Tokenizer::gpt2().vocab_size());
-            let text = read_text(file.as_deref())?;
             let tok = Tokenizer::gpt2();
+            let keys = key
+                .iter()
+                .map(|k| load_key(k))
+                .collect::<Result<Vec<_>>>()?;
+            let text = read_text(file.as_deref())?;
             let (prompt_ids, ids) = (tok.encode(&prompt)?, tok.encode(&text)?);
-            let d = detect(&prf, &prompt_ids, &ids, z_threshold);
-            if json {
-                println!("{}", serde_json::to_string(&d)?);
-            } else {
-                println!(
-                    "{}: z = {:.2}, p = {:.3e}, {} of {} scored tokens {} (key {})",
-                    d.decision,
-                    d.z_score,
-                    d.p_value,
-                    (d.green_fraction * d.tokens_scored as f64).round(),
-                    d.tokens_scored,
-                    if prf.key().scheme == Scheme::Kgw {
-                        "green"
-                    } else {
-                        "with r > 1/2"
-                    },
-                    d.key_id
-                );
+            for key in keys {
+                let prf = Prf::new(key, tok.vocab_size());
+                let d = detect(&prf, &prompt_ids, &ids, z_threshold);
+                if json {
+                    println!("{}", serde_json::to_string(&d)?);
+                } else {
+                    println!(
+                        "{}: z = {:.2}, p = {:.3e}, {} of {} scored tokens {} (key {})",
+                        d.decision,
+                        d.z_score,
+                        d.p_value,
+                        (d.green_fraction * d.tokens_scored as f64).round(),
+                        d.tokens_scored,
+                        if prf.key().scheme == Scheme::Kgw {
+                            "green"
+                        } else {
+                            "with r > 1/2"
+                        },
+                        d.key_id
+                    );
+                }
             }
             Ok(())
         }
