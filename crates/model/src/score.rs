@@ -30,6 +30,9 @@ pub struct TokenScore {
     /// Variance of log p under the model's own distribution (the sigma^2 of
     /// Fast-DetectGPT's analytic criterion).
     pub logprob_variance: f32,
+    /// Whether this token is the argmax, ties going to the lowest id (as
+    /// `torch.argmax`, which lm-eval's `is_greedy` uses).
+    pub is_argmax: bool,
     /// The most likely tokens at this position with their log-probabilities,
     /// most likely first (empty unless asked for).
     pub top: Vec<(u32, f32)>,
@@ -37,9 +40,9 @@ pub struct TokenScore {
 
 impl TokenScore {
     /// Whether greedy decoding would have chosen this token (lm-eval's
-    /// `is_greedy`: no other token has a strictly larger logit).
+    /// `is_greedy`).
     pub fn is_greedy(&self) -> bool {
-        self.rank == 1
+        self.is_argmax
     }
 }
 
@@ -337,12 +340,14 @@ pub fn score_row(logits: &[f32], target: u32, top_n: usize, work: &mut [f32]) ->
     let entropy = lse - weighted / sum;
     let t = logits[target as usize];
     let rank = 1 + logits.iter().filter(|&&l| l > t).count() as u32;
+    let tied_before = logits[..target as usize].iter().any(|&l| l == t);
     TokenScore {
         id: target,
         logprob: t - max - lse,
         rank,
         entropy,
         logprob_variance: logprob_variance(logits, work, max + lse, -entropy),
+        is_argmax: rank == 1 && !tied_before,
         top: top_k(logits, top_n)
             .into_iter()
             .map(|i| (i, logits[i as usize] - max - lse))
@@ -447,6 +452,10 @@ mod tests {
         let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
         assert!((s.logprob as f64 - (2.0 - z.ln())).abs() < 1e-6);
         assert_eq!(s.rank, 3);
+        assert!(!s.is_argmax);
+        // Tied for the maximum: the lower id is the argmax, as in torch.
+        assert!(score_row(&logits, 1, 0, &mut work).is_argmax);
+        assert!(!score_row(&logits, 3, 0, &mut work).is_argmax);
         let h: f64 = logits
             .iter()
             .map(|&l| {

@@ -210,6 +210,7 @@ mod tests {
             rank,
             entropy,
             logprob_variance: var,
+            is_argmax: rank == 1,
             top: Vec::new(),
         }
     }
