@@ -340,7 +340,7 @@ pub fn score_row(logits: &[f32], target: u32, top_n: usize, work: &mut [f32]) ->
     let entropy = lse - weighted / sum;
     let t = logits[target as usize];
     let rank = 1 + logits.iter().filter(|&&l| l > t).count() as u32;
-    let tied_before = logits[..target as usize].iter().any(|&l| l == t);
+    let tied_before = logits[..target as usize].contains(&t);
     TokenScore {
         id: target,
         logprob: t - max - lse,
