@@ -125,17 +125,19 @@ fn bad_keys_are_refused_by_name() {
         run(&["watermark", "keygen", "--out", &key]),
         &["k.key", "already exists"],
     );
+    let never = dir.path().join("never.key");
     fails_with(
         run(&[
             "watermark",
             "keygen",
             "--out",
-            "/tmp/never.key",
+            never.to_str().unwrap(),
             "--gamma",
             "1.5",
         ]),
         &["gamma"],
     );
+    assert!(!never.exists(), "a refused key is not written");
     let text = std::fs::read_to_string(&key).unwrap();
     let bad = dir.path().join("bad.key");
     std::fs::write(&bad, text.replace("\"secret\": \"", "\"secret\": \"00")).unwrap();
