@@ -281,6 +281,16 @@ fn detect_prints_every_statistic_and_calibrated_decisions() {
         machine.to_str().unwrap(),
     ]));
     assert!(table.contains("| fast_detectgpt |"), "{table}");
+    // Thresholds hold only for the model they were calibrated with.
+    fails_with(
+        run(&[
+            "detect",
+            "--thresholds",
+            thresholds.to_str().unwrap(),
+            machine.to_str().unwrap(),
+        ]),
+        &["calibrated with --model"],
+    );
 }
 
 #[test]

@@ -136,21 +136,35 @@ fn detect(
     as_json: bool,
 ) -> Result<()> {
     let thresholds = thresholds.map(read_thresholds).transpose()?;
+    let statistic = match &thresholds {
+        Some(t) => {
+            let Some(stat) = Statistic::from_name(&t.statistic) else {
+                bail!(
+                    "the threshold file names an unknown statistic {:?}",
+                    t.statistic
+                );
+            };
+            ensure!(
+                stat != Statistic::Binoculars || opts.observer.is_some(),
+                "the thresholds are for binoculars, which needs --observer and --performer"
+            );
+            ensure!(
+                t.model == opts.model,
+                "the thresholds were calibrated with --model {}, not {}",
+                t.model,
+                opts.model
+            );
+            Some(stat)
+        }
+        None => None,
+    };
     for (name, tokens, stats) in measure(files, opts)? {
-        let decision = match &thresholds {
-            Some(t) => {
-                let Some(stat) = Statistic::from_name(&t.statistic) else {
-                    bail!(
-                        "the threshold file names an unknown statistic {:?}",
-                        t.statistic
-                    );
-                };
-                Some(match stat.machine_score(&stats) {
-                    Some(score) => t.decide(tokens, score, fpr),
-                    None => "abstain",
-                })
-            }
-            None => None,
+        let decision = match (&thresholds, statistic) {
+            (Some(t), Some(stat)) => Some(match stat.machine_score(&stats) {
+                Some(score) => t.decide(tokens, score, fpr),
+                None => "abstain",
+            }),
+            _ => None,
         };
         if as_json {
             let stats_json = json!({
