@@ -5,7 +5,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use gpt2_model::Config;
 use gpt2_train::checkpoint::{write_model, Precision};
 use gpt2_train::data::read_tokens;
-use gpt2_train::prepare::{collect_documents, split, write_split};
+use gpt2_train::prepare::{collect_documents, split, unwrap_paragraphs, write_split};
 use gpt2_train::{params_from_weights, Observer, StepReport, TrainModel, TrainOptions, Trainer};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -24,6 +24,10 @@ pub struct PrepareArgs {
     /// Without --val: the share of documents held out (every k-th one).
     #[arg(long, default_value_t = 0.1)]
     val_fraction: f64,
+    /// Join each paragraph's hard-wrapped lines into one line (for
+    /// Gutenberg-style text; see `unwrap_paragraphs`).
+    #[arg(long)]
+    unwrap: bool,
 }
 
 pub fn prepare(a: PrepareArgs) -> Result<()> {
@@ -31,7 +35,12 @@ pub fn prepare(a: PrepareArgs) -> Result<()> {
         (0.0..1.0).contains(&a.val_fraction),
         "--val-fraction must be in [0, 1)"
     );
-    let docs = collect_documents(&a.inputs)?;
+    let mut docs = collect_documents(&a.inputs)?;
+    if a.unwrap {
+        for d in &mut docs {
+            d.text = unwrap_paragraphs(&d.text);
+        }
+    }
     let s = split(&docs, &a.val, a.val_fraction).map_err(|e| anyhow!(e))?;
     write_split(&a.out, &s)?;
     println!(
