@@ -2,12 +2,13 @@
 //! decisions, and evaluation of the detectors on labelled texts.
 
 use crate::input::load_model;
-use crate::texts::load_texts;
 use anyhow::{bail, ensure, Context, Result};
 use gpt2_model::{Model, Tokenizer};
 use gpt2_provenance::roc::{auroc, bootstrap_ci, tpr_at_fpr, Thresholds};
 use gpt2_provenance::stats::{binoculars, score_texts, statistics, Statistic, Statistics};
+use gpt2_train::prepare::collect_documents;
 use serde_json::json;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -98,7 +99,12 @@ fn measure(paths: &[String], opts: &Opts) -> Result<Vec<(String, usize, Statisti
     ensure!(!paths.is_empty(), "no texts given");
     let mut named = Vec::new();
     for p in paths {
-        named.extend(load_texts(p, &opts.field)?);
+        if p == "-" {
+            named.push(("stdin".to_string(), crate::input::read_text(None)?));
+        } else {
+            let docs = collect_documents(&[PathBuf::from(p)], &opts.field)?;
+            named.extend(docs.into_iter().map(|d| (d.name, d.text)));
+        }
     }
     let tok = Tokenizer::gpt2();
     let mut ids = Vec::with_capacity(named.len());

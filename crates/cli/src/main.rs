@@ -8,7 +8,6 @@ mod generate;
 mod input;
 mod ledger;
 mod score;
-mod texts;
 mod tokenize;
 mod train;
 mod watermark;

@@ -35,7 +35,7 @@ pub fn prepare(a: PrepareArgs) -> Result<()> {
         (0.0..1.0).contains(&a.val_fraction),
         "--val-fraction must be in [0, 1)"
     );
-    let mut docs = collect_documents(&a.inputs)?;
+    let mut docs = collect_documents(&a.inputs, "text")?;
     if a.unwrap {
         for d in &mut docs {
             d.text = unwrap_paragraphs(&d.text);

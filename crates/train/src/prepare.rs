@@ -1,5 +1,5 @@
-//! `gpt2 prepare`: text files, folders of them, or JSONL with a `text`
-//! field become documents; each document is `<|endoftext|>` followed by its
+//! `gpt2 prepare`: text files, folders of them, or JSONL with a string
+//! field (`text` for training) become documents; each document is `<|endoftext|>` followed by its
 //! tokens; whole documents go to the training or the validation file.
 
 use crate::data::{write_atomic, write_tokens, DataError};
@@ -20,8 +20,10 @@ fn bad(path: &Path, reason: impl Into<String>) -> DataError {
     }
 }
 
-/// Every document under `inputs`, in a stable order (folders sorted).
-pub fn collect_documents(inputs: &[PathBuf]) -> Result<Vec<Document>, DataError> {
+/// Every document under `inputs`, in a stable order (folders sorted): a
+/// file is one document, a `.jsonl` file one per line (its string `field`),
+/// a folder one per file. `gpt2 detect` reads its texts the same way.
+pub fn collect_documents(inputs: &[PathBuf], field: &str) -> Result<Vec<Document>, DataError> {
     let mut docs = Vec::new();
     for input in inputs {
         if input.is_dir() {
@@ -38,10 +40,10 @@ pub fn collect_documents(inputs: &[PathBuf]) -> Result<Vec<Document>, DataError>
                 return Err(bad(input, "folder holds no files"));
             }
             for f in files {
-                read_file(&f, &mut docs)?;
+                read_file(&f, field, &mut docs)?;
             }
         } else {
-            read_file(input, &mut docs)?;
+            read_file(input, field, &mut docs)?;
         }
     }
     Ok(docs)
@@ -78,7 +80,7 @@ pub fn unwrap_paragraphs(text: &str) -> String {
     out
 }
 
-fn read_file(path: &Path, docs: &mut Vec<Document>) -> Result<(), DataError> {
+fn read_file(path: &Path, field: &str, docs: &mut Vec<Document>) -> Result<(), DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::Io {
         path: path.display().to_string(),
         source: e,
@@ -104,12 +106,17 @@ fn read_file(path: &Path, docs: &mut Vec<Document>) -> Result<(), DataError> {
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
         {
+            let n = i + 1;
+            let at_line = |reason: String| DataError::Format {
+                path: format!("{}:{n}", path.display()),
+                reason,
+            };
             let v: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| bad(path, format!("line {}: {e}", i + 1)))?;
+                .map_err(|e| at_line(format!("line {n} is not valid JSON: {e}")))?;
             let t = v
-                .get("text")
+                .get(field)
                 .and_then(|t| t.as_str())
-                .ok_or_else(|| bad(path, format!("line {}: no string field `text`", i + 1)))?;
+                .ok_or_else(|| at_line(format!("line {n} has no string field {field:?}")))?;
             docs.push(Document {
                 name: format!("{}:{}", path.display(), i + 1),
                 text: t.to_string(),
