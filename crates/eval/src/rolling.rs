@@ -18,16 +18,27 @@ use gpt2_model::{Model, Tokenizer};
 use std::f64::consts::LN_2;
 use std::path::Path;
 
-/// A document to score and the sizes of the original it came from.
+/// A document's tokens and the sizes of the original it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Document {
-    /// The text the model scores (after detokenization).
-    pub text: String,
-    /// Tokens to score, when the text is not UTF-8 ([`bytes`] task).
-    pub tokens: Option<Vec<u32>>,
+    pub tokens: Vec<u32>,
     pub words: usize,
     pub bytes: usize,
     pub chars: usize,
+}
+
+impl Document {
+    /// The model reads `scored` (the detokenized text); bytes and
+    /// characters are counted on `original`, with `words` counted by the
+    /// task's own rule.
+    pub fn new(scored: &str, original: &str, words: usize) -> Result<Document> {
+        Ok(Document {
+            tokens: Tokenizer::gpt2().encode(scored)?,
+            words,
+            bytes: original.len(),
+            chars: original.chars().count(),
+        })
+    }
 }
 
 /// Summed log-likelihoods over documents, and the units they divide by.
@@ -68,17 +79,12 @@ pub fn score_documents(
     windowing: Windowing,
     progress: &mut dyn Progress,
 ) -> Result<Totals> {
-    let tok = Tokenizer::gpt2();
     let mut scorer = Scorer::new(model);
     let mut spans = Vec::new();
     let mut totals = Totals::default();
     for d in docs {
-        let ids = match &d.tokens {
-            Some(ids) => ids.clone(),
-            None => tok.encode(&d.text)?,
-        };
-        totals.tokens += ids.len();
-        spans.extend(scorer.text_spans(&ids, windowing)?);
+        totals.tokens += d.tokens.len();
+        spans.extend(scorer.text_spans(&d.tokens, windowing)?);
         totals.words += d.words;
         totals.bytes += d.bytes;
         totals.chars += d.chars;
@@ -99,6 +105,15 @@ fn metric(name: &'static str, value: f64) -> Metric {
     }
 }
 
+/// lm-eval's three metrics of a document task (`wikitext`'s `metric_list`).
+fn word_byte_metrics(t: &Totals) -> Vec<Metric> {
+    vec![
+        metric("word_perplexity", t.word_perplexity()),
+        metric("byte_perplexity", t.byte_perplexity()),
+        metric("bits_per_byte", t.bits_per_byte()),
+    ]
+}
+
 /// lm-eval's `wikitext`: articles of a WikiText file (`wiki.test.raw` or
 /// `wiki.test.tokens`), each detokenized and scored, normalised by the
 /// words and bytes of the article before detokenization.
@@ -112,25 +127,15 @@ pub fn wikitext(
     let text = data::read_text(path)?;
     let pages = wikitext_pages(&text);
     let original = pages.len();
-    let docs: Vec<Document> = pages
+    let docs = pages
         .iter()
         .take(limit.unwrap_or(usize::MAX))
-        .map(|page| Document {
-            text: detokenize::wikitext(page),
-            tokens: None,
-            words: python_split_count(page),
-            bytes: page.len(),
-            chars: page.chars().count(),
-        })
-        .collect();
+        .map(|page| Document::new(&detokenize::wikitext(page), page, python_split_count(page)))
+        .collect::<Result<Vec<_>>>()?;
     let t = score_documents(model, &docs, windowing, progress)?;
     Ok(TaskResult {
         task: "wikitext",
-        metrics: vec![
-            metric("word_perplexity", t.word_perplexity()),
-            metric("byte_perplexity", t.byte_perplexity()),
-            metric("bits_per_byte", t.bits_per_byte()),
-        ],
+        metrics: word_byte_metrics(&t),
         original,
         effective: docs.len(),
         tokens: t.tokens,
@@ -167,21 +172,11 @@ pub fn ptb(
         kept_len += line.len();
     }
     let kept = &text[..kept_len];
-    let doc = Document {
-        text: detokenize::ptb(kept),
-        tokens: None,
-        words: word_count(kept) + n_kept,
-        bytes: kept.len(),
-        chars: kept.chars().count(),
-    };
+    let doc = Document::new(&detokenize::ptb(kept), kept, word_count(kept) + n_kept)?;
     let t = score_documents(model, &[doc], windowing, progress)?;
     Ok(TaskResult {
         task: "ptb",
-        metrics: vec![
-            metric("word_perplexity", t.word_perplexity()),
-            metric("byte_perplexity", t.byte_perplexity()),
-            metric("bits_per_byte", t.bits_per_byte()),
-        ],
+        metrics: word_byte_metrics(&t),
         original: sentences,
         effective: n_kept,
         tokens: t.tokens,
@@ -203,12 +198,11 @@ pub fn bytes(
     let (tokens, invalid) = tok.encode_any_bytes(&raw)?;
     let text = String::from_utf8_lossy(&raw);
     let doc = Document {
+        tokens,
         words: word_count(&text),
         bytes: raw.len(),
         // A byte that is not UTF-8 counts as one character.
         chars: text.chars().count(),
-        text: String::new(),
-        tokens: Some(tokens),
     };
     let t = score_documents(model, &[doc], windowing, progress)?;
     let mut notes = Vec::new();
@@ -240,16 +234,11 @@ pub fn perplexity(
     windowing: Windowing,
     progress: &mut dyn Progress,
 ) -> Result<TaskResult> {
-    if word_count(text) == 0 {
+    let words = word_count(text);
+    if words == 0 {
         return Err(EvalError::file(name, "the text has no words to score"));
     }
-    let doc = Document {
-        text: text.to_string(),
-        tokens: None,
-        words: word_count(text),
-        bytes: text.len(),
-        chars: text.chars().count(),
-    };
+    let doc = Document::new(text, text, words)?;
     let t = score_documents(model, &[doc], windowing, progress)?;
     Ok(TaskResult {
         task: "perplexity",
