@@ -6,6 +6,7 @@
 //! larger means "more machine-like", which is what calibration and ROC
 //! evaluation use.
 
+use gpt2_model::kernels::log_softmax_stats;
 use gpt2_model::score::{Scorer, Span, TokenScore, Windowing};
 use gpt2_model::{Model, ModelError};
 use serde::{Deserialize, Serialize};
@@ -166,19 +167,23 @@ pub fn binoculars(observer: &Model, performer: &Model, tokens: &[u32]) -> Result
     let spans: Vec<Span> = Scorer::new(shorter).text_spans(tokens, Windowing::Rolling)?;
     let (mut obs, mut perf) = (Scorer::new(observer), Scorer::new(performer));
     let (mut log_ppl, mut x_ent, mut n) = (0f64, 0f64, 0usize);
+    let mut work = vec![0f32; vo];
     for span in &spans {
         let lo = obs.span_logits(span)?;
         let lp = perf.span_logits(span)?;
         for (k, &target) in span.targets.iter().enumerate() {
-            let row = k * vo..(k + 1) * vo;
-            let perf_logp = log_softmax(&lp[row.clone()]);
-            let obs_logp = log_softmax(&lo[row]);
-            log_ppl -= perf_logp[target as usize];
-            x_ent -= obs_logp
+            let (perf_row, obs_row) = (&lp[k * vo..(k + 1) * vo], &lo[k * vo..(k + 1) * vo]);
+            let (pm, pl) = log_softmax_stats(perf_row, &mut work);
+            let perf_logp = |v: usize| (perf_row[v] - pm - pl) as f64;
+            log_ppl -= perf_logp(target as usize);
+            // work becomes exp(observer logit - max): probabilities times e^lse.
+            let (_, ol) = log_softmax_stats(obs_row, &mut work);
+            let weighted: f64 = work
                 .iter()
-                .zip(&perf_logp)
-                .map(|(o, p)| o.exp() * p)
-                .sum::<f64>();
+                .enumerate()
+                .map(|(v, &e)| e as f64 * perf_logp(v))
+                .sum();
+            x_ent -= weighted / (ol as f64).exp();
             n += 1;
         }
     }
@@ -186,17 +191,6 @@ pub fn binoculars(observer: &Model, performer: &Model, tokens: &[u32]) -> Result
         return Err(ModelError::InvalidRequest("the text has no tokens".into()));
     }
     Ok(log_ppl / x_ent)
-}
-
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) as f64;
-    let lse = logits
-        .iter()
-        .map(|&l| (l as f64 - max).exp())
-        .sum::<f64>()
-        .ln()
-        + max;
-    logits.iter().map(|&l| l as f64 - lse).collect()
 }
 
 #[cfg(test)]
