@@ -9,7 +9,7 @@
 pub mod sampling;
 pub mod utf8;
 
-pub use sampling::{LogitsProcessor, Sampler, SamplingParams};
+pub use sampling::{LogitsProcessor, Sampler, SamplingParams, TokenChooser};
 
 use gpt2_model::kernels::log_softmax_stats;
 use gpt2_model::{Batch, KvCache, Model, ModelError, Scratch, Tokenizer, END_OF_TEXT};
@@ -94,6 +94,7 @@ pub struct Generator<'m> {
     batch: Batch,
     work: Vec<f32>,
     processors: Vec<Box<dyn LogitsProcessor + 'm>>,
+    chooser: Option<Box<dyn TokenChooser + 'm>>,
 }
 
 impl<'m> Generator<'m> {
@@ -106,12 +107,18 @@ impl<'m> Generator<'m> {
             batch: Batch::default(),
             work: vec![0.0; model.config().vocab_size],
             processors: Vec::new(),
+            chooser: None,
         }
     }
 
     /// Adds a logits processor, applied to every sample before sampling.
     pub fn add_processor(&mut self, p: Box<dyn LogitsProcessor + 'm>) {
         self.processors.push(p);
+    }
+
+    /// Lets `c` make every sample's final draw (see [`TokenChooser`]).
+    pub fn set_chooser(&mut self, c: Box<dyn TokenChooser + 'm>) {
+        self.chooser = Some(c);
     }
 
     /// Generates `opts.n` completions of `prompt` (token ids; empty means
@@ -238,7 +245,12 @@ impl<'m> Generator<'m> {
         if self.work.len() > self.tokenizer.vocab_size() {
             self.work[self.tokenizer.vocab_size()..].fill(f32::NEG_INFINITY);
         }
-        let token = s.sampler.sample(&mut self.work);
+        let token = match &mut self.chooser {
+            Some(c) => s
+                .sampler
+                .sample_choosing(&mut self.work, &mut |cands, w| c.choose(history, cands, w)),
+            None => s.sampler.sample(&mut self.work),
+        };
         s.logprobs.push(raw[token as usize] - max - lse);
         token
     }

@@ -65,6 +65,19 @@ pub trait LogitsProcessor: Send {
     fn process(&mut self, history: &[u32], logits: &mut [f32]);
 }
 
+/// Replaces the sampler's random draw: given the final candidates and
+/// their unnormalised probabilities (after the repetition penalty,
+/// temperature, top-k and top-p), picks one, or returns `None` to let the
+/// sampler draw. The hook point for distortion-free watermarks, which must
+/// choose from exactly the distribution the sampler would have drawn from.
+pub trait TokenChooser: Send {
+    fn choose(&mut self, history: &[u32], candidates: &[u32], weights: &[f32]) -> Option<u32>;
+}
+
+/// A final draw offered to a caller: `(candidates, weights) -> Some(token)`
+/// to choose, `None` to let the sampler draw.
+pub type Choose<'a> = dyn FnMut(&[u32], &[f32]) -> Option<u32> + 'a;
+
 /// Samples one sequence's tokens.
 pub struct Sampler {
     params: SamplingParams,
@@ -105,6 +118,12 @@ impl Sampler {
 
     /// Picks the next token from `logits` (modified in place).
     pub fn sample(&mut self, logits: &mut [f32]) -> u32 {
+        self.sample_choosing(logits, &mut |_, _| None)
+    }
+
+    /// As [`Sampler::sample`], with `choose(candidates, weights)` offered
+    /// the final draw (greedy decoding has no draw to offer).
+    pub fn sample_choosing(&mut self, logits: &mut [f32], choose: &mut Choose<'_>) -> u32 {
         let p = self.params;
         if p.repetition_penalty != 1.0 {
             for &t in &self.seen_list {
@@ -131,7 +150,7 @@ impl Sampler {
         if p.top_p < 1.0 {
             self.nucleus(logits, p.top_p);
         }
-        self.draw(logits)
+        self.draw(logits, choose)
     }
 
     /// Keeps the smallest set of most likely candidates whose probability
@@ -171,7 +190,7 @@ impl Sampler {
         }
     }
 
-    fn draw(&mut self, logits: &[f32]) -> u32 {
+    fn draw(&mut self, logits: &[f32], choose: &mut Choose<'_>) -> u32 {
         let max = self
             .candidates
             .iter()
@@ -183,6 +202,9 @@ impl Sampler {
             let e = ((logits[i as usize] - max) as f64).exp();
             total += e;
             self.probs.push(e as f32);
+        }
+        if let Some(token) = choose(&self.candidates, &self.probs) {
+            return token;
         }
         let mut u = self.rng.random::<f64>() * total;
         for (&i, &e) in self.candidates.iter().zip(&self.probs) {

@@ -19,7 +19,7 @@
 //! any other. Never an RNG seeded with the key.
 
 use crate::watermark_key::{Scheme, Seeding, WatermarkKey};
-use gpt2_generate::LogitsProcessor;
+use gpt2_generate::{Generator, LogitsProcessor, TokenChooser};
 use serde::Serialize;
 use siphasher::sip::SipHasher24;
 use std::collections::HashSet;
@@ -122,85 +122,62 @@ fn sip(key: (u64, u64), words: &[u32]) -> u64 {
     h.finish()
 }
 
-/// Adds the watermark while generating (`Generator::add_processor`).
-pub struct WatermarkProcessor {
-    prf: Prf,
-    /// Gumbel draws from the distribution the sampler would have used.
-    temperature: f32,
-    top_k: usize,
-    probs: Vec<f64>,
-}
-
-impl WatermarkProcessor {
-    /// `temperature` and `top_k` are the generation's, so that the Gumbel
-    /// scheme samples exactly the distribution the sampler would have.
-    pub fn new(prf: Prf, temperature: f32, top_k: usize) -> WatermarkProcessor {
-        WatermarkProcessor {
-            prf,
-            temperature,
-            top_k,
-            probs: Vec::new(),
-        }
+/// Watermarks everything `generator` samples with `prf`'s key: KGW as a
+/// logits processor, Gumbel as the sampler's final draw.
+pub fn watermark_generation<'m>(generator: &mut Generator<'m>, prf: Prf) {
+    match prf.key.scheme {
+        Scheme::Kgw => generator.add_processor(Box::new(KgwProcessor { prf })),
+        Scheme::Gumbel => generator.set_chooser(Box::new(GumbelChooser { prf })),
     }
 }
 
-impl LogitsProcessor for WatermarkProcessor {
+/// KGW: `delta` on every green logit, before temperature and filtering.
+pub struct KgwProcessor {
+    prf: Prf,
+}
+
+impl LogitsProcessor for KgwProcessor {
     fn process(&mut self, history: &[u32], logits: &mut [f32]) {
         let h = self.prf.key.context_width;
         if history.len() < h {
             return; // no full context: this step is neither marked nor scored
         }
         let step = self.prf.step_key(&history[history.len() - h..]);
-        match self.prf.key.scheme {
-            Scheme::Kgw => {
-                let delta = self.prf.key.delta;
-                for (v, l) in logits.iter_mut().enumerate() {
-                    if self.prf.green(step, v as u32) {
-                        *l += delta;
-                    }
-                }
-            }
-            // The choice is a function of the context, so a context seen
-            // before would repeat its token and loop forever; there the
-            // step samples normally (the detector counts each pair once).
-            Scheme::Gumbel if context_repeats(history, h) => {}
-            Scheme::Gumbel => {
-                let choice = self.gumbel_choice(step, logits);
-                for (v, l) in logits.iter_mut().enumerate() {
-                    *l = if v == choice { 0.0 } else { f32::NEG_INFINITY };
-                }
+        let delta = self.prf.key.delta;
+        for (v, l) in logits.iter_mut().enumerate() {
+            if self.prf.green(step, v as u32) {
+                *l += delta;
             }
         }
     }
 }
 
-impl WatermarkProcessor {
-    /// argmax over v of ln(r_v) / p_v, p the tempered, top-k-filtered softmax.
-    fn gumbel_choice(&mut self, step: StepKey, logits: &[f32]) -> usize {
-        let t = self
-            .temperature
-            .max(gpt2_generate::sampling::MIN_TEMPERATURE) as f64;
-        let cutoff = kth_largest(logits, self.top_k);
-        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) as f64;
-        self.probs.clear();
-        self.probs.extend(logits.iter().map(|&l| {
-            if l >= cutoff && l.is_finite() {
-                ((l as f64 - max) / t).exp()
-            } else {
-                0.0
-            }
-        }));
-        let z: f64 = self.probs.iter().sum();
-        let mut best = (f64::NEG_INFINITY, 0);
-        for (v, &p) in self.probs.iter().enumerate() {
-            if p > 0.0 {
-                let score = to_unit(self.prf.bits(step, v as u32)).ln() / (p / z);
-                if score > best.0 {
-                    best = (score, v);
-                }
-            }
+/// Gumbel: of the sampler's final candidates, the one with the largest
+/// ln(r_v) / p_v, p being exactly the distribution the sampler would have
+/// drawn from (after repetition penalty, temperature, top-k and top-p).
+pub struct GumbelChooser {
+    prf: Prf,
+}
+
+impl TokenChooser for GumbelChooser {
+    fn choose(&mut self, history: &[u32], candidates: &[u32], weights: &[f32]) -> Option<u32> {
+        let h = self.prf.key.context_width;
+        // The choice is a function of the context, so a context seen before
+        // would repeat its token and loop forever; there the sampler draws
+        // normally (the detector counts each pair once).
+        if history.len() < h || context_repeats(history, h) {
+            return None;
         }
-        best.1
+        let step = self.prf.step_key(&history[history.len() - h..]);
+        // Scaling p by a constant does not move the argmax, so the weights
+        // need no normalising.
+        candidates
+            .iter()
+            .zip(weights)
+            .filter(|(_, &w)| w > 0.0)
+            .map(|(&v, &w)| (to_unit(self.prf.bits(step, v)).ln() / w as f64, v))
+            .max_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(_, v)| v)
     }
 }
 
@@ -210,17 +187,6 @@ fn context_repeats(history: &[u32], h: usize) -> bool {
     let n = history.len();
     let context = &history[n - h..];
     history[..n - 1].windows(h).any(|w| w == context)
-}
-
-/// The k-th largest logit (everything at or above it survives top-k);
-/// -inf keeps all.
-fn kth_largest(logits: &[f32], k: usize) -> f32 {
-    if k == 0 || k >= logits.len() {
-        return f32::NEG_INFINITY;
-    }
-    let mut v = logits.to_vec();
-    let (_, kth, _) = v.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
-    *kth
 }
 
 /// What the detector found in a text.
@@ -439,17 +405,16 @@ mod tests {
     #[test]
     fn gumbel_sampling_follows_the_distribution_and_is_detected() {
         let prf = Prf::new(key(Scheme::Gumbel, Seeding::LeftHash), 4);
-        let mut p = WatermarkProcessor::new(prf, 1.0, 0);
+        let mut p = GumbelChooser { prf };
         // Over many contexts, the choice frequencies match softmax(logits)...
         let logits = [0.0f32, 1.0, 2.0, 0.5];
+        let weights = logits.map(f32::exp);
         let mut counts = [0usize; 4];
         let mut excess = 0.0;
         for c in 0..20000u32 {
-            let mut l = logits;
-            p.process(&[c], &mut l);
-            let v = l.iter().position(|&x| x == 0.0).unwrap();
-            counts[v] += 1;
-            excess += -(1.0 - p.prf.uniform(&[c], v as u32)).ln() - 1.0;
+            let v = p.choose(&[c], &[0, 1, 2, 3], &weights).unwrap();
+            counts[v as usize] += 1;
+            excess += -(1.0 - p.prf.uniform(&[c], v)).ln() - 1.0;
         }
         let z: f32 = logits.iter().map(|l| l.exp()).sum();
         for v in 0..4 {
@@ -463,15 +428,15 @@ mod tests {
         assert!(excess / 20000f64.sqrt() > 20.0, "{excess}");
         // A generated chain is detected; the same chain under another key is not.
         let prf = Prf::new(key(Scheme::Gumbel, Seeding::LeftHash), 1000);
-        let mut p = WatermarkProcessor::new(prf, 1.0, 0);
+        let mut p = GumbelChooser { prf };
         let mut chain = vec![1u32];
+        let candidates: Vec<u32> = (0..1000).collect();
         for _ in 0..200 {
             let ctx = *chain.last().unwrap();
-            let mut l: Vec<f32> = (0..1000u32)
-                .map(|v| ((v * 31 + ctx * 17) % 97) as f32 / 20.0)
+            let weights: Vec<f32> = (0..1000u32)
+                .map(|v| (((v * 31 + ctx * 17) % 97) as f32 / 20.0).exp())
                 .collect();
-            p.process(&[ctx], &mut l);
-            chain.push(l.iter().position(|&x| x == 0.0).unwrap() as u32);
+            chain.push(p.choose(&[ctx], &candidates, &weights).unwrap());
         }
         let d = detect(&p.prf, &[], &chain, 4.0);
         assert!(d.z_score > 4.0 && d.p_value < 1e-4, "{d:?}");
