@@ -100,6 +100,8 @@ def main():
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--human", type=int, default=1000)
     ap.add_argument("--out", default="/tmp/countermeasures")
+    ap.add_argument("--schemes", nargs="*", help="only these watermark schemes (default: all)")
+    ap.add_argument("--skip-detectors", action="store_true")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     rng = random.Random(0)
@@ -121,6 +123,8 @@ def main():
     schemes = {"kgw_lefthash_h1": [], "kgw_selfhash_h3": ["--seeding", "self-hash", "--context", "3"],
                "gumbel_h1": ["--scheme", "gumbel"], "gumbel_h4": ["--scheme", "gumbel", "--context", "4"]}
     for name, flags in schemes.items():
+        if a.schemes and name not in a.schemes:
+            continue
         key = os.path.join(a.out, f"{name}.key")
         if os.path.exists(key):
             os.remove(key)
@@ -140,6 +144,9 @@ def main():
         results[name] = r
         print(name, json.dumps(r), flush=True)
 
+    if a.skip_detectors:
+        json.dump(results, open(os.path.join(a.out, "results.json"), "w"), indent=2)
+        return
     hpath = os.path.join(a.out, "human.jsonl")
     write_jsonl(hpath, human[: max(200, len(plain_k40))])
     for label, gens in (("temperature_1", plain_t1), ("top_k_40", plain_k40)):
