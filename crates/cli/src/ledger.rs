@@ -34,6 +34,28 @@ enum Command {
     Check(StatsArgs),
 }
 
+/// The ledger file: `--db FILE`, or `--state DIR` for `gpt2 serve`'s.
+#[derive(clap::Args)]
+struct LedgerPath {
+    /// The ledger file (created if missing by add and import).
+    #[arg(long, required_unless_present = "state")]
+    db: Option<PathBuf>,
+    /// A `gpt2 serve` state directory: its ledger.sqlite.
+    #[arg(long, conflicts_with = "db")]
+    state: Option<PathBuf>,
+}
+
+impl LedgerPath {
+    fn path(&self) -> PathBuf {
+        match (&self.db, &self.state) {
+            (Some(db), _) => db.clone(),
+            (None, Some(dir)) => gpt2_serve::StateDir::ledger_path_in(dir),
+            // clap requires one of the two.
+            (None, None) => PathBuf::new(),
+        }
+    }
+}
+
 /// Who and what produced the texts being recorded.
 #[derive(clap::Args)]
 struct Origin {
@@ -54,9 +76,8 @@ struct Origin {
 
 #[derive(clap::Args)]
 struct AddArgs {
-    /// The ledger file (created if missing).
-    #[arg(long)]
-    db: PathBuf,
+    #[command(flatten)]
+    db: LedgerPath,
     /// Text file; `-` or nothing reads stdin.
     file: Option<String>,
     #[command(flatten)]
@@ -65,9 +86,8 @@ struct AddArgs {
 
 #[derive(clap::Args)]
 struct ImportArgs {
-    /// The ledger file (created if missing).
-    #[arg(long)]
-    db: PathBuf,
+    #[command(flatten)]
+    db: LedgerPath,
     /// One JSON object per line; optional string fields `caller`,
     /// `watermark_key_id` and `model`, and `tokens` (token ids; else the
     /// text is tokenized) override the flags.
@@ -85,9 +105,8 @@ struct ImportArgs {
 
 #[derive(clap::Args)]
 struct LookupArgs {
-    /// The ledger file.
-    #[arg(long)]
-    db: PathBuf,
+    #[command(flatten)]
+    db: LedgerPath,
     /// Text file; `-` or nothing reads stdin.
     file: Option<String>,
     /// Look up every line of a JSONL file instead, printing one JSON object
@@ -107,9 +126,8 @@ struct LookupArgs {
 
 #[derive(clap::Args)]
 struct ShowArgs {
-    /// The ledger file.
-    #[arg(long)]
-    db: PathBuf,
+    #[command(flatten)]
+    db: LedgerPath,
     /// The record id.
     id: i64,
     /// Print the record as JSON.
@@ -119,9 +137,8 @@ struct ShowArgs {
 
 #[derive(clap::Args)]
 struct StatsArgs {
-    /// The ledger file.
-    #[arg(long)]
-    db: PathBuf,
+    #[command(flatten)]
+    db: LedgerPath,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -160,7 +177,7 @@ fn add(a: AddArgs) -> Result<()> {
         "{name}: the text is empty; nothing to record"
     );
     let tokens = Tokenizer::gpt2().encode(&text)?;
-    let mut ledger = open_for_writing(&a.db, a.origin.hash_only)?;
+    let mut ledger = open_for_writing(&a.db.path(), a.origin.hash_only)?;
     let id = ledger.record(&NewRecord {
         tokens,
         text,
@@ -287,7 +304,7 @@ fn import(a: ImportArgs) -> Result<()> {
     let mut lines = JsonLines::open(&a.jsonl)?;
     let total = std::fs::metadata(&a.jsonl).map(|m| m.len()).unwrap_or(0);
     let tokenizer = Tokenizer::gpt2();
-    let mut ledger = open_for_writing(&a.db, a.origin.hash_only)?;
+    let mut ledger = open_for_writing(&a.db.path(), a.origin.hash_only)?;
     let progress = bar(total);
     let started = Instant::now();
     let (mut committed, mut first_id, mut last_id) = (0usize, None, None);
@@ -377,7 +394,7 @@ fn lookup(a: LookupArgs) -> Result<()> {
         !text.is_empty(),
         "{name}: the text is empty; nothing to look up"
     );
-    let ledger = open_existing(&a.db)?;
+    let ledger = open_existing(&a.db.path())?;
     let matches = ledger.lookup_with(&text, a.min_score)?;
     if a.json {
         println!("{{{}}}", matches_field(&matches)?);
@@ -395,7 +412,7 @@ fn lookup(a: LookupArgs) -> Result<()> {
 /// `lookup --jsonl`: one JSON line per input line, with the time the lookup
 /// itself took (for latency measurements without process start-up).
 fn lookup_lines(a: &LookupArgs, jsonl: &PathBuf) -> Result<()> {
-    let ledger = open_existing(&a.db)?;
+    let ledger = open_existing(&a.db.path())?;
     let mut lines = JsonLines::open(jsonl)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     while let Some((line, v)) = lines.next_object()? {
@@ -413,9 +430,9 @@ fn lookup_lines(a: &LookupArgs, jsonl: &PathBuf) -> Result<()> {
 }
 
 fn show(a: ShowArgs) -> Result<()> {
-    let ledger = open_existing(&a.db)?;
+    let ledger = open_existing(&a.db.path())?;
     let Some(r) = ledger.get(a.id)? else {
-        bail!("{}: no record {}", a.db.display(), a.id);
+        bail!("{}: no record {}", a.db.path().display(), a.id);
     };
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
@@ -448,7 +465,7 @@ fn print_record(r: &Record) {
 }
 
 fn stats(a: StatsArgs) -> Result<()> {
-    let s = open_existing(&a.db)?.stats()?;
+    let s = open_existing(&a.db.path())?.stats()?;
     if a.json {
         println!("{}", serde_json::to_string(&s)?);
         return Ok(());
@@ -476,7 +493,7 @@ fn stats(a: StatsArgs) -> Result<()> {
 }
 
 fn check(a: StatsArgs) -> Result<()> {
-    let ledger = open_existing(&a.db)?;
+    let ledger = open_existing(&a.db.path())?;
     let problems = ledger.check()?;
     let records = ledger.stats()?.records;
     if a.json {
@@ -492,7 +509,7 @@ fn check(a: StatsArgs) -> Result<()> {
     ensure!(
         problems.is_empty(),
         "{}: {} problems found",
-        a.db.display(),
+        a.db.path().display(),
         problems.len()
     );
     if !a.json {

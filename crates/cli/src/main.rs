@@ -1,11 +1,13 @@
 //! `gpt2`: the command-line front end. Argument parsing and printing only;
 //! the work happens in the library crates.
 
+mod audit;
 mod bench;
 mod detect;
 mod eval;
 mod generate;
 mod input;
+mod keys;
 mod ledger;
 mod score;
 mod tokenize;
@@ -46,6 +48,10 @@ enum Command {
     Watermark(watermark::Args),
     /// The provenance ledger: record generations, look texts up.
     Ledger(ledger::Args),
+    /// API keys of `gpt2 serve`: create, list, revoke.
+    Keys(keys::Args),
+    /// The audit log of `gpt2 serve`: every request, newest first.
+    Audit(audit::Args),
     /// Measure prefill, scoring and decode speed in-process.
     Bench(bench::Args),
     /// Turn text files into token files with a train/validation split.
@@ -105,6 +111,8 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Detect(a) => detect::run(a),
         Command::Watermark(a) => watermark::run(a),
         Command::Ledger(a) => ledger::run(a),
+        Command::Keys(a) => keys::run(a),
+        Command::Audit(a) => audit::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Prepare(a) => train::prepare(a),
         Command::Train(a) => train::train(a),

@@ -136,6 +136,14 @@ pub struct KgwProcessor {
     prf: Prf,
 }
 
+impl KgwProcessor {
+    /// A processor that depends only on the history it is given, so one
+    /// instance serves any number of sequences (a batching server).
+    pub fn new(prf: Prf) -> KgwProcessor {
+        KgwProcessor { prf }
+    }
+}
+
 impl LogitsProcessor for KgwProcessor {
     fn process(&mut self, history: &[u32], logits: &mut [f32]) {
         let h = self.prf.key.context_width;
@@ -157,6 +165,13 @@ impl LogitsProcessor for KgwProcessor {
 /// drawn from (after repetition penalty, temperature, top-k and top-p).
 pub struct GumbelChooser {
     prf: Prf,
+}
+
+impl GumbelChooser {
+    /// Stateless between calls, like [`KgwProcessor`].
+    pub fn new(prf: Prf) -> GumbelChooser {
+        GumbelChooser { prf }
+    }
 }
 
 impl TokenChooser for GumbelChooser {

@@ -1,0 +1,127 @@
+//! The state directory (`--state DIR`) that `gpt2 serve`, `gpt2 keys`,
+//! `gpt2 audit` and `gpt2 ledger --state` share:
+//!
+//! - `keys.sqlite`: API keys (hashes only) and the audit log;
+//! - `ledger.sqlite`: the provenance ledger of every completion;
+//! - `watermark.key`: the server's watermark key, made on first start
+//!   (owner-only permissions, never overwritten).
+
+use crate::store::{Store, StoreError};
+use gpt2_provenance::watermark_key::{KeyParams, WatermarkKey};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {message}")]
+    Io { path: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Key(#[from] gpt2_provenance::watermark::KeyError),
+}
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> StateError + '_ {
+    move |e| StateError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+impl StateDir {
+    /// The directory, created if missing.
+    pub fn create(dir: &Path) -> Result<StateDir, StateError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        Ok(StateDir {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// An existing directory (reading commands never create one).
+    pub fn existing(dir: &Path) -> Result<StateDir, StateError> {
+        if !dir.is_dir() {
+            return Err(StateError::Io {
+                path: dir.display().to_string(),
+                message: "no such state directory (gpt2 serve or gpt2 keys create makes it)".into(),
+            });
+        }
+        Ok(StateDir {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn keys_path(&self) -> PathBuf {
+        self.dir.join("keys.sqlite")
+    }
+
+    pub fn ledger_path(&self) -> PathBuf {
+        Self::ledger_path_in(&self.dir)
+    }
+
+    /// Where the ledger of the state directory `dir` is.
+    pub fn ledger_path_in(dir: &Path) -> PathBuf {
+        dir.join("ledger.sqlite")
+    }
+
+    pub fn watermark_key_path(&self) -> PathBuf {
+        self.dir.join("watermark.key")
+    }
+
+    pub fn store(&self) -> Result<Store, StateError> {
+        Ok(Store::open(&self.keys_path())?)
+    }
+
+    /// The server's watermark key, created with the default parameters
+    /// (KGW, gamma 0.25, delta 2, h = 1) on first use.
+    pub fn watermark_key(&self) -> Result<WatermarkKey, StateError> {
+        let path = self.watermark_key_path();
+        let name = path.display().to_string();
+        if !path.exists() {
+            use rand::RngCore;
+            let mut secret = [0u8; 32];
+            rand::rng().fill_bytes(&mut secret);
+            let key = WatermarkKey::from_secret(secret, KeyParams::default());
+            write_new_secret(&path, key.to_json().as_bytes())?;
+        }
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        Ok(WatermarkKey::from_json(&text, &name)?)
+    }
+}
+
+/// Creates `path` for a secret: never overwrites, owner-only permissions.
+fn write_new_secret(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path).map_err(io_err(path))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watermark_key_is_made_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::create(&dir.path().join("state")).unwrap();
+        let a = state.watermark_key().unwrap();
+        let b = state.watermark_key().unwrap();
+        assert_eq!(a.id, b.id);
+    }
+}
