@@ -9,7 +9,9 @@ mod generate;
 mod input;
 mod keys;
 mod ledger;
+mod quantize;
 mod score;
+mod serve;
 mod tokenize;
 mod train;
 mod watermark;
@@ -48,10 +50,14 @@ enum Command {
     Watermark(watermark::Args),
     /// The provenance ledger: record generations, look texts up.
     Ledger(ledger::Args),
+    /// Serve the models over HTTP (OpenAI-style), gated by API keys.
+    Serve(serve::Args),
     /// API keys of `gpt2 serve`: create, list, revoke.
     Keys(keys::Args),
     /// The audit log of `gpt2 serve`: every request, newest first.
     Audit(audit::Args),
+    /// Rewrite a model's weights as f16, bf16, q8_0 or q4_0.
+    Quantize(quantize::Args),
     /// Measure prefill, scoring and decode speed in-process.
     Bench(bench::Args),
     /// Turn text files into token files with a train/validation split.
@@ -111,8 +117,10 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Detect(a) => detect::run(a),
         Command::Watermark(a) => watermark::run(a),
         Command::Ledger(a) => ledger::run(a),
+        Command::Serve(a) => serve::run(a),
         Command::Keys(a) => keys::run(a),
         Command::Audit(a) => audit::run(a),
+        Command::Quantize(a) => quantize::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Prepare(a) => train::prepare(a),
         Command::Train(a) => train::train(a),

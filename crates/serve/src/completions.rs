@@ -1,0 +1,594 @@
+//! `POST /v1/completions`: validation, the engine round trip, the ledger
+//! record, and the response (one JSON body, or server-sent events).
+//!
+//! The ledger comes first: a completion's text is committed to the ledger
+//! before the response that carries it is written. A stream commits the
+//! text a client has received so far before each batch of events, so the
+//! ledger holds every prefix a client saw (the last record is the whole
+//! completion); a `kill -9` at any moment cannot leave a client holding
+//! text the ledger lacks.
+
+use crate::api::{self, ApiError, PromptInput, Validated};
+use crate::engine::{Event, Job, SubmitError, TokenOut};
+use crate::server::{internal, respond, AppState, AuditInfo, ModelEntry};
+use crate::store::Scope;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use gpt2_generate::FinishReason;
+use gpt2_model::score::{Scorer, TokenScore, Windowing};
+use gpt2_model::END_OF_TEXT;
+use gpt2_provenance::ledger::NewRecord;
+use serde_json::{json, Map, Value};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc::{self, UnboundedReceiver};
+
+pub async fn completions(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let start = Instant::now();
+    let mut info = AuditInfo::default();
+    let result = handle(&s, &headers, body, &mut info, start).await;
+    respond(result, info)
+}
+
+/// Everything a response needs besides the generated text.
+struct Context {
+    id: String,
+    created: u64,
+    model: String,
+    req: Validated,
+    /// Per prompt: its token ids as given (possibly empty).
+    prompts: Vec<Vec<u32>>,
+    /// Per prompt, when echo and logprobs are asked for: its scores.
+    prompt_scores: Vec<Vec<TokenScore>>,
+    seed: u64,
+    watermark_key_id: Option<String>,
+    caller: String,
+}
+
+impl Context {
+    fn choices(&self) -> usize {
+        self.prompts.len() * self.req.n
+    }
+
+    fn prompt_of(&self, choice: usize) -> &[u32] {
+        &self.prompts[choice / self.req.n]
+    }
+}
+
+async fn handle(
+    s: &Arc<AppState>,
+    headers: &HeaderMap,
+    body: Body,
+    info: &mut AuditInfo,
+    start: Instant,
+) -> Result<Response, ApiError> {
+    let key = s.authenticate(headers)?;
+    info.key_id = Some(key.id.clone());
+    let body = s.read_body(body).await?;
+    let req = api::parse_completion(&body)?;
+    let entry = s.model(&key, req.model.as_deref())?;
+    info.model = Some(entry.name.clone());
+    // Scoring a prompt (echo, max_tokens 0) generates nothing.
+    let scope = if req.max_tokens == 0 {
+        Scope::Score
+    } else {
+        Scope::Generate
+    };
+    s.require_scope(&key, scope)?;
+    if !req.watermark {
+        s.require_scope(&key, Scope::Admin).map_err(|mut e| {
+            e.message = "only an admin key may ask for unwatermarked output".into();
+            e.param("watermark")
+        })?;
+        info.note = Some("unwatermarked".into());
+    }
+    s.check_limits(&key)?;
+    let prompts = tokenize(s, entry, &req)?;
+    info.prompt_tokens = prompts.iter().map(|p| p.len() as u64).sum();
+    s.metrics
+        .tokens_in
+        .fetch_add(info.prompt_tokens, Ordering::Relaxed);
+    let prompt_scores = if req.echo && req.logprobs.is_some() {
+        score_prompts(s, entry, &prompts, req.logprobs.unwrap_or(0)).await?
+    } else {
+        Vec::new()
+    };
+    let ctx = Context {
+        id: format!("cmpl-{}", random_hex()),
+        created: (crate::store::now_ms() / 1000) as u64,
+        model: entry.name.clone(),
+        seed: req.seed.unwrap_or_else(rand::random),
+        watermark_key_id: req.watermark.then(|| s.key_id.clone()),
+        caller: key.id.clone(),
+        prompts,
+        prompt_scores,
+        req,
+    };
+    if ctx.req.max_tokens == 0 {
+        return Ok(axum::Json(body_json(
+            &ctx,
+            &vec![Sample::default(); ctx.choices()],
+            &[],
+        ))
+        .into_response());
+    }
+    let rx = submit(entry, &ctx)?;
+    if ctx.req.stream {
+        info.deferred = true;
+        return Ok(start_stream(s.clone(), ctx, rx, info.clone(), start));
+    }
+    let samples = collect(rx, ctx.choices()).await?;
+    info.completion_tokens = samples.iter().map(|x| x.ids.len() as u64).sum();
+    let records: Vec<NewRecord> = samples
+        .iter()
+        .filter(|x| !x.text.is_empty())
+        .map(|x| record(&ctx, x))
+        .collect();
+    let ids = s.recorder.record(records).await.map_err(|e| internal(&e))?;
+    let mut ids = ids.into_iter();
+    let ledger_ids: Vec<Option<i64>> = samples
+        .iter()
+        .map(|x| if x.text.is_empty() { None } else { ids.next() })
+        .collect();
+    Ok(axum::Json(body_json(&ctx, &samples, &ledger_ids)).into_response())
+}
+
+fn random_hex() -> String {
+    format!(
+        "{:016x}{:08x}",
+        rand::random::<u64>(),
+        rand::random::<u32>()
+    )
+}
+
+/// Token ids of every prompt, checked against the model: known ids, and
+/// room in the context for the prompt and `max_tokens`.
+fn tokenize(s: &AppState, entry: &ModelEntry, req: &Validated) -> Result<Vec<Vec<u32>>, ApiError> {
+    let n_ctx = entry.model.config().n_ctx;
+    let vocab = s
+        .tokenizer
+        .vocab_size()
+        .min(entry.model.config().vocab_size);
+    let mut out = Vec::with_capacity(req.prompts.len());
+    for p in &req.prompts {
+        let ids = match p {
+            PromptInput::Text(t) => s
+                .tokenizer
+                .encode(t)
+                .map_err(|e| ApiError::invalid(e.to_string()).param("prompt"))?,
+            PromptInput::Tokens(ids) => {
+                if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                    return Err(ApiError::invalid(format!(
+                        "token id {bad} is outside the vocabulary of {vocab}"
+                    ))
+                    .param("prompt"));
+                }
+                ids.clone()
+            }
+        };
+        // An empty prompt is fed as <|endoftext|>, which takes a position.
+        let fed = ids.len().max(1);
+        if fed + req.max_tokens > n_ctx || (req.max_tokens > 0 && fed >= n_ctx) {
+            return Err(ApiError::invalid(format!(
+                "this model's context is {n_ctx} tokens; the prompt has {} and max_tokens asks for {} more",
+                ids.len(),
+                req.max_tokens
+            ))
+            .param(if fed >= n_ctx { "prompt" } else { "max_tokens" })
+            .code("context_length_exceeded"));
+        }
+        out.push(ids);
+    }
+    Ok(out)
+}
+
+/// The prompts' own log-probabilities (echo with logprobs), exactly as
+/// `Scorer` computes them: the first token conditioned on `<|endoftext|>`.
+async fn score_prompts(
+    s: &Arc<AppState>,
+    entry: &ModelEntry,
+    prompts: &[Vec<u32>],
+    top_n: usize,
+) -> Result<Vec<Vec<TokenScore>>, ApiError> {
+    let model = entry.model.clone();
+    let prompts = prompts.to_vec();
+    s.compute(move |_| {
+        let mut scorer = Scorer::new(&model);
+        prompts
+            .iter()
+            .map(|p| {
+                if p.is_empty() {
+                    Ok(Vec::new())
+                } else {
+                    scorer.score(p, Windowing::Rolling, top_n)
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await?
+    .map_err(|e| internal(&format!("scoring the prompt failed: {e}")))
+}
+
+fn submit(entry: &ModelEntry, ctx: &Context) -> Result<UnboundedReceiver<Event>, ApiError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    for (p, prompt) in ctx.prompts.iter().enumerate() {
+        let job = Job {
+            prompt: if prompt.is_empty() {
+                vec![END_OF_TEXT]
+            } else {
+                prompt.clone()
+            },
+            n: ctx.req.n,
+            max_tokens: ctx.req.max_tokens,
+            sampling: ctx.req.sampling,
+            seed: ctx.seed,
+            stop: ctx.req.stop.clone(),
+            logprobs: ctx.req.logprobs,
+            watermark: ctx.req.watermark,
+            index_base: p * ctx.req.n,
+            events: tx.clone(),
+        };
+        // A refused job drops `rx` on return, which cancels any already queued.
+        entry.queue.submit(job).map_err(|e| {
+            let message = match e {
+                SubmitError::Full => "the server is busy (its queue is full); retry shortly",
+                SubmitError::Closed => "the server is shutting down",
+            };
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+                .code("overloaded")
+                .retry_after(1)
+        })?;
+    }
+    Ok(rx)
+}
+
+/// One finished (or, for a stream, growing) sample.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    text: String,
+    ids: Vec<u32>,
+    tokens: Vec<TokenOut>,
+    finish: Option<FinishReason>,
+}
+
+async fn collect(mut rx: UnboundedReceiver<Event>, total: usize) -> Result<Vec<Sample>, ApiError> {
+    let mut samples = vec![Sample::default(); total];
+    let mut done = 0;
+    while done < total {
+        match rx.recv().await {
+            Some(Event::Piece {
+                index,
+                text,
+                tokens,
+            }) => {
+                if let Some(x) = samples.get_mut(index) {
+                    x.text.push_str(&text);
+                    x.tokens.extend(tokens);
+                }
+            }
+            Some(Event::Done {
+                index,
+                finish,
+                tokens,
+                text,
+            }) => {
+                if let Some(x) = samples.get_mut(index) {
+                    x.text = text;
+                    x.ids = tokens;
+                    x.finish = Some(finish);
+                    done += 1;
+                }
+            }
+            Some(Event::Failed(m)) => return Err(internal(&m)),
+            None => return Err(internal("the engine stopped before finishing")),
+        }
+    }
+    Ok(samples)
+}
+
+fn record(ctx: &Context, x: &Sample) -> NewRecord {
+    NewRecord {
+        tokens: if x.ids.is_empty() {
+            x.tokens.iter().map(|t| t.id).collect()
+        } else {
+            x.ids.clone()
+        },
+        text: x.text.clone(),
+        watermark_key_id: ctx.watermark_key_id.clone(),
+        caller: Some(ctx.caller.clone()),
+        model: Some(ctx.model.clone()),
+    }
+}
+
+/// OpenAI's legacy `logprobs` object, built token by token.
+#[derive(Default)]
+struct Logprobs {
+    tokens: Vec<String>,
+    token_logprobs: Vec<f32>,
+    top_logprobs: Vec<Value>,
+    text_offset: Vec<usize>,
+    /// Characters so far, for `text_offset`.
+    offset: usize,
+}
+
+impl Logprobs {
+    fn push(&mut self, tok: &gpt2_model::Tokenizer, id: u32, logprob: f32, top: &[(u32, f32)]) {
+        let text = tok.token_text(id);
+        self.text_offset.push(self.offset);
+        self.offset += text.chars().count();
+        self.tokens.push(text);
+        self.token_logprobs.push(logprob);
+        let mut m = Map::new();
+        for &(t, lp) in top {
+            m.entry(tok.token_text(t)).or_insert(json!(lp));
+        }
+        self.top_logprobs.push(Value::Object(m));
+    }
+
+    fn prompt(tok: &gpt2_model::Tokenizer, scores: &[TokenScore]) -> Logprobs {
+        let mut l = Logprobs::default();
+        for sc in scores {
+            l.push(tok, sc.id, sc.logprob, &sc.top);
+        }
+        l
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "tokens": self.tokens,
+            "token_logprobs": self.token_logprobs,
+            "top_logprobs": self.top_logprobs,
+            "text_offset": self.text_offset,
+        })
+    }
+}
+
+fn prompt_text(ctx: &Context, choice: usize) -> String {
+    gpt2_model::Tokenizer::gpt2()
+        .decode(ctx.prompt_of(choice))
+        .unwrap_or_default()
+}
+
+fn usage(ctx: &Context, completion_tokens: usize) -> Value {
+    let prompt: usize = ctx.prompts.iter().map(Vec::len).sum();
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+    })
+}
+
+fn body_json(ctx: &Context, samples: &[Sample], ledger_ids: &[Option<i64>]) -> Value {
+    let tok = gpt2_model::Tokenizer::gpt2();
+    let choices: Vec<Value> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let mut text = String::new();
+            let mut lp = Logprobs::default();
+            if ctx.req.echo {
+                text = prompt_text(ctx, i);
+                if let Some(sc) = ctx.prompt_scores.get(i / ctx.req.n) {
+                    lp = Logprobs::prompt(&tok, sc);
+                }
+            }
+            text.push_str(&x.text);
+            for t in &x.tokens {
+                lp.push(&tok, t.id, t.logprob, &t.top);
+            }
+            json!({
+                "text": text,
+                "index": i,
+                "logprobs": ctx.req.logprobs.map(|_| lp.json()),
+                "finish_reason": x.finish.unwrap_or(FinishReason::Length).as_str(),
+            })
+        })
+        .collect();
+    json!({
+        "id": ctx.id,
+        "object": "text_completion",
+        "created": ctx.created,
+        "model": ctx.model,
+        "choices": choices,
+        "usage": usage(ctx, samples.iter().map(|x| x.ids.len()).sum()),
+        "provenance": {
+            "watermark_key_id": ctx.watermark_key_id,
+            "ledger_ids": ledger_ids,
+            "seed": ctx.seed,
+        },
+    })
+}
+
+type Chunk = Result<Bytes, Infallible>;
+
+/// Shortest time between two flushes of a stream (ledger commit, then the
+/// events it covers).
+const STREAM_FLUSH: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn sse(v: &Value) -> Chunk {
+    Ok(Bytes::from(format!("data: {v}\n\n")))
+}
+
+fn start_stream(
+    s: Arc<AppState>,
+    ctx: Context,
+    rx: UnboundedReceiver<Event>,
+    info: AuditInfo,
+    start: Instant,
+) -> Response {
+    let (tx, body_rx) = mpsc::channel::<Chunk>(64);
+    tokio::spawn(async move {
+        let mut info = info;
+        let status = stream(&s, &ctx, rx, &tx, &mut info).await;
+        drop(tx);
+        info.deferred = false;
+        s.finish_request("/v1/completions", status, start.elapsed(), info);
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(body_rx)),
+    )
+        .into_response()
+}
+
+fn chunk(
+    ctx: &Context,
+    index: usize,
+    text: &str,
+    lp: Option<&Logprobs>,
+    finish: Option<FinishReason>,
+) -> Value {
+    json!({
+        "id": ctx.id,
+        "object": "text_completion",
+        "created": ctx.created,
+        "model": ctx.model,
+        "choices": [{
+            "text": text,
+            "index": index,
+            "logprobs": lp.map(Logprobs::json),
+            "finish_reason": finish.map(FinishReason::as_str),
+        }],
+    })
+}
+
+/// Relays the engine's events as server-sent events, committing each
+/// choice's text so far to the ledger before sending the events that
+/// reveal it. Returns the status to audit (200, or 500 when the ledger or
+/// the engine failed mid-stream).
+async fn stream(
+    s: &AppState,
+    ctx: &Context,
+    mut rx: UnboundedReceiver<Event>,
+    tx: &mpsc::Sender<Chunk>,
+    info: &mut AuditInfo,
+) -> u16 {
+    let tok = gpt2_model::Tokenizer::gpt2();
+    let total = ctx.choices();
+    let mut samples = vec![Sample::default(); total];
+    let mut recorded = vec![0usize; total];
+    let mut finished = 0;
+    let mut offsets = vec![0usize; total];
+    let mut last_flush = tokio::time::Instant::now() - STREAM_FLUSH;
+    if ctx.req.echo {
+        for (i, off) in offsets.iter_mut().enumerate() {
+            let lp = ctx
+                .prompt_scores
+                .get(i / ctx.req.n)
+                .map(|sc| Logprobs::prompt(&tok, sc));
+            let text = prompt_text(ctx, i);
+            *off = lp.as_ref().map(|l| l.offset).unwrap_or(0);
+            if tx
+                .send(sse(&chunk(ctx, i, &text, lp.as_ref(), None)))
+                .await
+                .is_err()
+            {
+                info.note = Some("the client disconnected".into());
+                return 200;
+            }
+        }
+    }
+    loop {
+        // Coalesce: each flush costs a ledger commit, so a stream flushes
+        // at most every STREAM_FLUSH, carrying every token since the last.
+        tokio::time::sleep_until(last_flush + STREAM_FLUSH).await;
+        let Some(first) = rx.recv().await else {
+            return fail(tx, info, "the engine stopped before finishing").await;
+        };
+        let mut events = vec![first];
+        while let Ok(e) = rx.try_recv() {
+            events.push(e);
+        }
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            match e {
+                Event::Piece {
+                    index,
+                    text,
+                    tokens,
+                } => {
+                    let Some(x) = samples.get_mut(index) else {
+                        continue;
+                    };
+                    x.text.push_str(&text);
+                    x.ids.extend(tokens.iter().map(|t| t.id));
+                    let lp = ctx.req.logprobs.map(|_| {
+                        let mut l = Logprobs {
+                            offset: offsets[index],
+                            ..Logprobs::default()
+                        };
+                        for t in &tokens {
+                            l.push(&tok, t.id, t.logprob, &t.top);
+                        }
+                        offsets[index] = l.offset;
+                        l
+                    });
+                    out.push(chunk(ctx, index, &text, lp.as_ref(), None));
+                }
+                Event::Done {
+                    index,
+                    finish,
+                    tokens,
+                    ..
+                } => {
+                    let Some(x) = samples.get_mut(index) else {
+                        continue;
+                    };
+                    x.ids = tokens;
+                    x.finish = Some(finish);
+                    finished += 1;
+                    out.push(chunk(ctx, index, "", None, Some(finish)));
+                }
+                Event::Failed(m) => return fail(tx, info, &m).await,
+            }
+        }
+        let fresh: Vec<usize> = (0..total)
+            .filter(|&i| samples[i].text.len() > recorded[i])
+            .collect();
+        let records = fresh.iter().map(|&i| record(ctx, &samples[i])).collect();
+        if let Err(e) = s.recorder.record(records).await {
+            return fail(tx, info, &e).await;
+        }
+        last_flush = tokio::time::Instant::now();
+        for &i in &fresh {
+            recorded[i] = samples[i].text.len();
+        }
+        info.completion_tokens = samples.iter().map(|x| x.ids.len() as u64).sum();
+        for c in &out {
+            if tx.send(sse(c)).await.is_err() {
+                // Dropping `rx` on return cancels the rest in the engine.
+                info.note = Some("the client disconnected".into());
+                return 200;
+            }
+        }
+        if finished == total {
+            let tail = json!({
+                "id": ctx.id, "object": "text_completion", "created": ctx.created,
+                "model": ctx.model, "choices": [],
+                "usage": usage(ctx, info.completion_tokens as usize),
+                "provenance": {"watermark_key_id": ctx.watermark_key_id, "seed": ctx.seed},
+            });
+            let _ = tx.send(sse(&tail)).await;
+            let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+            return 200;
+        }
+    }
+}
+
+async fn fail(tx: &mpsc::Sender<Chunk>, info: &mut AuditInfo, message: &str) -> u16 {
+    let e = internal(message);
+    let _ = tx.send(sse(&e.body())).await;
+    info.note = Some(message.to_string());
+    500
+}

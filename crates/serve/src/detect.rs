@@ -1,0 +1,160 @@
+//! The countermeasure endpoints: zero-shot detection with GLTR ranks
+//! (`/v1/detect`), the server's watermark detector
+//! (`/v1/watermark/detect`), and ledger lookup (`/v1/provenance/lookup`).
+//! All need the `detect` scope.
+
+use crate::api::{parse_json, ApiError, DetectRequest, LookupRequest, WatermarkDetectRequest};
+use crate::server::{internal, respond, AppState, AuditInfo};
+use crate::store::{KeyInfo, Scope};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use gpt2_provenance::stats::{score_texts, statistics, Statistic};
+use gpt2_provenance::watermark::detect as watermark_detect_tokens;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use std::sync::Arc;
+
+/// Longest text the detectors score, in tokens (a bound on the work one
+/// request can ask for).
+pub const MAX_DETECT_TOKENS: usize = 4096;
+
+/// The false-positive rate whose calibrated threshold gives the verdict.
+const VERDICT_FPR: f64 = 0.01;
+
+async fn authorized<T: DeserializeOwned>(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    info: &mut AuditInfo,
+) -> Result<(KeyInfo, T), ApiError> {
+    let key = s.authenticate(headers)?;
+    info.key_id = Some(key.id.clone());
+    let bytes = s.read_body(body).await?;
+    let req = parse_json(&bytes)?;
+    s.require_scope(&key, Scope::Detect)?;
+    s.check_limits(&key)?;
+    Ok((key, req))
+}
+
+fn tokens_of(s: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
+    let ids = s
+        .tokenizer
+        .encode(text)
+        .map_err(|e| ApiError::invalid(e.to_string()).param("text"))?;
+    if ids.is_empty() {
+        return Err(ApiError::invalid("the text is empty").param("text"));
+    }
+    if ids.len() > MAX_DETECT_TOKENS {
+        return Err(ApiError::invalid(format!(
+            "the text has {} tokens; at most {MAX_DETECT_TOKENS} are scored per request",
+            ids.len()
+        ))
+        .param("text"));
+    }
+    Ok(ids)
+}
+
+pub async fn detect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let mut info = AuditInfo::default();
+    let result = async {
+        let (key, req): (_, DetectRequest) = authorized(&s, &headers, body, &mut info).await?;
+        let entry = s.model(&key, req.model.as_deref())?;
+        info.model = Some(entry.name.clone());
+        let ids = tokens_of(&s, &req.text)?;
+        info.prompt_tokens = ids.len() as u64;
+        let model = entry.model.clone();
+        let name = entry.name.clone();
+        let scored = {
+            let ids = ids.clone();
+            s.compute(move |_| score_texts(&model, &[ids])).await?
+        }
+        .map_err(|e| internal(&format!("scoring failed: {e}")))?;
+        let scores = scored.into_iter().next().unwrap_or_default();
+        let stats = statistics(&scores);
+        let verdict = s.thresholds.as_ref().and_then(|t| {
+            let stat = Statistic::from_name(&t.statistic)?;
+            let score = stat.machine_score(&stats)?;
+            (t.model == name).then(|| {
+                json!({
+                    "statistic": t.statistic,
+                    "score": score,
+                    "false_positive_rate": VERDICT_FPR,
+                    "decision": t.decide(scores.len(), score, VERDICT_FPR),
+                })
+            })
+        });
+        let tokens: Vec<_> = scores
+            .iter()
+            .map(|t| {
+                json!({
+                    "id": t.id,
+                    "text": s.tokenizer.token_text(t.id),
+                    "logprob": t.logprob,
+                    "rank": t.rank,
+                    "entropy": t.entropy,
+                    "bucket": match t.rank { 0..=10 => 0, 11..=100 => 1, 101..=1000 => 2, _ => 3 },
+                })
+            })
+            .collect();
+        Ok(axum::Json(json!({
+            "model": name,
+            "statistics": stats,
+            "verdict": verdict,
+            "tokens": tokens,
+        }))
+        .into_response())
+    }
+    .await;
+    respond(result, info)
+}
+
+pub async fn watermark_detect(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let mut info = AuditInfo::default();
+    let result = async {
+        let (_, req): (_, WatermarkDetectRequest) =
+            authorized(&s, &headers, body, &mut info).await?;
+        let z = req.z_threshold.unwrap_or(4.0);
+        if !z.is_finite() {
+            return Err(
+                ApiError::invalid("z_threshold must be a finite number").param("z_threshold")
+            );
+        }
+        let ids = tokens_of(&s, &req.text)?;
+        let prompt = s
+            .tokenizer
+            .encode(&req.prompt)
+            .map_err(|e| ApiError::invalid(e.to_string()).param("prompt"))?;
+        info.prompt_tokens = (ids.len() + prompt.len()) as u64;
+        let d = watermark_detect_tokens(&s.prf, &prompt, &ids, z);
+        Ok(axum::Json(json!(d)).into_response())
+    }
+    .await;
+    respond(result, info)
+}
+
+pub async fn lookup(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let mut info = AuditInfo::default();
+    let result = async {
+        let (_, req): (_, LookupRequest) = authorized(&s, &headers, body, &mut info).await?;
+        let min = req
+            .min_score
+            .unwrap_or(gpt2_provenance::ledger::DEFAULT_MIN_SCORE);
+        if !(0.0..=1.0).contains(&min) {
+            return Err(ApiError::invalid("min_score must be between 0 and 1").param("min_score"));
+        }
+        if req.text.is_empty() {
+            return Err(ApiError::invalid("the text is empty").param("text"));
+        }
+        let text = req.text;
+        let matches = s.compute(move |s| s.lookup(&text, min)).await??;
+        Ok(axum::Json(json!({"matches": matches})).into_response())
+    }
+    .await;
+    respond(result, info)
+}
