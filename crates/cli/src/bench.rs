@@ -47,8 +47,7 @@ pub fn run(a: Args) -> Result<()> {
     let threads = rayon::current_num_threads();
     let bandwidth = read_bandwidth_bytes_per_s();
     // A decode step reads every weight once (the position table aside).
-    let c = model.config();
-    let weight_bytes = (c.num_parameters() - c.n_ctx * c.n_embd) as f64 * 4.0;
+    let weight_bytes = gpt2_model::convert::weight_bytes(model.weights()) as f64;
     let result = json!({
         "prefill_tokens_per_s": a.prompt_tokens as f64 / best.first_token,
         "decode_tokens_per_s": if a.gen_tokens > 0 { a.gen_tokens as f64 / best.decode } else { 0.0 },
@@ -60,6 +59,8 @@ pub fn run(a: Args) -> Result<()> {
         "simd": format!("{:?}", gpt2_model::kernels::simd::level()),
         "memory_bandwidth_gb_s": bandwidth / 1e9,
         "decode_bound_tokens_per_s": bandwidth / weight_bytes,
+        "weight_bytes": weight_bytes,
+        "weights": gpt2_model::convert::format_name(model.weights()),
         "model": a.model,
     });
     if a.json {

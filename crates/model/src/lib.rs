@@ -16,10 +16,12 @@
 pub mod atomic;
 pub mod cache;
 pub mod config;
+pub mod convert;
 pub mod error;
 pub mod hub;
 pub mod kernels;
 pub mod model;
+pub mod packed;
 pub mod score;
 pub mod source;
 pub mod tokenizer;

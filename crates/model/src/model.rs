@@ -7,8 +7,9 @@ use crate::cache::KvCache;
 use crate::config::{Config, LAYER_NORM_EPSILON};
 use crate::error::{ModelError, Result};
 use crate::kernels::attention::{attention_forward, scores_per_task, SegmentRows};
-use crate::kernels::{gelu_forward, layernorm_forward, lm_head_forward, matmul_forward};
-use crate::weights::{CheckpointFiles, Weights};
+use crate::kernels::packed::packed_matmul;
+use crate::kernels::{gelu_forward, layernorm_forward, linear_forward, lm_head_forward};
+use crate::weights::{CheckpointFiles, Embedding, Weights};
 use std::path::Path;
 
 pub struct Model {
@@ -205,10 +206,10 @@ impl Model {
                 c,
                 LAYER_NORM_EPSILON,
             );
-            matmul_forward(
+            linear_forward(
                 &mut s.qkv,
                 &s.ln,
-                w.attn_w.data(),
+                &w.attn_w,
                 w.attn_b.data(),
                 rows,
                 c,
@@ -226,10 +227,10 @@ impl Model {
                 cfg.n_head,
                 c,
             );
-            matmul_forward(
+            linear_forward(
                 &mut s.x,
                 &s.att,
-                w.attn_proj_w.data(),
+                &w.attn_proj_w,
                 w.attn_proj_b.data(),
                 rows,
                 c,
@@ -246,10 +247,10 @@ impl Model {
                 c,
                 LAYER_NORM_EPSILON,
             );
-            matmul_forward(
+            linear_forward(
                 &mut s.fc,
                 &s.ln,
-                w.fc_w.data(),
+                &w.fc_w,
                 w.fc_b.data(),
                 rows,
                 c,
@@ -258,10 +259,10 @@ impl Model {
                 &mut s.partials,
             );
             gelu_forward(&mut s.fc[..rows * 4 * c], 4 * c);
-            matmul_forward(
+            linear_forward(
                 &mut s.x,
                 &s.fc,
-                w.fc_proj_w.data(),
+                &w.fc_proj_w,
                 w.fc_proj_b.data(),
                 rows,
                 4 * c,
@@ -306,14 +307,15 @@ impl Model {
     /// The tied LM head over `rows` final hidden states into `[rows, vocab]`.
     pub fn lm_head(&self, hidden: &[f32], rows: usize, logits: &mut [f32]) {
         let c = self.config;
-        lm_head_forward(
-            logits,
-            hidden,
-            self.weights.wte.data(),
-            rows,
-            c.n_embd,
-            c.vocab_size,
-        );
+        match &self.weights.wte {
+            Embedding::F32(wte) => {
+                lm_head_forward(logits, hidden, wte.data(), rows, c.n_embd, c.vocab_size)
+            }
+            Embedding::Packed(wte) => {
+                logits[..rows * c.vocab_size].fill(0.0);
+                packed_matmul(logits, hidden, wte, rows);
+            }
+        }
     }
 
     fn validate(&self, batch: &Batch, cache: &KvCache) -> Result<()> {
@@ -356,19 +358,16 @@ impl Model {
 
     fn embed(&self, batch: &Batch, cache: &KvCache, x: &mut [f32]) {
         let c = self.config.n_embd;
-        let (wte, wpe) = (self.weights.wte.data(), self.weights.wpe.data());
+        let wpe = self.weights.wpe.data();
         let mut rows = x.chunks_exact_mut(c);
         for (slot, tokens) in batch.iter() {
             let past = cache.len(slot);
             for (i, &t) in tokens.iter().enumerate() {
-                let (t, p) = (t as usize, past + i);
+                let p = past + i;
                 let row = rows.next().expect("invariant: x holds one row per token");
-                for ((o, a), b) in row
-                    .iter_mut()
-                    .zip(&wte[t * c..(t + 1) * c])
-                    .zip(&wpe[p * c..(p + 1) * c])
-                {
-                    *o = a + b;
+                self.weights.wte.row_into(t as usize, row);
+                for (o, b) in row.iter_mut().zip(&wpe[p * c..(p + 1) * c]) {
+                    *o += b;
                 }
             }
         }

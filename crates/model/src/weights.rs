@@ -6,11 +6,18 @@
 //! are used in place from the memory map. f16 and bf16 tensors are widened to
 //! f32 once at load. `lm_head.weight` is tied to `wte.weight`: when a file
 //! stores it, it must equal `wte.weight`.
+//!
+//! Files written by `gpt2 quantize` hold the token embedding and the four
+//! matrices of each layer packed (`crate::packed`) as `NAME.packed` (f16,
+//! bf16, i8 for q8_0, u8 for q4_0; `[out, in]`) and `NAME.scales` (f32,
+//! `[out, in / 32]`); those are read in place from the map too.
 
 use crate::config::Config;
 use crate::error::{ModelError, Result};
+use crate::packed::{Bytes, Format, PackedMatrix, BLOCK};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -63,31 +70,129 @@ impl Tensor {
     }
 }
 
+/// A layer's weight matrix: the checkpoint's f32 Conv1D `[in, out]`, or a
+/// packed `[out, in]` copy.
+#[derive(Clone)]
+pub enum Linear {
+    Conv1D(Tensor),
+    Packed(PackedMatrix),
+}
+
+impl From<Tensor> for Linear {
+    fn from(t: Tensor) -> Linear {
+        Linear::Conv1D(t)
+    }
+}
+
+impl Linear {
+    /// The weights as f32 in the Conv1D layout `[in, out]` (widened and
+    /// transposed back when packed).
+    pub fn to_conv1d(&self) -> Cow<'_, [f32]> {
+        match self {
+            Linear::Conv1D(t) => Cow::Borrowed(t.data()),
+            Linear::Packed(m) => Cow::Owned(transpose(&m.unpack(), m.rows(), m.cols())),
+        }
+    }
+
+    /// This matrix packed as `format` (from the f32 values it holds).
+    pub fn pack(&self, format: Format) -> Result<PackedMatrix, String> {
+        match self {
+            Linear::Conv1D(t) => {
+                let (k, n) = (t.shape()[0], t.shape()[1]);
+                PackedMatrix::pack(format, &transpose(t.data(), k, n), n, k)
+            }
+            Linear::Packed(m) => PackedMatrix::pack(format, &m.unpack(), m.rows(), m.cols()),
+        }
+    }
+
+    /// "f32", or the packed format's name.
+    pub fn format_name(&self) -> &'static str {
+        match self {
+            Linear::Conv1D(_) => "f32",
+            Linear::Packed(m) => m.format().name(),
+        }
+    }
+}
+
+/// `[rows, cols]` row-major into `[cols, rows]`.
+fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    for (i, row) in w.chunks_exact(cols.max(1)).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            out[j * rows + i] = v;
+        }
+    }
+    out
+}
+
+/// The token embedding `[vocab, C]`, which is also the tied LM head.
+#[derive(Clone)]
+pub enum Embedding {
+    F32(Tensor),
+    Packed(PackedMatrix),
+}
+
+impl Embedding {
+    /// All rows as f32 `[vocab, C]`.
+    pub fn to_f32(&self) -> Cow<'_, [f32]> {
+        match self {
+            Embedding::F32(t) => Cow::Borrowed(t.data()),
+            Embedding::Packed(m) => Cow::Owned(m.unpack()),
+        }
+    }
+
+    /// Writes row `t` (one token's vector) into `out`.
+    pub fn row_into(&self, t: usize, out: &mut [f32]) {
+        match self {
+            Embedding::F32(w) => {
+                let c = out.len();
+                out.copy_from_slice(&w.data()[t * c..(t + 1) * c]);
+            }
+            Embedding::Packed(m) => m.unpack_row(t, out),
+        }
+    }
+
+    /// True when read in place from the checkpoint file.
+    pub fn is_mapped(&self) -> bool {
+        match self {
+            Embedding::F32(t) => t.is_mapped(),
+            Embedding::Packed(m) => m.is_mapped(),
+        }
+    }
+}
+
 /// The weights of one transformer block, names as in the checkpoint.
 #[derive(Clone)]
 pub struct LayerWeights {
     pub ln_1_w: Tensor,
     pub ln_1_b: Tensor,
     /// [C, 3C]: the query, key and value projections side by side.
-    pub attn_w: Tensor,
+    pub attn_w: Linear,
     pub attn_b: Tensor,
     /// [C, C]
-    pub attn_proj_w: Tensor,
+    pub attn_proj_w: Linear,
     pub attn_proj_b: Tensor,
     pub ln_2_w: Tensor,
     pub ln_2_b: Tensor,
     /// [C, 4C]
-    pub fc_w: Tensor,
+    pub fc_w: Linear,
     pub fc_b: Tensor,
     /// [4C, C]
-    pub fc_proj_w: Tensor,
+    pub fc_proj_w: Linear,
     pub fc_proj_b: Tensor,
+}
+
+impl LayerWeights {
+    /// The four matrices, in checkpoint order.
+    pub fn matrices(&self) -> [&Linear; 4] {
+        [&self.attn_w, &self.attn_proj_w, &self.fc_w, &self.fc_proj_w]
+    }
 }
 
 #[derive(Clone)]
 pub struct Weights {
     /// [V, C]; also the LM head.
-    pub wte: Tensor,
+    pub wte: Embedding,
     /// [n_ctx, C]
     pub wpe: Tensor,
     pub layers: Vec<LayerWeights>,
@@ -177,45 +282,105 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    /// Every tensor in the order and shapes `tensor_shapes` gives, then
-    /// the tied head's check.
+    /// Every tensor of the model, then the tied head's check.
     fn load_all(&self) -> Result<Weights> {
-        let tensors = tensor_shapes(self.config)
-            .iter()
-            .map(|(name, shape)| self.tensor(name, shape))
-            .collect::<Result<Vec<_>>>()?;
-        let mut t = tensors.into_iter();
-        let mut next = || {
-            t.next()
-                .expect("invariant: tensor_shapes lists every tensor once")
+        let cfg = self.config;
+        let c = cfg.n_embd;
+        let wte = match self.packed("wte.weight", cfg.vocab_size, c)? {
+            Some(m) => Embedding::Packed(m),
+            None => Embedding::F32(self.tensor("wte.weight", &[cfg.vocab_size, c])?),
         };
-        let wte = next();
-        let wpe = next();
-        let layers = (0..self.config.n_layer)
-            .map(|_| LayerWeights {
-                ln_1_w: next(),
-                ln_1_b: next(),
-                attn_w: next(),
-                attn_b: next(),
-                attn_proj_w: next(),
-                attn_proj_b: next(),
-                ln_2_w: next(),
-                ln_2_b: next(),
-                fc_w: next(),
-                fc_b: next(),
-                fc_proj_w: next(),
-                fc_proj_b: next(),
-            })
-            .collect();
         let weights = Weights {
             wte,
-            wpe,
-            layers,
-            ln_f_w: next(),
-            ln_f_b: next(),
+            wpe: self.tensor("wpe.weight", &[cfg.n_ctx, c])?,
+            layers: (0..cfg.n_layer)
+                .map(|i| self.layer(i))
+                .collect::<Result<_>>()?,
+            ln_f_w: self.tensor("ln_f.weight", &[c])?,
+            ln_f_b: self.tensor("ln_f.bias", &[c])?,
         };
-        self.check_tied_head(&weights.wte)?;
+        if let Embedding::F32(wte) = &weights.wte {
+            self.check_tied_head(wte)?;
+        }
         Ok(weights)
+    }
+
+    fn layer(&self, i: usize) -> Result<LayerWeights> {
+        let c = self.config.n_embd;
+        let vector = |name: &str, len: usize| self.tensor(&format!("h.{i}.{name}"), &[len]);
+        let matrix = |name: &str, k: usize, n: usize| self.linear(&format!("h.{i}.{name}"), k, n);
+        Ok(LayerWeights {
+            ln_1_w: vector("ln_1.weight", c)?,
+            ln_1_b: vector("ln_1.bias", c)?,
+            attn_w: matrix("attn.c_attn.weight", c, 3 * c)?,
+            attn_b: vector("attn.c_attn.bias", 3 * c)?,
+            attn_proj_w: matrix("attn.c_proj.weight", c, c)?,
+            attn_proj_b: vector("attn.c_proj.bias", c)?,
+            ln_2_w: vector("ln_2.weight", c)?,
+            ln_2_b: vector("ln_2.bias", c)?,
+            fc_w: matrix("mlp.c_fc.weight", c, 4 * c)?,
+            fc_b: vector("mlp.c_fc.bias", 4 * c)?,
+            fc_proj_w: matrix("mlp.c_proj.weight", 4 * c, c)?,
+            fc_proj_b: vector("mlp.c_proj.bias", c)?,
+        })
+    }
+
+    /// A Conv1D matrix `[k, n]`, stored as such or packed.
+    fn linear(&self, name: &str, k: usize, n: usize) -> Result<Linear> {
+        Ok(match self.packed(name, n, k)? {
+            Some(m) => Linear::Packed(m),
+            None => Linear::Conv1D(self.tensor(name, &[k, n])?),
+        })
+    }
+
+    /// `NAME.packed` (and `NAME.scales`) as a `[rows, cols]` packed matrix,
+    /// when the file has them.
+    fn packed(&self, name: &str, rows: usize, cols: usize) -> Result<Option<PackedMatrix>> {
+        let full = format!("{}{}.packed", self.prefix, name);
+        let Ok(view) = self.st.tensor(&full) else {
+            return Ok(None);
+        };
+        let err = |reason: String| ModelError::Tensor {
+            path: self.path.to_path_buf(),
+            tensor: full.clone(),
+            reason,
+        };
+        let format = Format::from_dtype(view.dtype()).ok_or_else(|| {
+            err(format!(
+                "dtype {:?} is not a packed format (f16, bf16, i8 for q8_0, u8 for q4_0)",
+                view.dtype()
+            ))
+        })?;
+        let stored_cols = if format == Format::Q4_0 {
+            cols / 2
+        } else {
+            cols
+        };
+        if view.shape() != [rows, stored_cols] || (format.is_blocked() && cols % BLOCK != 0) {
+            return Err(err(format!(
+                "shape {:?} does not match {} of a {rows}x{cols} matrix ({})",
+                view.shape(),
+                format.name(),
+                describe(self.config)
+            )));
+        }
+        let bytes = view.data();
+        let data = match self.map {
+            Some(map) => Bytes::Mapped {
+                map: Arc::clone(map),
+                offset: bytes.as_ptr() as usize - map.as_ptr() as usize,
+                len: bytes.len(),
+            },
+            None => Bytes::Owned(Arc::new(bytes.to_vec())),
+        };
+        let scales = if format.is_blocked() {
+            self.tensor(&format!("{name}.scales"), &[rows, cols / BLOCK])?
+        } else {
+            Tensor::from_vec(Vec::new(), vec![0])
+        };
+        PackedMatrix::from_parts(format, rows, cols, data, scales)
+            .map(Some)
+            .map_err(err)
     }
 
     /// A checkpoint with more layers than config.json says is a mismatch, not

@@ -119,12 +119,13 @@ fn matches_transformers_bf16_in_strided_windows() {
 
 #[test]
 fn scalar_kernels_match_too() {
-    gpt2_model::kernels::simd::set_level(gpt2_model::kernels::simd::Level::Scalar);
+    use gpt2_model::kernels::simd::{best_available, set_level, Level};
+    set_level(Level::Scalar);
     let dir = fixture("parity-small");
     let model = Model::load_dir(&dir).unwrap();
     let r = reference(&dir);
     let result = compare(&score(&model, &r), &r.tokens);
-    gpt2_model::kernels::simd::set_level(gpt2_model::kernels::simd::Level::Avx2Fma);
+    set_level(best_available());
     assert!(result.unwrap() < 1e-4);
 }
 
@@ -138,12 +139,12 @@ fn a_broken_engine_fails_the_parity_check() {
     type Breakage = fn(&mut LayerWeights, usize);
     let breakages: [(&str, Breakage); 2] = [
         ("Conv1D weight read transposed", |l, c| {
-            let w = l.attn_proj_w.data();
+            let w = l.attn_proj_w.to_conv1d();
             let t: Vec<f32> = (0..c * c).map(|k| w[(k % c) * c + k / c]).collect();
-            l.attn_proj_w = Tensor::from_vec(t, vec![c, c]);
+            l.attn_proj_w = Tensor::from_vec(t, vec![c, c]).into();
         }),
         ("query and key swapped", |l, c| {
-            let w = l.attn_w.data();
+            let w = l.attn_w.to_conv1d();
             let mut s = w.to_vec();
             for row in 0..c {
                 for j in 0..c {
@@ -151,7 +152,7 @@ fn a_broken_engine_fails_the_parity_check() {
                     s[row * 3 * c + c + j] = w[row * 3 * c + j];
                 }
             }
-            l.attn_w = Tensor::from_vec(s, vec![c, 3 * c]);
+            l.attn_w = Tensor::from_vec(s, vec![c, 3 * c]).into();
         }),
     ];
     for (what, break_it) in breakages {

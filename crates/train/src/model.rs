@@ -81,12 +81,12 @@ pub struct TrainModel {
 
 /// Inference weights holding a copy of `params` (for sampling during training).
 pub fn weights_from_params(config: &Config, params: &[f32]) -> Weights {
-    use gpt2_model::weights::{LayerWeights, Tensor};
+    use gpt2_model::weights::{Embedding, LayerWeights, Tensor};
     let p = views(params, config);
     let t = |s: &[f32], shape: Vec<usize>| Tensor::from_vec(s.to_vec(), shape);
     let c = config.n_embd;
     Weights {
-        wte: t(p.wte, vec![config.vocab_size, c]),
+        wte: Embedding::F32(t(p.wte, vec![config.vocab_size, c])),
         wpe: t(p.wpe, vec![config.n_ctx, c]),
         layers: p
             .layers
@@ -94,15 +94,15 @@ pub fn weights_from_params(config: &Config, params: &[f32]) -> Weights {
             .map(|l| LayerWeights {
                 ln_1_w: t(l.ln_1_w, vec![c]),
                 ln_1_b: t(l.ln_1_b, vec![c]),
-                attn_w: t(l.attn_w, vec![c, 3 * c]),
+                attn_w: t(l.attn_w, vec![c, 3 * c]).into(),
                 attn_b: t(l.attn_b, vec![3 * c]),
-                attn_proj_w: t(l.attn_proj_w, vec![c, c]),
+                attn_proj_w: t(l.attn_proj_w, vec![c, c]).into(),
                 attn_proj_b: t(l.attn_proj_b, vec![c]),
                 ln_2_w: t(l.ln_2_w, vec![c]),
                 ln_2_b: t(l.ln_2_b, vec![c]),
-                fc_w: t(l.fc_w, vec![c, 4 * c]),
+                fc_w: t(l.fc_w, vec![c, 4 * c]).into(),
                 fc_b: t(l.fc_b, vec![4 * c]),
-                fc_proj_w: t(l.fc_proj_w, vec![4 * c, c]),
+                fc_proj_w: t(l.fc_proj_w, vec![4 * c, c]).into(),
                 fc_proj_b: t(l.fc_proj_b, vec![c]),
             })
             .collect(),
@@ -111,28 +111,25 @@ pub fn weights_from_params(config: &Config, params: &[f32]) -> Weights {
     }
 }
 
-/// The parameters of loaded weights, flattened in checkpoint order.
+/// The parameters of loaded weights, flattened in checkpoint order (packed
+/// matrices widened back to f32).
 pub fn params_from_weights(w: &Weights) -> Vec<f32> {
     let mut out = Vec::new();
-    out.extend_from_slice(w.wte.data());
+    out.extend_from_slice(&w.wte.to_f32());
     out.extend_from_slice(w.wpe.data());
     for l in &w.layers {
-        for t in [
-            &l.ln_1_w,
-            &l.ln_1_b,
-            &l.attn_w,
-            &l.attn_b,
-            &l.attn_proj_w,
-            &l.attn_proj_b,
-            &l.ln_2_w,
-            &l.ln_2_b,
-            &l.fc_w,
-            &l.fc_b,
-            &l.fc_proj_w,
-            &l.fc_proj_b,
-        ] {
-            out.extend_from_slice(t.data());
-        }
+        out.extend_from_slice(l.ln_1_w.data());
+        out.extend_from_slice(l.ln_1_b.data());
+        out.extend_from_slice(&l.attn_w.to_conv1d());
+        out.extend_from_slice(l.attn_b.data());
+        out.extend_from_slice(&l.attn_proj_w.to_conv1d());
+        out.extend_from_slice(l.attn_proj_b.data());
+        out.extend_from_slice(l.ln_2_w.data());
+        out.extend_from_slice(l.ln_2_b.data());
+        out.extend_from_slice(&l.fc_w.to_conv1d());
+        out.extend_from_slice(l.fc_b.data());
+        out.extend_from_slice(&l.fc_proj_w.to_conv1d());
+        out.extend_from_slice(l.fc_proj_b.data());
     }
     out.extend_from_slice(w.ln_f_w.data());
     out.extend_from_slice(w.ln_f_b.data());

@@ -7,8 +7,10 @@
 //! (in x out), so `x @ W` reads `W` row by row.
 
 pub mod attention;
+pub mod packed;
 pub mod simd;
 
+use crate::weights::Linear;
 use rayon::prelude::*;
 
 /// Up to this many rows, matrix products stream the weights once through
@@ -87,13 +89,7 @@ pub fn matmul_forward(
     if rows == 0 {
         return;
     }
-    for row in out[..rows * out_dim].chunks_exact_mut(out_dim) {
-        if accumulate {
-            row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
-        } else {
-            row.copy_from_slice(bias);
-        }
-    }
+    start_with_bias(out, bias, rows, out_dim, accumulate);
     if rows <= SKINNY_MAX_ROWS {
         skinny_matmul(out, inp, weight, rows, in_dim, out_dim, partials);
         return;
@@ -122,6 +118,54 @@ pub fn matmul_forward(
             false,
             gemm_parallelism(),
         );
+    }
+}
+
+/// Sets each output row to `bias`, or adds `bias` to it when accumulating.
+fn start_with_bias(out: &mut [f32], bias: &[f32], rows: usize, out_dim: usize, accumulate: bool) {
+    for row in out[..rows * out_dim].chunks_exact_mut(out_dim) {
+        if accumulate {
+            row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
+        } else {
+            row.copy_from_slice(bias);
+        }
+    }
+}
+
+/// [`matmul_forward`] for a layer matrix in any storage: f32 Conv1D, or
+/// packed (`packed::packed_matmul`).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &Linear,
+    bias: &[f32],
+    rows: usize,
+    in_dim: usize,
+    out_dim: usize,
+    accumulate: bool,
+    partials: &mut Vec<f32>,
+) {
+    match weight {
+        Linear::Conv1D(w) => matmul_forward(
+            out,
+            inp,
+            w.data(),
+            bias,
+            rows,
+            in_dim,
+            out_dim,
+            accumulate,
+            partials,
+        ),
+        Linear::Packed(w) => {
+            assert!(
+                w.rows() == out_dim && w.cols() == in_dim && bias.len() == out_dim,
+                "linear_forward: weight shape"
+            );
+            start_with_bias(out, bias, rows, out_dim, accumulate);
+            packed::packed_matmul(out, inp, w, rows);
+        }
     }
 }
 

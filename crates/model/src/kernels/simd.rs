@@ -1,15 +1,20 @@
 //! The vector primitives the kernels are built from, each with a scalar
 //! version and an AVX2+FMA version chosen at run time.
 //!
-//! `GPT2_SIMD=scalar` forces the scalar versions (the tests run both and
-//! compare them).
+//! `GPT2_SIMD=scalar` forces the scalar versions and `GPT2_SIMD=avx2` the
+//! AVX2 ones where AVX-512 is present (the tests run every level and
+//! compare them). The f32 primitives here have no AVX-512 versions (decode
+//! is memory-bound and prefill runs in `gemm`); the packed-weight kernels
+//! in `kernels::packed` do.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     Scalar,
     Avx2Fma,
+    /// AVX2+FMA plus AVX-512 F/BW/VL and VNNI (8-bit dot products).
+    Avx512,
 }
 
 static LEVEL: AtomicU8 = AtomicU8::new(0); // 0 = not yet detected
@@ -19,6 +24,7 @@ pub fn level() -> Level {
     match LEVEL.load(Ordering::Relaxed) {
         1 => Level::Scalar,
         2 => Level::Avx2Fma,
+        3 => Level::Avx512,
         _ => {
             let detected = detect();
             set_level(detected);
@@ -27,33 +33,58 @@ pub fn level() -> Level {
     }
 }
 
-/// Overrides the detected level; asking for AVX2 where it is absent keeps
-/// the scalar code, so this can never select an unsupported instruction.
-pub fn set_level(level: Level) {
-    let level = if level == Level::Avx2Fma && !avx2_available() {
-        Level::Scalar
-    } else {
-        level
-    };
-    LEVEL.store(
-        if level == Level::Scalar { 1 } else { 2 },
-        Ordering::Relaxed,
-    );
+/// Overrides the detected level with at most what this CPU has, so this
+/// can never select an unsupported instruction. Returns the level set.
+pub fn set_level(level: Level) -> Level {
+    let level = level.min(best_available());
+    LEVEL.store(level as u8 + 1, Ordering::Relaxed);
+    level
 }
 
 fn detect() -> Level {
-    let forced_scalar = std::env::var("GPT2_SIMD").is_ok_and(|v| v.eq_ignore_ascii_case("scalar"));
-    if !forced_scalar && avx2_available() {
+    let best = best_available();
+    match std::env::var("GPT2_SIMD")
+        .map(|v| v.to_ascii_lowercase())
+        .as_deref()
+    {
+        Ok("scalar") => Level::Scalar,
+        Ok("avx2") => best.min(Level::Avx2Fma),
+        _ => best,
+    }
+}
+
+/// The highest level this CPU supports.
+pub fn best_available() -> Level {
+    if avx512_available() {
+        Level::Avx512
+    } else if avx2_available() {
         Level::Avx2Fma
     } else {
         Level::Scalar
     }
 }
 
-fn avx2_available() -> bool {
+pub(crate) fn avx2_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+pub(crate) fn avx512_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx2_available()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -66,7 +97,7 @@ macro_rules! dispatch {
     ($scalar:path, $avx:path, $($arg:expr),*) => {{
         #[cfg(target_arch = "x86_64")]
         {
-            if level() == Level::Avx2Fma {
+            if level() >= Level::Avx2Fma {
                 // SAFETY: `level()` only reports Avx2Fma after run-time
                 // detection of both features.
                 return unsafe { $avx($($arg),*) };

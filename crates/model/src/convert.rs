@@ -1,0 +1,210 @@
+//! Converting loaded weights to another storage format and writing them as
+//! `model.safetensors` (what `gpt2 quantize` does).
+//!
+//! The token embedding and the four matrices of every layer change format;
+//! position embeddings, biases and LayerNorm parameters stay f32 (they are
+//! a fraction of a percent of the bytes, and a position row or a bias is
+//! read whole anyway).
+
+use crate::packed::{Format, PackedMatrix, BLOCK};
+use crate::weights::{Embedding, LayerWeights, Linear, Tensor, Weights};
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use std::collections::HashMap;
+
+/// Metadata key naming the storage format of a file's matrices.
+pub const FORMAT_KEY: &str = "gpt2.weight_format";
+
+/// `weights` with every matrix stored as `format` (`None`: f32, in the
+/// Hugging Face layout). Errors name the matrix that cannot be packed.
+pub fn convert(weights: &Weights, format: Option<Format>) -> Result<Weights, String> {
+    let linear = |name: String, l: &Linear| -> Result<Linear, String> {
+        match format {
+            None => {
+                let shape = match l {
+                    Linear::Conv1D(t) => t.shape().to_vec(),
+                    Linear::Packed(m) => vec![m.cols(), m.rows()],
+                };
+                Ok(Linear::Conv1D(Tensor::from_vec(
+                    l.to_conv1d().into_owned(),
+                    shape,
+                )))
+            }
+            Some(f) => l
+                .pack(f)
+                .map(Linear::Packed)
+                .map_err(|e| format!("{name}: {e}")),
+        }
+    };
+    let vocab = weights.wte.to_f32();
+    let c = weights.wpe.shape()[1];
+    let rows = vocab.len() / c.max(1);
+    let wte = match format {
+        None => Embedding::F32(Tensor::from_vec(vocab.into_owned(), vec![rows, c])),
+        Some(f) => Embedding::Packed(
+            PackedMatrix::pack(f, &vocab, rows, c).map_err(|e| format!("wte.weight: {e}"))?,
+        ),
+    };
+    let layers = weights
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            Ok(LayerWeights {
+                attn_w: linear(format!("h.{i}.attn.c_attn.weight"), &l.attn_w)?,
+                attn_proj_w: linear(format!("h.{i}.attn.c_proj.weight"), &l.attn_proj_w)?,
+                fc_w: linear(format!("h.{i}.mlp.c_fc.weight"), &l.fc_w)?,
+                fc_proj_w: linear(format!("h.{i}.mlp.c_proj.weight"), &l.fc_proj_w)?,
+                ..l.clone()
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(Weights {
+        wte,
+        layers,
+        ..weights.clone()
+    })
+}
+
+/// One tensor to write: name, dtype, shape, little-endian bytes.
+struct Entry {
+    name: String,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+fn f32_entry(name: String, t: &Tensor) -> Entry {
+    Entry {
+        name,
+        dtype: Dtype::F32,
+        shape: t.shape().to_vec(),
+        bytes: t.data().iter().flat_map(|x| x.to_le_bytes()).collect(),
+    }
+}
+
+fn packed_entries(name: &str, m: &PackedMatrix) -> Vec<Entry> {
+    let f = m.format();
+    let stored_cols = if f == Format::Q4_0 {
+        m.cols() / 2
+    } else {
+        m.cols()
+    };
+    let mut out = vec![Entry {
+        name: format!("{name}.packed"),
+        dtype: f.dtype(),
+        shape: vec![m.rows(), stored_cols],
+        bytes: m.data().to_vec(),
+    }];
+    if f.is_blocked() {
+        out.push(Entry {
+            name: format!("{name}.scales"),
+            dtype: Dtype::F32,
+            shape: vec![m.rows(), m.cols() / BLOCK],
+            bytes: m.scales().iter().flat_map(|x| x.to_le_bytes()).collect(),
+        });
+    }
+    out
+}
+
+fn linear_entries(name: String, l: &Linear) -> Vec<Entry> {
+    match l {
+        Linear::Conv1D(t) => vec![f32_entry(name, t)],
+        Linear::Packed(m) => packed_entries(&name, m),
+    }
+}
+
+/// The bytes of a `model.safetensors` holding `weights`, with the storage
+/// format recorded in the metadata under [`FORMAT_KEY`].
+pub fn to_safetensors(weights: &Weights, format_name: &str) -> Result<Vec<u8>, String> {
+    let mut entries = match &weights.wte {
+        Embedding::F32(t) => vec![f32_entry("wte.weight".into(), t)],
+        Embedding::Packed(m) => packed_entries("wte.weight", m),
+    };
+    entries.push(f32_entry("wpe.weight".into(), &weights.wpe));
+    for (i, l) in weights.layers.iter().enumerate() {
+        let name = |n: &str| format!("h.{i}.{n}");
+        entries.push(f32_entry(name("ln_1.weight"), &l.ln_1_w));
+        entries.push(f32_entry(name("ln_1.bias"), &l.ln_1_b));
+        entries.extend(linear_entries(name("attn.c_attn.weight"), &l.attn_w));
+        entries.push(f32_entry(name("attn.c_attn.bias"), &l.attn_b));
+        entries.extend(linear_entries(name("attn.c_proj.weight"), &l.attn_proj_w));
+        entries.push(f32_entry(name("attn.c_proj.bias"), &l.attn_proj_b));
+        entries.push(f32_entry(name("ln_2.weight"), &l.ln_2_w));
+        entries.push(f32_entry(name("ln_2.bias"), &l.ln_2_b));
+        entries.extend(linear_entries(name("mlp.c_fc.weight"), &l.fc_w));
+        entries.push(f32_entry(name("mlp.c_fc.bias"), &l.fc_b));
+        entries.extend(linear_entries(name("mlp.c_proj.weight"), &l.fc_proj_w));
+        entries.push(f32_entry(name("mlp.c_proj.bias"), &l.fc_proj_b));
+    }
+    entries.push(f32_entry("ln_f.weight".into(), &weights.ln_f_w));
+    entries.push(f32_entry("ln_f.bias".into(), &weights.ln_f_b));
+    let views = entries
+        .iter()
+        .map(|e| {
+            TensorView::new(e.dtype, e.shape.clone(), &e.bytes)
+                .map(|v| (e.name.clone(), v))
+                .map_err(|err| format!("{}: {err}", e.name))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let metadata = HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        (FORMAT_KEY.to_string(), format_name.to_string()),
+    ]);
+    safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
+}
+
+/// The storage format of a model's matrices ("f32", "f16", "q8_0", ...),
+/// or "mixed" when they differ.
+pub fn format_name(weights: &Weights) -> &'static str {
+    let head = match &weights.wte {
+        Embedding::F32(_) => "f32",
+        Embedding::Packed(m) => m.format().name(),
+    };
+    let same = weights
+        .layers
+        .iter()
+        .flat_map(|l| l.matrices())
+        .all(|m| m.format_name() == head);
+    if same {
+        head
+    } else {
+        "mixed"
+    }
+}
+
+/// Bytes of weights a decode step streams (every matrix, the LM head, and
+/// the small f32 tensors), for bandwidth bounds.
+pub fn weight_bytes(weights: &Weights) -> usize {
+    let linear = |l: &Linear| match l {
+        Linear::Conv1D(t) => 4 * t.data().len(),
+        Linear::Packed(m) => m.data().len() + 4 * m.scales().len(),
+    };
+    let head = match &weights.wte {
+        Embedding::F32(t) => 4 * t.data().len(),
+        Embedding::Packed(m) => m.data().len() + 4 * m.scales().len(),
+    };
+    let small = |t: &Tensor| 4 * t.data().len();
+    head + weights
+        .layers
+        .iter()
+        .map(|l| {
+            l.matrices().into_iter().map(linear).sum::<usize>()
+                + [
+                    &l.ln_1_w,
+                    &l.ln_1_b,
+                    &l.attn_b,
+                    &l.attn_proj_b,
+                    &l.ln_2_w,
+                    &l.ln_2_b,
+                    &l.fc_b,
+                    &l.fc_proj_b,
+                ]
+                .into_iter()
+                .map(small)
+                .sum::<usize>()
+        })
+        .sum::<usize>()
+        + small(&weights.ln_f_w)
+        + small(&weights.ln_f_b)
+}
