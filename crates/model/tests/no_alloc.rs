@@ -4,6 +4,8 @@
 //! The forward pass runs inside the rayon pool, as the binary does, so that
 //! kernels start their parallel work from a worker thread.
 
+use gpt2_model::convert::convert;
+use gpt2_model::packed::Format;
 use gpt2_model::{Batch, Model, Scratch};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -28,10 +30,21 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// One test (not one per format): the counter is global, so tests running
+/// in parallel would count each other's allocations.
 #[test]
 fn decode_steps_do_not_allocate() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity-small");
     let model = Model::load_dir(&dir).unwrap();
+    assert_decode_allocates_nothing(&model, "f32");
+    for format in Format::ALL {
+        let weights = convert(model.weights(), Some(format)).unwrap();
+        let packed = Model::from_parts(*model.config(), weights);
+        assert_decode_allocates_nothing(&packed, format.name());
+    }
+}
+
+fn assert_decode_allocates_nothing(model: &Model, what: &str) {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
         .build()
@@ -63,6 +76,9 @@ fn decode_steps_do_not_allocate() {
             std::hint::black_box(step(t));
         }
         let allocated = ALLOCATIONS.load(Ordering::SeqCst) - before;
-        assert_eq!(allocated, 0, "{allocated} allocations in 30 decode steps");
+        assert_eq!(
+            allocated, 0,
+            "{what}: {allocated} allocations in 30 decode steps"
+        );
     });
 }
