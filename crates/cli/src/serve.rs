@@ -58,6 +58,7 @@ fn model_name(arg: &str) -> (String, String) {
 
 pub fn run(a: Args) -> Result<()> {
     ensure!(a.slots >= 1, "--slots must be at least 1");
+    ensure!(a.queue >= 1, "--queue must be at least 1");
     let state = StateDir::create(&a.state)?;
     let mut models = Vec::new();
     for arg in &a.models {

@@ -22,7 +22,7 @@ use gpt2_model::kernels::log_softmax_stats;
 use gpt2_model::score::top_k;
 use gpt2_model::{Batch, KvCache, Model, Scratch, Tokenizer, END_OF_TEXT};
 use gpt2_provenance::watermark::{GumbelChooser, KgwProcessor};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +85,10 @@ pub enum Watermarker {
 #[derive(Clone)]
 pub struct Queue {
     tx: SyncSender<Job>,
+    /// Jobs submitted and not yet running (in the channel, or taken by the
+    /// engine and waiting for slots): the bound is on this.
+    depth: Arc<AtomicUsize>,
+    capacity: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -96,8 +100,13 @@ pub enum SubmitError {
 impl Queue {
     pub fn submit(&self, job: Job) -> Result<(), SubmitError> {
         // Counted before sending so the engine never decrements first.
+        if self.depth.fetch_add(1, Ordering::SeqCst) >= self.capacity {
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+            return Err(SubmitError::Full);
+        }
         self.metrics.queue_depth.fetch_add(1, Ordering::Relaxed);
         self.tx.try_send(job).map_err(|e| {
+            self.depth.fetch_sub(1, Ordering::SeqCst);
             self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
             match e {
                 TrySendError::Full(_) => SubmitError::Full,
@@ -123,17 +132,23 @@ pub fn start(
     pool: Arc<rayon::ThreadPool>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(Queue, std::thread::JoinHandle<()>)> {
-    let (tx, rx) = std::sync::mpsc::sync_channel(config.queue);
-    let m = metrics.clone();
+    // The channel holds at most `queue` jobs since `depth` counts them too.
+    let (tx, rx) = std::sync::mpsc::sync_channel(config.queue.max(1));
+    let depth = Arc::new(AtomicUsize::new(0));
+    let capacity = config.queue;
+    let (m, d) = (metrics.clone(), depth.clone());
     let handle = std::thread::Builder::new()
         .name("gpt2-engine".into())
-        .spawn(move || {
-            pool.install(|| {
-                let mut engine = Engine::new(&model, watermarker, config, m);
-                engine.run(rx);
-            })
-        })?;
-    Ok((Queue { tx, metrics }, handle))
+        .spawn(move || Engine::new(&model, watermarker, config, m, d).run(rx, &pool))?;
+    Ok((
+        Queue {
+            tx,
+            depth,
+            capacity,
+            metrics,
+        },
+        handle,
+    ))
 }
 
 /// One sample in flight.
@@ -169,6 +184,7 @@ struct Engine<'m> {
     watermarker: Watermarker,
     config: EngineConfig,
     metrics: Arc<Metrics>,
+    depth: Arc<AtomicUsize>,
     cache: KvCache,
     scratch: Scratch,
     batch: Batch,
@@ -187,8 +203,10 @@ impl<'m> Engine<'m> {
         watermarker: Watermarker,
         config: EngineConfig,
         metrics: Arc<Metrics>,
+        depth: Arc<AtomicUsize>,
     ) -> Engine<'m> {
         Engine {
+            depth,
             model,
             tokenizer: Tokenizer::gpt2(),
             watermarker,
@@ -205,14 +223,17 @@ impl<'m> Engine<'m> {
         }
     }
 
-    fn run(&mut self, rx: Receiver<Job>) {
+    /// Runs until the queue is closed and drained. Each step enters the
+    /// pool on its own (the engine never holds a pool thread while idle,
+    /// which would starve the scoring tasks that share the pool).
+    fn run(&mut self, rx: Receiver<Job>, pool: &rayon::ThreadPool) {
         let mut open = true;
         while open || !self.seqs.is_empty() || self.waiting.is_some() {
             open = self.admit(&rx, open);
             if self.seqs.is_empty() {
                 continue;
             }
-            if let Err(e) = self.step() {
+            if let Err(e) = pool.install(|| self.step()) {
                 self.fail_all(&format!("the model failed: {e}"));
             }
             if !self.config.step_delay.is_zero() {
@@ -232,13 +253,13 @@ impl<'m> Engine<'m> {
                 None if self.seqs.is_empty() => {
                     // Idle: wait, waking now and then to notice a closed queue.
                     match rx.recv_timeout(Duration::from_millis(200)) {
-                        Ok(j) => self.dequeued(j),
+                        Ok(j) => j,
                         Err(RecvTimeoutError::Timeout) => return open,
                         Err(RecvTimeoutError::Disconnected) => return false,
                     }
                 }
                 None => match rx.try_recv() {
-                    Ok(j) => self.dequeued(j),
+                    Ok(j) => j,
                     Err(std::sync::mpsc::TryRecvError::Empty) => return open,
                     Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                         open = false;
@@ -247,19 +268,22 @@ impl<'m> Engine<'m> {
                 },
             };
             if job.events.is_closed() {
+                self.dequeued();
                 continue; // the client left while it was queued
             }
             if job.n > self.free.len() {
                 self.waiting = Some(job);
                 return open;
             }
+            self.dequeued();
             self.join(job);
         }
     }
 
-    fn dequeued(&self, job: Job) -> Job {
+    /// A job leaves the queue (it runs now, or its client is gone).
+    fn dequeued(&self) {
+        self.depth.fetch_sub(1, Ordering::SeqCst);
         self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-        job
     }
 
     /// Gives the job's samples their slots; the prompt is prefilled in the

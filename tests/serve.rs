@@ -1,0 +1,641 @@
+//! `gpt2 serve` end to end, over HTTP, against the tiny fixture model
+//! (2 layers, width 16, context 128): keys and scopes, quotas and rates,
+//! revocation, the completions shape, streaming, echo with logprobs
+//! against the scorer, the ledger before the response, bad input, a full
+//! queue, the watermark, and a drain on SIGTERM.
+
+mod common;
+
+use common::*;
+use gpt2_model::score::{Scorer, Windowing};
+use gpt2_model::{Model, Tokenizer};
+use gpt2_provenance::ledger::Ledger;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    url: String,
+    state: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `gpt2 serve` on a free port with the tiny model served as
+    /// `tiny` and `tiny2`, plus `extra` arguments.
+    fn start(extra: &[&str]) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let tiny = tiny_model();
+        let mut child = gpt2()
+            .args(["serve", "--addr", "127.0.0.1:0", "--state"])
+            .arg(&state)
+            .arg("--model")
+            .arg(format!("tiny={}", tiny.display()))
+            .arg("--model")
+            .arg(format!("tiny2={}", tiny.display()))
+            .args(["--threads", "2"])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("gpt2 serve starts");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut url = None;
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                url = Some(rest.split_whitespace().next().unwrap().to_string());
+                break;
+            }
+            assert!(!line.contains("panicked"), "{line}");
+        }
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            url: url.expect("the server prints its address"),
+            state,
+            _dir: dir,
+        }
+    }
+
+    /// Creates a key with these scopes and models; returns (id, secret).
+    fn key(&self, scopes: &str, models: &str, extra: &[&str]) -> (String, String) {
+        let state = self.state.to_str().unwrap();
+        let mut args = vec!["keys", "create", "--state", state, "--name", "test"];
+        args.extend(["--scopes", scopes, "--models", models, "--json"]);
+        args.extend(extra);
+        let out = ok(run(&args));
+        let v: Value = serde_json::from_str(out.trim()).unwrap();
+        (
+            v["id"].as_str().unwrap().to_string(),
+            v["key"].as_str().unwrap().to_string(),
+        )
+    }
+
+    fn admin(&self) -> String {
+        self.key("generate,score,detect,admin", "*", &[]).1
+    }
+
+    fn ledger(&self) -> Ledger {
+        Ledger::open(self.state.join("ledger.sqlite")).unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+struct Reply {
+    status: u16,
+    retry_after: Option<String>,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// Asserts an OpenAI-style error with this status.
+    fn error(&self, status: u16) -> Value {
+        assert_eq!(self.status, status, "{}", self.body);
+        let v = self.json();
+        assert!(v["error"]["message"].is_string(), "{v}");
+        assert!(v["error"]["type"].is_string(), "{v}");
+        v
+    }
+}
+
+fn post(url: &str, path: &str, key: Option<&str>, body: &[u8]) -> Reply {
+    let mut req = agent()
+        .post(format!("{url}{path}"))
+        .header("Content-Type", "application/json");
+    if let Some(k) = key {
+        req = req.header("Authorization", format!("Bearer {k}"));
+    }
+    reply(req.send(body).expect("the server answers"))
+}
+
+fn get(url: &str, path: &str, key: Option<&str>) -> Reply {
+    let mut req = agent().get(format!("{url}{path}"));
+    if let Some(k) = key {
+        req = req.header("Authorization", format!("Bearer {k}"));
+    }
+    reply(req.call().expect("the server answers"))
+}
+
+fn reply(mut r: ureq::http::Response<ureq::Body>) -> Reply {
+    Reply {
+        status: r.status().as_u16(),
+        retry_after: r
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string()),
+        body: r.body_mut().read_to_string().unwrap(),
+    }
+}
+
+fn complete(s: &Server, key: &str, body: Value) -> Reply {
+    post(
+        &s.url,
+        "/v1/completions",
+        Some(key),
+        body.to_string().as_bytes(),
+    )
+}
+
+/// The `data:` payloads of an event stream.
+fn events(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn keys_scopes_and_models_decide_access() {
+    let s = Server::start(&[]);
+    let req = json!({"model": "tiny", "prompt": "Hello", "max_tokens": 2});
+    let body = req.to_string();
+    assert_eq!(get(&s.url, "/health", None).status, 200);
+    let e = post(&s.url, "/v1/completions", None, body.as_bytes()).error(401);
+    assert_eq!(e["error"]["code"], "invalid_api_key");
+    post(
+        &s.url,
+        "/v1/completions",
+        Some("gpt2-nope"),
+        body.as_bytes(),
+    )
+    .error(401);
+    get(&s.url, "/v1/models", None).error(401);
+
+    let (_, gen) = s.key("generate", "tiny", &[]);
+    assert_eq!(complete(&s, &gen, req.clone()).status, 200);
+    let e = complete(&s, &gen, json!({"model": "tiny2", "prompt": "Hi"})).error(403);
+    assert_eq!(e["error"]["code"], "model_not_allowed");
+    complete(&s, &gen, json!({"model": "nope", "prompt": "Hi"})).error(404);
+    let e = complete(
+        &s,
+        &gen,
+        json!({"model": "tiny", "prompt": "Hi", "watermark": false}),
+    )
+    .error(403);
+    assert_eq!(e["error"]["param"], "watermark");
+    post(
+        &s.url,
+        "/v1/detect",
+        Some(&gen),
+        br#"{"text": "Hello there"}"#,
+    )
+    .error(403);
+    get(&s.url, "/metrics", Some(&gen)).error(403);
+    // Scoring a prompt needs `score`, not `generate`.
+    let score =
+        json!({"model": "tiny", "prompt": "Hi", "echo": true, "max_tokens": 0, "logprobs": 0});
+    complete(&s, &gen, score.clone()).error(403);
+    let (_, scorer) = s.key("score", "tiny", &[]);
+    assert_eq!(complete(&s, &scorer, score).status, 200);
+
+    let models = get(&s.url, "/v1/models", Some(&gen)).json();
+    let names: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["tiny"]);
+
+    // Every request is audited, refusals included.
+    let audit = ok(run(&[
+        "audit",
+        "--state",
+        s.state.to_str().unwrap(),
+        "--json",
+        "--limit",
+        "100",
+    ]));
+    let statuses: Vec<u64> = audit
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["status"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    for code in [200, 401, 403, 404] {
+        assert!(statuses.contains(&code), "{code} missing from {statuses:?}");
+    }
+}
+
+#[test]
+fn revocation_takes_effect_on_the_next_request() {
+    let s = Server::start(&[]);
+    let (id, key) = s.key("generate", "*", &[]);
+    let req = json!({"prompt": "Hello", "max_tokens": 1});
+    assert_eq!(complete(&s, &key, req.clone()).status, 200);
+    ok(run(&[
+        "keys",
+        "revoke",
+        "--state",
+        s.state.to_str().unwrap(),
+        &id,
+    ]));
+    complete(&s, &key, req).error(401);
+    let list = ok(run(&["keys", "list", "--state", s.state.to_str().unwrap()]));
+    assert!(list.contains("REVOKED"), "{list}");
+    assert!(!list.contains(&key), "the secret must never be listed");
+}
+
+#[test]
+fn quotas_and_rates_answer_429_with_retry_after() {
+    let s = Server::start(&[]);
+    let (_, quota) = s.key("generate", "*", &["--tokens-per-day", "10"]);
+    let req = json!({"prompt": "Hello there", "max_tokens": 9});
+    assert_eq!(complete(&s, &quota, req.clone()).status, 200);
+    let r = complete(&s, &quota, req.clone());
+    assert_eq!(r.error(429)["error"]["code"], "quota_exceeded");
+    let wait: u64 = r.retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=86_400).contains(&wait));
+
+    let (_, rate) = s.key("generate", "*", &["--requests-per-minute", "2"]);
+    let small = json!({"prompt": "Hi", "max_tokens": 1});
+    for _ in 0..2 {
+        assert_eq!(complete(&s, &rate, small.clone()).status, 200);
+    }
+    let r = complete(&s, &rate, small);
+    assert_eq!(r.error(429)["error"]["code"], "rate_limit_exceeded");
+    assert!(r.retry_after.is_some());
+}
+
+#[test]
+fn completions_have_openai_shape_and_are_in_the_ledger_before_the_response() {
+    let s = Server::start(&[]);
+    let (id, key) = s.key("generate", "*", &[]);
+    let r = complete(
+        &s,
+        &key,
+        json!({"model": "tiny", "prompt": ["Once upon", "a time"], "n": 2, "max_tokens": 6,
+               "seed": 7, "logprobs": 2, "user": "u1"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["object"], "text_completion");
+    assert_eq!(v["model"], "tiny");
+    assert!(v["id"].as_str().unwrap().starts_with("cmpl-"));
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 4);
+    let tok = Tokenizer::gpt2();
+    let mut completion_tokens = 0;
+    // Read the ledger as soon as the response is in: every text is there.
+    let ledger = s.ledger();
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        let reason = c["finish_reason"].as_str().unwrap();
+        assert!(reason == "length" || reason == "stop");
+        let lp = &c["logprobs"];
+        let n = lp["tokens"].as_array().unwrap().len();
+        assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), n);
+        assert!(lp["top_logprobs"][0].as_object().unwrap().len() <= 2);
+        completion_tokens += n;
+        let text = c["text"].as_str().unwrap();
+        if !text.is_empty() {
+            let m = ledger.lookup(text).unwrap();
+            assert!(m.iter().any(|m| m.exact), "{text:?} not in the ledger");
+            let rec = ledger.get(m[0].record_id).unwrap().unwrap();
+            assert_eq!(rec.caller.as_deref(), Some(id.as_str()));
+            assert_eq!(rec.model.as_deref(), Some("tiny"));
+            assert_eq!(
+                rec.watermark_key_id.as_deref(),
+                v["provenance"]["watermark_key_id"].as_str()
+            );
+        }
+    }
+    let usage = &v["usage"];
+    let prompt_tokens =
+        tok.encode("Once upon").unwrap().len() + tok.encode("a time").unwrap().len();
+    assert_eq!(usage["prompt_tokens"], prompt_tokens);
+    assert_eq!(usage["completion_tokens"], completion_tokens);
+    assert_eq!(usage["total_tokens"], prompt_tokens + completion_tokens);
+
+    // Same seed, same text; a stop string cuts it and says "stop".
+    let greedy = json!({"model": "tiny", "prompt": "The", "max_tokens": 12, "temperature": 0});
+    let a = complete(&s, &key, greedy.clone()).json();
+    let text = a["choices"][0]["text"].as_str().unwrap().to_string();
+    assert_eq!(a["choices"][0]["finish_reason"], "length");
+    let b = complete(&s, &key, greedy.clone()).json();
+    assert_eq!(b["choices"][0]["text"], text.as_str());
+    let cut = text.char_indices().nth(text.chars().count() / 2).unwrap().0;
+    let stop: String = text[cut..].chars().take(3).collect();
+    let mut stopped = greedy;
+    stopped["stop"] = json!([stop]);
+    let c = complete(&s, &key, stopped).json();
+    assert_eq!(c["choices"][0]["finish_reason"], "stop");
+    let want = &text[..text.find(&stop).unwrap()];
+    assert_eq!(c["choices"][0]["text"], want);
+}
+
+#[test]
+fn a_stream_matches_the_plain_response_and_ends_with_done() {
+    let s = Server::start(&[]);
+    let (_, key) = s.key("generate", "*", &[]);
+    let req = json!({"prompt": "Once upon a time", "max_tokens": 20, "seed": 3, "n": 2});
+    let plain = complete(&s, &key, req.clone()).json();
+    let mut streamed = req;
+    streamed["stream"] = json!(true);
+    let r = complete(&s, &key, streamed);
+    assert_eq!(r.status, 200);
+    let ev = events(&r.body);
+    assert_eq!(ev.last().map(String::as_str), Some("[DONE]"));
+    let mut texts = [String::new(), String::new()];
+    let mut finishes = 0;
+    for e in &ev[..ev.len() - 1] {
+        let v: Value = serde_json::from_str(e).unwrap();
+        assert_eq!(v["object"], "text_completion");
+        for c in v["choices"].as_array().unwrap() {
+            let i = c["index"].as_u64().unwrap() as usize;
+            texts[i].push_str(c["text"].as_str().unwrap());
+            finishes += usize::from(c["finish_reason"].is_string());
+        }
+    }
+    assert_eq!(finishes, 2);
+    let ledger = s.ledger();
+    for (i, t) in texts.iter().enumerate() {
+        assert_eq!(plain["choices"][i]["text"], t.as_str());
+        assert!(ledger.lookup(t).unwrap().iter().any(|m| m.exact));
+    }
+}
+
+#[test]
+fn echo_with_logprobs_gives_the_scorers_values() {
+    let s = Server::start(&[]);
+    let (_, key) = s.key("score,generate", "*", &[]);
+    let prompt = "The quick brown fox jumps over the lazy dog.";
+    let v = complete(
+        &s,
+        &key,
+        json!({"prompt": prompt, "echo": true, "max_tokens": 0, "logprobs": 3}),
+    )
+    .json();
+    let c = &v["choices"][0];
+    assert_eq!(c["text"], prompt);
+    let model = Model::load_dir(&tiny_model()).unwrap();
+    let ids = Tokenizer::gpt2().encode(prompt).unwrap();
+    let want = Scorer::new(&model)
+        .score(&ids, Windowing::Rolling, 3)
+        .unwrap();
+    let got = c["logprobs"]["token_logprobs"].as_array().unwrap();
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        assert!(
+            (g.as_f64().unwrap() - w.logprob as f64).abs() < 1e-5,
+            "{g} vs {}",
+            w.logprob
+        );
+    }
+    // With generation too: the prompt's scores, then the new tokens.
+    let v = complete(
+        &s,
+        &key,
+        json!({"prompt": prompt, "echo": true, "max_tokens": 3, "logprobs": 0}),
+    )
+    .json();
+    let lp = &v["choices"][0]["logprobs"]["token_logprobs"];
+    assert_eq!(lp.as_array().unwrap().len(), ids.len() + 3);
+    assert!(v["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .starts_with(prompt));
+}
+
+#[test]
+fn bad_input_gets_a_4xx_json_error_never_a_crash() {
+    let s = Server::start(&["--max-body", "2000"]);
+    let key = s.admin();
+    let send = |body: &[u8]| post(&s.url, "/v1/completions", Some(&key), body);
+    send(b"{").error(400);
+    send(b"").error(400);
+    send(b"[]").error(400);
+    let e = send(br#"{"prompt": "a", "frequency_penalty": 1}"#).error(400);
+    assert!(e["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("unknown field"));
+    let e = send(br#"{"prompt": 5}"#).error(400);
+    assert_eq!(e["error"]["param"], "prompt");
+    assert_eq!(
+        send(br#"{"max_tokens": "5"}"#).error(400)["error"]["param"],
+        "max_tokens"
+    );
+    assert_eq!(
+        send(br#"{"max_tokens": 0}"#).error(400)["error"]["param"],
+        "max_tokens"
+    );
+    assert_eq!(
+        send(br#"{"max_tokens": -3}"#).error(400)["error"]["param"],
+        "max_tokens"
+    );
+    let e = send(br#"{"max_tokens": 1000000000000}"#).error(400);
+    assert_eq!(e["error"]["code"], "context_length_exceeded");
+    let long: Vec<u32> = vec![464; 200];
+    let e = send(json!({"prompt": long}).to_string().as_bytes()).error(400);
+    assert_eq!(e["error"]["code"], "context_length_exceeded");
+    send(br#"{"prompt": [99999999]}"#).error(400);
+    send(br#"{"temperature": -1}"#).error(400);
+    send(br#"{"top_p": 0}"#).error(400);
+    send(br#"{"n": 0}"#).error(400);
+    send(br#"{"logprobs": 6}"#).error(400);
+    send(br#"{"stop": ["a","b","c","d","e"]}"#).error(400);
+    send(b"{\"prompt\": \"caf\xe9\"}").error(400);
+    let big = format!("{{\"prompt\": \"{}\"}}", "a".repeat(5000));
+    send(big.as_bytes()).error(413);
+    post(&s.url, "/v1/detect", Some(&key), b"{\"text\": 1}").error(400);
+    post(&s.url, "/v1/watermark/detect", Some(&key), b"{}").error(400);
+    post(&s.url, "/v1/provenance/lookup", Some(&key), b"nope").error(400);
+    get(&s.url, "/v1/nothing", Some(&key)).error(404);
+    assert_eq!(get(&s.url, "/health", None).status, 200);
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    let s = Server::start(&["--slots", "1", "--queue", "1", "--step-delay-ms", "30"]);
+    let (_, key) = s.key("generate", "*", &[]);
+    // A holds the only slot for ~3 s; B waits in the queue; C finds it full.
+    let url = s.url.clone();
+    let k = key.clone();
+    let a = std::thread::spawn(move || {
+        let body = json!({"prompt": "A", "max_tokens": 100, "stream": true}).to_string();
+        let r = agent()
+            .post(format!("{url}/v1/completions"))
+            .header("Authorization", format!("Bearer {k}"))
+            .send(body.as_bytes())
+            .unwrap();
+        let mut all = String::new();
+        r.into_body()
+            .into_reader()
+            .read_to_string(&mut all)
+            .unwrap();
+        all
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let url = s.url.clone();
+    let k = key.clone();
+    let b = std::thread::spawn(move || {
+        post(
+            &url,
+            "/v1/completions",
+            Some(&k),
+            br#"{"prompt": "B", "max_tokens": 2}"#,
+        )
+        .status
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let c = complete(&s, &key, json!({"prompt": "C", "max_tokens": 2}));
+    assert_eq!(c.error(503)["error"]["code"], "overloaded");
+    assert_eq!(c.retry_after.as_deref(), Some("1"));
+    assert!(a.join().unwrap().ends_with("data: [DONE]\n\n"));
+    assert_eq!(b.join().unwrap(), 200);
+    let metrics = get(&s.url, "/metrics", Some(&s.admin())).body;
+    assert!(
+        metrics.contains("gpt2_requests_total{endpoint=\"/v1/completions\",status=\"503\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("gpt2_queue_depth 0"));
+    assert!(metrics.contains("gpt2_batch_sequences_bucket"));
+}
+
+#[test]
+fn completions_are_watermarked_unless_an_admin_opts_out() {
+    let s = Server::start(&[]);
+    let admin = s.admin();
+    let req = json!({"prompt": "The", "max_tokens": 100, "seed": 11});
+    let marked = complete(&s, &admin, req.clone()).json();
+    let mut plain_req = req;
+    plain_req["watermark"] = json!(false);
+    let plain = complete(&s, &admin, plain_req).json();
+    assert!(plain["provenance"]["watermark_key_id"].is_null());
+    let z = |v: &Value| {
+        let text = v["choices"][0]["text"].as_str().unwrap();
+        let d = post(
+            &s.url,
+            "/v1/watermark/detect",
+            Some(&admin),
+            json!({"text": text, "prompt": "The"})
+                .to_string()
+                .as_bytes(),
+        )
+        .json();
+        (
+            d["z_score"].as_f64().unwrap(),
+            d["decision"].as_str().unwrap().to_string(),
+        )
+    };
+    let (zm, dm) = z(&marked);
+    let (zp, _) = z(&plain);
+    assert_eq!(dm, "watermarked", "z = {zm}");
+    assert!(zp < 4.0, "unwatermarked text has z = {zp}");
+    let audit = ok(run(&[
+        "audit",
+        "--state",
+        s.state.to_str().unwrap(),
+        "--json",
+    ]));
+    assert!(
+        audit.contains("unwatermarked"),
+        "the opt-out is audited: {audit}"
+    );
+    // The same seed without the watermark is what `gpt2 generate` samples.
+    let cli = ok(run(&[
+        "generate",
+        "The",
+        "--model",
+        tiny_model().to_str().unwrap(),
+        "--max-tokens",
+        "100",
+        "--seed",
+        "11",
+        "--top-k",
+        "0",
+        "--json",
+    ]));
+    let cli: Value = serde_json::from_str(cli.trim()).unwrap();
+    assert_eq!(cli["samples"][0]["text"], plain["choices"][0]["text"]);
+    // And the detector endpoints answer.
+    let text = marked["choices"][0]["text"].as_str().unwrap();
+    let d = post(
+        &s.url,
+        "/v1/detect",
+        Some(&admin),
+        json!({"text": text}).to_string().as_bytes(),
+    )
+    .json();
+    assert_eq!(
+        d["tokens"].as_array().unwrap().len(),
+        Tokenizer::gpt2().encode(text).unwrap().len()
+    );
+    assert!(d["statistics"]["log_rank"].is_number());
+    let l = post(
+        &s.url,
+        "/v1/provenance/lookup",
+        Some(&admin),
+        json!({"text": text}).to_string().as_bytes(),
+    )
+    .json();
+    assert_eq!(l["matches"][0]["exact"], true);
+}
+
+#[test]
+fn sigterm_drains_the_requests_in_flight() {
+    let mut s = Server::start(&["--step-delay-ms", "20"]);
+    let (_, key) = s.key("generate", "*", &[]);
+    let url = s.url.clone();
+    let stream = std::thread::spawn(move || {
+        let body = json!({"prompt": "A", "max_tokens": 60, "stream": true}).to_string();
+        let r = agent()
+            .post(format!("{url}/v1/completions"))
+            .header("Authorization", format!("Bearer {key}"))
+            .send(body.as_bytes())
+            .unwrap();
+        let mut all = String::new();
+        r.into_body()
+            .into_reader()
+            .read_to_string(&mut all)
+            .unwrap();
+        all
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let pid = s.child.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let body = stream.join().unwrap();
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the server did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success());
+}
