@@ -510,7 +510,12 @@ async fn stream(
         while let Ok(e) = rx.try_recv() {
             events.push(e);
         }
-        let mut out = Vec::with_capacity(events.len());
+        // One event per choice per flush: the ledger record of a choice's
+        // text so far covers exactly what the client has once it has that
+        // event (a client never holds half a flush of one choice).
+        let mut pieces: std::collections::BTreeMap<usize, (String, Vec<TokenOut>)> =
+            Default::default();
+        let mut finishes = Vec::new();
         for e in events {
             match e {
                 Event::Piece {
@@ -523,18 +528,9 @@ async fn stream(
                     };
                     x.text.push_str(&text);
                     x.ids.extend(tokens.iter().map(|t| t.id));
-                    let lp = ctx.req.logprobs.map(|_| {
-                        let mut l = Logprobs {
-                            offset: offsets[index],
-                            ..Logprobs::default()
-                        };
-                        for t in &tokens {
-                            l.push(&tok, t.id, t.logprob, &t.top);
-                        }
-                        offsets[index] = l.offset;
-                        l
-                    });
-                    out.push(chunk(ctx, index, &text, lp.as_ref(), None));
+                    let p = pieces.entry(index).or_default();
+                    p.0.push_str(&text);
+                    p.1.extend(tokens);
                 }
                 Event::Done {
                     index,
@@ -548,10 +544,28 @@ async fn stream(
                     x.ids = tokens;
                     x.finish = Some(finish);
                     finished += 1;
-                    out.push(chunk(ctx, index, "", None, Some(finish)));
+                    finishes.push((index, finish));
                 }
                 Event::Failed(m) => return fail(tx, info, &m).await,
             }
+        }
+        let mut out = Vec::with_capacity(pieces.len() + finishes.len());
+        for (index, (text, tokens)) in pieces {
+            let lp = ctx.req.logprobs.map(|_| {
+                let mut l = Logprobs {
+                    offset: offsets[index],
+                    ..Logprobs::default()
+                };
+                for t in &tokens {
+                    l.push(&tok, t.id, t.logprob, &t.top);
+                }
+                offsets[index] = l.offset;
+                l
+            });
+            out.push(chunk(ctx, index, &text, lp.as_ref(), None));
+        }
+        for (index, finish) in finishes {
+            out.push(chunk(ctx, index, "", None, Some(finish)));
         }
         let fresh: Vec<usize> = (0..total)
             .filter(|&i| samples[i].text.len() > recorded[i])
