@@ -10,7 +10,8 @@ on one fixed-seed 124M-shape GPT-2, in one run on this machine.
 The checkpoint comes from tools/reference/gpt2_reference.py (std 0.02, the
 shapes of OpenAI's 124M); the same weights are written as GGUF at f32, f16,
 q8_0 and q4_0 with the `gguf` package (tensor names and layout as
-llama.cpp's convert_hf_to_gguf.py writes GPT-2). Each contender runs in its
+llama.cpp's convert_hf_to_gguf.py writes GPT-2) and by `gpt2 quantize` at
+f16, q8_0 and q4_0 for this project. Each contender runs in its
 own process (so its peak RSS is its own), contenders alternate, and each
 keeps its best of --repeat. Measured: prefill tokens/s at 512 and 1,024
 prompt tokens, decode tokens/s (128 greedy tokens after 32), time to first
@@ -30,6 +31,7 @@ BPE = os.path.join(ROOT, "..", "shared", "data", "bpe")
 GPT2 = os.path.join(ROOT, "target", "release", "gpt2")
 PROMPTS = (512, 1024)
 DECODE_PROMPT, DECODE_TOKENS = 32, 128
+PRECISIONS = ("f32", "f16", "q8_0", "q4_0")
 
 
 def checkpoint(out):
@@ -173,6 +175,13 @@ def ours(model_dir, threads):
     return out
 
 
+def quantized(model_dir, out, q):
+    """The checkpoint converted by `gpt2 quantize` (rewritten each run, so
+    it always matches the binary's format)."""
+    subprocess.run([GPT2, "quantize", model_dir, out, "--to", q, "--force"], check=True, capture_output=True)
+    return out
+
+
 def rss_of(cmd):
     """Runs cmd in a fresh Python parent so RUSAGE_CHILDREN is its own."""
     wrapper = ("import json,resource,subprocess,sys;o=subprocess.run(sys.argv[1:],check=True,capture_output=True,text=True).stdout;"
@@ -190,9 +199,11 @@ def main():
     ap.add_argument("--skip-torch", action="store_true")
     a = ap.parse_args()
     model = checkpoint(a.dir)
-    contenders = {"gpt2-rs f32": lambda: ours(model, a.threads)}
+    contenders = {}
     args = [str(a.threads), json.dumps(PROMPTS), str(DECODE_PROMPT), str(DECODE_TOKENS)]
-    for q in ("f32", "f16", "q8_0", "q4_0"):
+    for q in PRECISIONS:
+        ours_dir = model if q == "f32" else quantized(model, os.path.join(a.dir, f"gpt2rs-{q}"), q)
+        contenders[f"gpt2-rs {q}"] = (lambda d=ours_dir: ours(d, a.threads))
         path = write_gguf(model, os.path.join(a.dir, f"model-{q}.gguf"), q)
         contenders[f"llama.cpp {q}"] = (lambda p=path: rss_of([sys.executable, "-c", LLAMA_RUNNER, p] + args)[0])
     if not a.skip_torch:
@@ -206,18 +217,29 @@ def main():
             for k, v in r.items():
                 lower_better = k in ("time_to_first_token_s", "peak_rss_mb")
                 b[k] = min(b[k], v) if lower_better else max(b[k], v)
-    base = best["gpt2-rs f32"]
     cols = ["prefill_512_tokens_per_s", "prefill_1024_tokens_per_s", "decode_tokens_per_s", "time_to_first_token_s", "peak_rss_mb"]
     print(f"124M shape, {a.threads} threads, best of {a.repeat}")
-    print("| contender | prefill 512 tok/s | prefill 1024 tok/s | decode tok/s | TTFT (32 tokens) ms | peak RSS MB | decode: gpt2-rs f32 / this |")
-    print("|---|---|---|---|---|---|---|")
+    print("| contender | prefill 512 tok/s | prefill 1024 tok/s | decode tok/s | TTFT (32 tokens) ms | peak RSS MB |")
+    print("|---|---|---|---|---|---|")
     for name, r in best.items():
-        print(f"| {name} | {r[cols[0]]:.1f} | {r[cols[1]]:.1f} | {r[cols[2]]:.1f} | {1000 * r[cols[3]]:.1f} | {r[cols[4]]:.0f} | "
-              f"{base['decode_tokens_per_s'] / r['decode_tokens_per_s']:.2f} |")
-    print(f"gpt2-rs measured read bandwidth {base['memory_bandwidth_gb_s']:.1f} GB/s: f32 decode bound "
-          f"{base['decode_bound_tokens_per_s']:.1f} tok/s, gpt2-rs at {100 * base['decode_tokens_per_s'] / base['decode_bound_tokens_per_s']:.0f}%")
+        print(f"| {name} | {r[cols[0]]:.1f} | {r[cols[1]]:.1f} | {r[cols[2]]:.1f} | {1000 * r[cols[3]]:.1f} | {r[cols[4]]:.0f} |")
+    print()
+    print("gpt2-rs / llama.cpp at the same precision (above 1 is better for gpt2-rs; RSS: below 1 is better)")
+    print("| precision | prefill 512 | prefill 1024 | decode | peak RSS | gpt2-rs decode, % of its bandwidth bound |")
+    print("|---|---|---|---|---|---|")
+    ratios = {}
+    for q in PRECISIONS:
+        o, l = best[f"gpt2-rs {q}"], best[f"llama.cpp {q}"]
+        r = {c: o[c] / l[c] for c in cols if c != "time_to_first_token_s"}
+        r["decode_percent_of_bound"] = 100 * o["decode_tokens_per_s"] / o["decode_bound_tokens_per_s"]
+        ratios[q] = r
+        print(f"| {q} | {r[cols[0]]:.2f}x | {r[cols[1]]:.2f}x | {r[cols[2]]:.2f}x | {r[cols[4]]:.2f} | "
+              f"{r['decode_percent_of_bound']:.0f}% of {o['decode_bound_tokens_per_s']:.1f} |")
+    bw = [best[f"gpt2-rs {q}"]["memory_bandwidth_gb_s"] for q in PRECISIONS]
+    print(f"read bandwidth measured by gpt2 bench (best of 10 scans of 1 GiB, 2 threads): {min(bw):.1f} to {max(bw):.1f} GB/s over the runs")
     if a.json:
-        json.dump({"threads": a.threads, "repeat": a.repeat, "results": best}, open(a.json, "w"), indent=2)
+        json.dump({"threads": a.threads, "repeat": a.repeat, "results": best, "ratios_vs_llama_cpp": ratios},
+                  open(a.json, "w"), indent=2)
 
 
 if __name__ == "__main__":

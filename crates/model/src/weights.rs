@@ -356,7 +356,9 @@ impl Loader<'_> {
         } else {
             cols
         };
-        if view.shape() != [rows, stored_cols] || (format.is_blocked() && cols % BLOCK != 0) {
+        if view.shape() != [rows, stored_cols]
+            || (format.is_blocked() && !cols.is_multiple_of(BLOCK))
+        {
             return Err(err(format!(
                 "shape {:?} does not match {} of a {rows}x{cols} matrix ({})",
                 view.shape(),

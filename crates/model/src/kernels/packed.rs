@@ -10,6 +10,9 @@
 //! Each kernel exists as a scalar version and as AVX2 (+FMA, F16C) and
 //! AVX-512 (+VNNI) versions chosen at run time; the tests compare them.
 
+// The kernels index parallel accumulator arrays by the same loop counter.
+#![allow(clippy::needless_range_loop)]
+
 use super::simd::{level, Level};
 use super::{column_chunks, gemm_parallelism, DisjointPtr, SKINNY_MAX_ROWS};
 #[cfg(test)]
@@ -406,12 +409,13 @@ pub mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<0x55>(s, s)))
     }
 
+    /// Each row's two partial sums added and reduced to one number.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn hsums<const R: usize>(acc: [__m256; R]) -> [f32; R] {
+    pub(super) fn hsums2<const R: usize>(acc: [[__m256; 2]; R]) -> [f32; R] {
         let mut out = [0f32; R];
         for i in 0..R {
-            out[i] = hsum(acc[i]);
+            out[i] = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
         }
         out
     }
@@ -435,39 +439,44 @@ pub mod avx2 {
     fn dot_halves<const R: usize>(x: &[f32], w: [&[u8]; R], f16: bool) -> [f32; R] {
         let n = x.len();
         assert!(w.iter().all(|w| w.len() >= 2 * n));
-        let mut acc = [_mm256_setzero_ps(); R];
+        // Two sums per row, so consecutive FMAs do not wait on each other.
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
         let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: i + 8 <= n, inside x and (asserted) every weight row.
-            let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(i)) };
-            for r in 0..R {
-                // SAFETY: as above.
-                let wv = unsafe { load_halves(w[r].as_ptr().add(2 * i), f16) };
-                acc[r] = _mm256_fmadd_ps(xv, wv, acc[r]);
+        while i + 16 <= n {
+            for h in 0..2 {
+                let at = i + 8 * h;
+                // SAFETY: at + 8 <= n, inside x and (asserted) every row.
+                let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(at)) };
+                for r in 0..R {
+                    // SAFETY: as above.
+                    let wv = unsafe { load_halves(w[r].as_ptr().add(2 * at), f16) };
+                    acc[r][h] = _mm256_fmadd_ps(xv, wv, acc[r][h]);
+                }
             }
-            i += 8;
+            i += 16;
         }
-        let mut out = hsums(acc);
-        if i < n {
-            let tail: [&[u8]; R] = std::array::from_fn(|r| &w[r][2 * i..2 * n]);
-            let rest = if f16 {
-                super::scalar::dot_f16(&x[i..], tail)
-            } else {
-                super::scalar::dot_bf16(&x[i..], tail)
-            };
-            for r in 0..R {
-                out[r] += rest[r];
-            }
+        let tail: [&[u8]; R] = std::array::from_fn(|r| &w[r][2 * i..2 * n]);
+        let mut out = if f16 {
+            super::scalar::dot_f16(&x[i..], tail)
+        } else {
+            super::scalar::dot_bf16(&x[i..], tail)
+        };
+        for r in 0..R {
+            out[r] += hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
         }
         out
     }
 
+    /// # Safety
+    /// The CPU must have this module\'s instruction sets.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub fn dot_f16<const R: usize>(x: &[f32], w: [&[u8]; R]) -> [f32; R] {
         dot_halves(x, w, true)
     }
 
+    /// # Safety
+    /// The CPU must have this module\'s instruction sets.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub fn dot_bf16<const R: usize>(x: &[f32], w: [&[u8]; R]) -> [f32; R] {
@@ -502,49 +511,69 @@ pub mod avx2 {
         _mm256_zextsi128_si256(_mm_cvtsi32_si128(-8 * sum))
     }
 
+    /// # Safety
+    /// The CPU must have this module\'s instruction sets.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub fn dot_q8<const R: usize>(x: QRow<'_>, w: [&[u8]; R], wd: [&[f32]; R]) -> [f32; R] {
         let blocks = check_block_rows(x, &w, &wd, BLOCK);
-        let mut acc = [_mm256_setzero_ps(); R];
-        for b in 0..blocks {
-            // SAFETY: block b lies inside every row (checked above).
-            let xv = unsafe { _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i) };
-            for r in 0..R {
-                // SAFETY: as above.
-                let wv =
-                    unsafe { _mm256_loadu_si256(w[r].as_ptr().add(b * BLOCK) as *const __m256i) };
-                let sums = _mm256_cvtepi32_ps(q8_block_sums(wv, xv));
-                acc[r] = _mm256_fmadd_ps(sums, _mm256_set1_ps(wd[r][b] * x.d[b]), acc[r]);
+        // Two sums per row, even and odd blocks: with one, every block's
+        // FMA waited on the previous one, and that latency bounded decode.
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let mut b = 0;
+        while b < blocks {
+            for h in 0..2.min(blocks - b) {
+                let b = b + h;
+                // SAFETY: block b lies inside every row (checked above).
+                let xv =
+                    unsafe { _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i) };
+                for r in 0..R {
+                    // SAFETY: as above.
+                    let wv = unsafe {
+                        _mm256_loadu_si256(w[r].as_ptr().add(b * BLOCK) as *const __m256i)
+                    };
+                    let sums = q8_block_sums(wv, xv);
+                    let scale = _mm256_set1_ps(wd[r][b] * x.d[b]);
+                    acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[r][h]);
+                }
             }
+            b += 2;
         }
-        hsums(acc)
+        hsums2(acc)
     }
 
+    /// # Safety
+    /// The CPU must have this module\'s instruction sets.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub fn dot_q4<const R: usize>(x: QRow<'_>, w: [&[u8]; R], wd: [&[f32]; R]) -> [f32; R] {
         let blocks = check_block_rows(x, &w, &wd, BLOCK / 2);
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); R];
-        for b in 0..blocks {
-            // SAFETY: block b lies inside every row (checked above).
-            let xv = unsafe { _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i) };
-            let offset = q4_offset(x.sum[b]);
-            for r in 0..R {
-                // SAFETY: as above.
-                let bytes =
-                    unsafe { _mm_loadu_si128(w[r].as_ptr().add(b * BLOCK / 2) as *const __m128i) };
-                let products = _mm256_maddubs_epi16(q4_nibbles(bytes), xv);
-                let sums = _mm256_add_epi32(_mm256_madd_epi16(products, ones), offset);
-                acc[r] = _mm256_fmadd_ps(
-                    _mm256_cvtepi32_ps(sums),
-                    _mm256_set1_ps(wd[r][b] * x.d[b]),
-                    acc[r],
-                );
+        // Two sums per row, even and odd blocks: with one, every block's
+        // FMA waited on the previous one, and that latency bounded decode.
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let mut b = 0;
+        while b < blocks {
+            for h in 0..2.min(blocks - b) {
+                let b = b + h;
+                // SAFETY: block b lies inside every row (checked above).
+                let xv =
+                    unsafe { _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i) };
+                let offset = q4_offset(x.sum[b]);
+                for r in 0..R {
+                    // SAFETY: as above.
+                    let bytes = unsafe {
+                        _mm_loadu_si128(w[r].as_ptr().add(b * BLOCK / 2) as *const __m128i)
+                    };
+                    let products = _mm256_maddubs_epi16(q4_nibbles(bytes), xv);
+                    let sums = _mm256_add_epi32(_mm256_madd_epi16(products, ones), offset);
+                    let scale = _mm256_set1_ps(wd[r][b] * x.d[b]);
+                    acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[r][h]);
+                }
             }
+            b += 2;
         }
-        hsums(acc)
+        hsums2(acc)
     }
 
     /// Row `j` of `w` widened to f32.
@@ -617,7 +646,7 @@ pub mod avx2 {
 /// and q4_0 on 256-bit registers, one block per register.
 #[cfg(target_arch = "x86_64")]
 pub mod avx512 {
-    use super::avx2::{hsums, q4_nibbles, q4_offset};
+    use super::avx2::{hsums2, q4_nibbles, q4_offset};
     use super::{check_block_rows, QRow};
     use crate::packed::{Format, BLOCK};
     use std::arch::x86_64::*;
@@ -627,23 +656,21 @@ pub mod avx512 {
     fn dot_halves<const R: usize>(x: &[f32], w: [&[u8]; R], f16: bool) -> [f32; R] {
         let n = x.len();
         assert!(w.iter().all(|w| w.len() >= 2 * n));
-        let mut acc = [_mm512_setzero_ps(); R];
+        // Two sums per row, so consecutive FMAs do not wait on each other.
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
         let mut i = 0;
-        while i + 16 <= n {
-            // SAFETY: i + 16 <= n, inside x and (asserted) every weight row.
-            let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(i)) };
-            for r in 0..R {
-                // SAFETY: as above.
-                let half =
-                    unsafe { _mm256_loadu_si256(w[r].as_ptr().add(2 * i) as *const __m256i) };
-                let wv = if f16 {
-                    _mm512_cvtph_ps(half)
-                } else {
-                    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(half)))
-                };
-                acc[r] = _mm512_fmadd_ps(xv, wv, acc[r]);
+        while i + 32 <= n {
+            for h in 0..2 {
+                let at = i + 16 * h;
+                // SAFETY: at + 16 <= n, inside x and (asserted) every row.
+                let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(at)) };
+                for r in 0..R {
+                    // SAFETY: as above.
+                    let wv = unsafe { load_halves16(w[r].as_ptr().add(2 * at), f16) };
+                    acc[r][h] = _mm512_fmadd_ps(xv, wv, acc[r][h]);
+                }
             }
-            i += 16;
+            i += 32;
         }
         let tail: [&[u8]; R] = std::array::from_fn(|r| &w[r][2 * i..2 * n]);
         let mut out = if f16 {
@@ -652,72 +679,102 @@ pub mod avx512 {
             super::avx2::dot_bf16(&x[i..], tail)
         };
         for r in 0..R {
-            out[r] += _mm512_reduce_add_ps(acc[r]);
+            out[r] += _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
         }
         out
     }
 
+    /// Sixteen weights at `p` widened to f32 (see `avx2::load_halves`).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+    unsafe fn load_halves16(p: *const u8, f16: bool) -> __m512 {
+        // SAFETY: the caller guarantees 32 readable bytes at p.
+        let half = unsafe { _mm256_loadu_si256(p as *const __m256i) };
+        if f16 {
+            _mm512_cvtph_ps(half)
+        } else {
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(half)))
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have this module\'s instruction sets.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub fn dot_f16<const R: usize>(x: &[f32], w: [&[u8]; R]) -> [f32; R] {
         dot_halves(x, w, true)
     }
 
+    /// # Safety
+    /// The CPU must have this module\'s instruction sets.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub fn dot_bf16<const R: usize>(x: &[f32], w: [&[u8]; R]) -> [f32; R] {
         dot_halves(x, w, false)
     }
 
+    /// # Safety
+    /// The CPU must have this module\'s instruction sets.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub fn dot_q8<const R: usize>(x: QRow<'_>, w: [&[u8]; R], wd: [&[f32]; R]) -> [f32; R] {
         let blocks = check_block_rows(x, &w, &wd, BLOCK);
-        let mut acc = [_mm256_setzero_ps(); R];
-        for b in 0..blocks {
-            // SAFETY: block b lies inside every row (checked above).
-            let xv = unsafe { _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i) };
-            for r in 0..R {
-                // SAFETY: as above.
-                let wv =
-                    unsafe { _mm256_loadu_si256(w[r].as_ptr().add(b * BLOCK) as *const __m256i) };
-                let sums = _mm256_dpbusd_epi32(
-                    _mm256_setzero_si256(),
-                    _mm256_sign_epi8(wv, wv),
-                    _mm256_sign_epi8(xv, wv),
-                );
-                acc[r] = _mm256_fmadd_ps(
-                    _mm256_cvtepi32_ps(sums),
-                    _mm256_set1_ps(wd[r][b] * x.d[b]),
-                    acc[r],
-                );
+        // Two sums per row, even and odd blocks: with one, every block's
+        // FMA waited on the previous one, and that latency bounded decode.
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let mut b = 0;
+        while b < blocks {
+            for h in 0..2.min(blocks - b) {
+                let b = b + h;
+                // SAFETY: block b lies inside every row (checked above).
+                let xv =
+                    unsafe { _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i) };
+                for r in 0..R {
+                    // SAFETY: as above.
+                    let wv = unsafe {
+                        _mm256_loadu_si256(w[r].as_ptr().add(b * BLOCK) as *const __m256i)
+                    };
+                    let (aw, sx) = (_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+                    let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx);
+                    let scale = _mm256_set1_ps(wd[r][b] * x.d[b]);
+                    acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[r][h]);
+                }
             }
+            b += 2;
         }
-        hsums(acc)
+        hsums2(acc)
     }
 
+    /// # Safety
+    /// The CPU must have this module\'s instruction sets.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
     pub fn dot_q4<const R: usize>(x: QRow<'_>, w: [&[u8]; R], wd: [&[f32]; R]) -> [f32; R] {
         let blocks = check_block_rows(x, &w, &wd, BLOCK / 2);
-        let mut acc = [_mm256_setzero_ps(); R];
-        for b in 0..blocks {
-            // SAFETY: block b lies inside every row (checked above).
-            let xv = unsafe { _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i) };
-            let offset = q4_offset(x.sum[b]);
-            for r in 0..R {
-                // SAFETY: as above.
-                let bytes =
-                    unsafe { _mm_loadu_si128(w[r].as_ptr().add(b * BLOCK / 2) as *const __m128i) };
-                let sums = _mm256_dpbusd_epi32(offset, q4_nibbles(bytes), xv);
-                acc[r] = _mm256_fmadd_ps(
-                    _mm256_cvtepi32_ps(sums),
-                    _mm256_set1_ps(wd[r][b] * x.d[b]),
-                    acc[r],
-                );
+        // Two sums per row, even and odd blocks: with one, every block's
+        // FMA waited on the previous one, and that latency bounded decode.
+        let mut acc = [[_mm256_setzero_ps(); 2]; R];
+        let mut b = 0;
+        while b < blocks {
+            for h in 0..2.min(blocks - b) {
+                let b = b + h;
+                // SAFETY: block b lies inside every row (checked above).
+                let xv =
+                    unsafe { _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i) };
+                let offset = q4_offset(x.sum[b]);
+                for r in 0..R {
+                    // SAFETY: as above.
+                    let bytes = unsafe {
+                        _mm_loadu_si128(w[r].as_ptr().add(b * BLOCK / 2) as *const __m128i)
+                    };
+                    let sums = _mm256_dpbusd_epi32(offset, q4_nibbles(bytes), xv);
+                    let scale = _mm256_set1_ps(wd[r][b] * x.d[b]);
+                    acc[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[r][h]);
+                }
             }
+            b += 2;
         }
-        hsums(acc)
+        hsums2(acc)
     }
 
     chunk_loop!(#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]);
