@@ -471,6 +471,39 @@ fn bad_input_gets_a_4xx_json_error_never_a_crash() {
 }
 
 #[test]
+fn slow_clients_are_cut_off() {
+    use std::io::Write;
+    let s = Server::start(&["--header-timeout", "1", "--body-timeout", "1"]);
+    let key = s.admin();
+    let addr = s.url.trim_start_matches("http://").to_string();
+    // Headers that never finish: the connection is closed after 1 s.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let t = Instant::now();
+    let mut buf = Vec::new();
+    let _ = slow.read_to_end(&mut buf);
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "the connection stayed open"
+    );
+    // A body that never finishes: 408 with a JSON error.
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    let head = format!(
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Length: 100\r\n\r\n{{\"prompt\""
+    );
+    slow.write_all(head.as_bytes()).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut reply = String::new();
+    let _ = slow.read_to_string(&mut reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains("\"body_timeout\""), "{reply}");
+    assert_eq!(get(&s.url, "/health", None).status, 200);
+}
+
+#[test]
 fn a_full_queue_answers_503_with_retry_after() {
     let s = Server::start(&["--slots", "1", "--queue", "1", "--step-delay-ms", "30"]);
     let (_, key) = s.key("generate", "*", &[]);

@@ -56,6 +56,13 @@ struct Driver {
     base: String,
 }
 
+impl Drop for Driver {
+    /// Ends the session, pass or fail, so chromedriver closes the browser.
+    fn drop(&mut self) {
+        let _ = agent().delete(&self.base).call();
+    }
+}
+
 impl Driver {
     fn call(&self, method: &str, path: &str, body: Value) -> Value {
         let url = format!("{}{path}", self.base);
@@ -259,7 +266,6 @@ fn the_page_streams_text_and_colours_a_checked_text() {
     let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-page.png");
     std::fs::write(&out, png).unwrap();
     println!("screenshot: {}", out.display());
-    d.call("DELETE", "", json!({}));
 }
 
 /// Standard base64 (the screenshot), without a dependency.

@@ -34,6 +34,9 @@ pub struct Args {
     /// Seconds a client has to send its request body.
     #[arg(long, default_value_t = 30)]
     body_timeout: u64,
+    /// Seconds a client has to send its request line and headers.
+    #[arg(long, default_value_t = 10)]
+    header_timeout: u64,
     /// Detector thresholds (`gpt2 detect calibrate`) for the verdict of
     /// /v1/detect.
     #[arg(long)]
@@ -89,6 +92,7 @@ pub fn run(a: Args) -> Result<()> {
         threads: rayon::current_num_threads(),
         body_limit: a.max_body,
         body_timeout: Duration::from_secs(a.body_timeout.max(1)),
+        header_timeout: Duration::from_secs(a.header_timeout.max(1)),
         step_delay: Duration::from_millis(a.step_delay_ms),
         thresholds,
         on_listening: Box::new(move |addr| {

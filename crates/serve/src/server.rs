@@ -57,6 +57,9 @@ pub struct ServeConfig {
     pub threads: usize,
     pub body_limit: usize,
     pub body_timeout: Duration,
+    /// Time a client has to send its request line and headers (against
+    /// slow-header clients holding connections open).
+    pub header_timeout: Duration,
     pub step_delay: Duration,
     pub thresholds: Option<Thresholds>,
     /// Called with the bound address once the server accepts connections.
@@ -504,6 +507,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         .build()
         .map_err(io)?;
     let addr = config.addr;
+    let header_timeout = config.header_timeout;
     let on_listening = config.on_listening;
     let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -511,10 +515,8 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
             .map_err(|e| ServeError::Io(format!("cannot listen on {addr}: {e}")))?;
         let bound = listener.local_addr().map_err(io)?;
         on_listening(bound);
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(io)
+        serve(listener, router(state), header_timeout).await;
+        Ok(())
     });
     // The router (and with it every queue and recorder handle) is gone:
     // the engines finish what they hold, then the ledger writer drains.
@@ -524,6 +526,39 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     }
     let _ = recorder_thread.join();
     result
+}
+
+/// Accepts connections until the shutdown signal, then waits for the
+/// connections in flight (idle keep-alive ones are closed at once).
+/// axum's own `serve` has no header timeout, hence hyper directly.
+async fn serve(listener: tokio::net::TcpListener, app: Router, header_timeout: Duration) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else {
+                    // Out of file descriptors and the like: wait, go on.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let conn = http.serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            _ = &mut signal => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 async fn shutdown_signal() {
