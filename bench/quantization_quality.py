@@ -34,10 +34,30 @@ def wikitext(model):
             "bits_per_byte": r["bits_per_byte,none"]}
 
 
+def print_table(rows):
+    base = rows["f32"]["wikitext"]
+    q8 = rows["q8_0"]["check"]
+    print(f"default model; against f32 on {os.path.basename(q8['file'])} ({q8['tokens']} tokens, held out from training);"
+          " WikiText-2 raw test with lm-eval's wikitext task")
+    print("| format | weights MB | mean abs delta logprob | max abs delta logprob | top-1 agreement | held-out ppl | WikiText-2 word ppl | byte ppl | bits/byte |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(f"| f32 | {rows['q8_0']['weight_bytes_before'] / 1e6:.1f} | 0 | 0 | 100% | {q8['perplexity_before']:.3f} | "
+          f"{base['word_perplexity']:.2f} | {base['byte_perplexity']:.4f} | {base['bits_per_byte']:.4f} |")
+    for f in ("f16", "bf16", "q8_0", "q4_0"):
+        r, c, w = rows[f], rows[f]["check"], rows[f]["wikitext"]
+        print(f"| {f} | {r['weight_bytes_after'] / 1e6:.1f} | {c['mean_abs_delta_logprob']:.2e} | {c['max_abs_delta_logprob']:.2e} | "
+              f"{100 * c['top1_agreement']:.2f}% | {c['perplexity_after']:.3f} | {w['word_perplexity']:.2f} | "
+              f"{w['byte_perplexity']:.4f} | {w['bits_per_byte']:.4f} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json")
+    ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--table", metavar="JSON", help="only print the table of a saved --json")
     a = ap.parse_args()
+    if a.table:
+        print_table(json.load(open(a.table)))
+        return
     rows = {"f32": {"wikitext": wikitext("default")}}
     with tempfile.TemporaryDirectory() as tmp:
         for f in ("f16", "bf16", "q8_0", "q4_0"):
@@ -45,17 +65,7 @@ def main():
             r = run_json("quantize", "default", d, "--to", f, "--check", HELD_OUT, "--json")
             r["wikitext"] = wikitext(d)
             rows[f] = r
-    base = rows["f32"]["wikitext"]
-    print("default model; |delta logprob| and top-1 agreement against f32 on", os.path.basename(HELD_OUT),
-          f"({rows['q8_0']['check']['tokens']} tokens); WikiText-2 raw test, lm-eval's wikitext")
-    print("| format | weights MB | mean abs delta logprob | max abs delta logprob | top-1 agreement | WikiText-2 word ppl | byte ppl | bits/byte |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| f32 | {rows['q8_0']['weight_bytes_before'] / 1e6:.1f} | 0 | 0 | 100% | {base['word_perplexity']:.2f} | "
-          f"{base['byte_perplexity']:.4f} | {base['bits_per_byte']:.4f} |")
-    for f in ("f16", "bf16", "q8_0", "q4_0"):
-        r, c, w = rows[f], rows[f]["check"], rows[f]["wikitext"]
-        print(f"| {f} | {r['weight_bytes_after'] / 1e6:.1f} | {c['mean_abs_delta_logprob']:.2e} | {c['max_abs_delta_logprob']:.2e} | "
-              f"{100 * c['top1_agreement']:.2f}% | {w['word_perplexity']:.2f} | {w['byte_perplexity']:.4f} | {w['bits_per_byte']:.4f} |")
+    print_table(rows)
     if a.json:
         json.dump(rows, open(a.json, "w"), indent=2)
 
