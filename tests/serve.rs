@@ -325,6 +325,16 @@ fn completions_have_openai_shape_and_are_in_the_ledger_before_the_response() {
             );
         }
     }
+    let audit = ok(run(&[
+        "audit",
+        "--state",
+        s.state.to_str().unwrap(),
+        "--json",
+    ]));
+    assert!(
+        audit.contains("user=u1"),
+        "the end user is audited: {audit}"
+    );
     let usage = &v["usage"];
     let prompt_tokens =
         tok.encode("Once upon").unwrap().len() + tok.encode("a time").unwrap().len();
@@ -629,6 +639,11 @@ fn completions_are_watermarked_unless_an_admin_opts_out() {
     )
     .json();
     assert_eq!(l["matches"][0]["exact"], true);
+    assert_eq!(l["matches"][0]["model"], "tiny");
+    assert!(l["matches"][0]["caller"]
+        .as_str()
+        .unwrap()
+        .starts_with("key_"));
 }
 
 #[test]
@@ -671,4 +686,53 @@ fn sigterm_drains_the_requests_in_flight() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success());
+}
+
+#[test]
+fn batching_does_not_change_the_text() {
+    // 4 slots for 8 requests of different lengths: requests queue, join a
+    // running batch (prefill beside decode steps) and leave it at
+    // different steps; each must get the text it gets alone.
+    let s = Server::start(&["--slots", "4"]);
+    let (_, key) = s.key("generate", "*", &[]);
+    let reqs: Vec<Value> = (0..8)
+        .map(|i| {
+            json!({"prompt": format!("Request number {i} says"), "seed": 100 + i,
+                   "max_tokens": 5 + 7 * i, "n": 1 + i % 2})
+        })
+        .collect();
+    let texts = |v: Value| -> Vec<String> {
+        v["choices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let alone: Vec<Vec<String>> = reqs
+        .iter()
+        .map(|r| texts(complete(&s, &key, r.clone()).json()))
+        .collect();
+    let together: Vec<Vec<String>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = reqs
+            .iter()
+            .map(|r| scope.spawn(|| texts(complete(&s, &key, r.clone()).json())))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(alone, together);
+    let metrics = get(&s.url, "/metrics", Some(&s.admin())).body;
+    let batched = metrics
+        .lines()
+        .find(|l| l.starts_with("gpt2_batch_sequences_bucket{le=\"1\"}"))
+        .unwrap();
+    let total = metrics
+        .lines()
+        .find(|l| l.starts_with("gpt2_batch_sequences_count"))
+        .unwrap();
+    assert_ne!(
+        batched.split(' ').nth(1),
+        total.split(' ').nth(1),
+        "some forward passes held several sequences"
+    );
 }

@@ -91,6 +91,15 @@ async fn handle(
         info.note = Some("unwatermarked".into());
     }
     s.check_limits(&key)?;
+    if let Some(user) = &req.user {
+        // The end user the key holder names, for the audit trail.
+        let note = info
+            .note
+            .take()
+            .map(|n| format!("{n}; "))
+            .unwrap_or_default();
+        info.note = Some(format!("{note}user={user}"));
+    }
     let prompts = tokenize(s, entry, &req)?;
     info.prompt_tokens = prompts.iter().map(|p| p.len() as u64).sum();
     s.metrics

@@ -300,14 +300,30 @@ impl AppState {
             .map_err(|e| internal(&format!("a scoring task failed: {e}")))
     }
 
-    pub fn lookup(
-        &self,
-        text: &str,
-        min_score: f64,
-    ) -> Result<Vec<gpt2_provenance::ledger::Match>, ApiError> {
-        lock(&self.ledger_reader)
+    /// Ledger matches of `text`, each with its record's provenance (never
+    /// the stored text).
+    pub fn lookup(&self, text: &str, min_score: f64) -> Result<Vec<serde_json::Value>, ApiError> {
+        let ledger = lock(&self.ledger_reader);
+        let matches = ledger
             .lookup_with(text, min_score)
-            .map_err(|e| ApiError::invalid(e.to_string()))
+            .map_err(|e| internal(&e.to_string()))?;
+        matches
+            .iter()
+            .map(|m| {
+                let r = ledger
+                    .get(m.record_id)
+                    .map_err(|e| internal(&e.to_string()))?;
+                Ok(serde_json::json!({
+                    "record_id": m.record_id,
+                    "score": m.score,
+                    "exact": m.exact,
+                    "created": r.as_ref().map(|r| r.created),
+                    "caller": r.as_ref().and_then(|r| r.caller.clone()),
+                    "model": r.as_ref().and_then(|r| r.model.clone()),
+                    "watermark_key_id": r.as_ref().and_then(|r| r.watermark_key_id.clone()),
+                }))
+            })
+            .collect()
     }
 }
 
