@@ -736,3 +736,88 @@ fn batching_does_not_change_the_text() {
         "some forward passes held several sequences"
     );
 }
+
+/// Sends completions back to back (streaming or not) until the server
+/// dies; returns every text received, including what a stream cut by the
+/// kill had delivered in whole events.
+fn client_until_dead(url: String, key: String, stream: bool, seed: u64) -> Vec<String> {
+    let mut received = Vec::new();
+    for i in 0.. {
+        let body = json!({"prompt": "Once", "max_tokens": 40, "seed": seed * 1000 + i,
+                          "stream": stream});
+        let Ok(r) = agent()
+            .post(format!("{url}/v1/completions"))
+            .header("Authorization", format!("Bearer {key}"))
+            .send(body.to_string().as_bytes())
+        else {
+            break;
+        };
+        if r.status() != 200 {
+            continue;
+        }
+        let mut text = String::new();
+        let mut reader = BufReader::new(r.into_body().into_reader());
+        let mut event = String::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            if line == "\n" {
+                // A whole event: only now has the client seen it.
+                if let Some(data) = event.strip_prefix("data: ") {
+                    if let Ok(v) = serde_json::from_str::<Value>(data.trim_end()) {
+                        for c in v["choices"].as_array().into_iter().flatten() {
+                            text.push_str(c["text"].as_str().unwrap_or_default());
+                        }
+                    }
+                }
+                event.clear();
+            } else {
+                event.push_str(&line);
+            }
+        }
+        if !stream && !event.is_empty() {
+            if let Ok(v) = serde_json::from_str::<Value>(&event) {
+                text = v["choices"][0]["text"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+        }
+        if !text.is_empty() {
+            received.push(text);
+        }
+    }
+    received
+}
+
+#[test]
+fn after_kill_9_under_load_every_text_received_is_in_the_ledger() {
+    let mut s = Server::start(&["--step-delay-ms", "2"]);
+    let (_, key) = s.key("generate", "*", &[]);
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let (url, key) = (s.url.clone(), key.clone());
+            std::thread::spawn(move || client_until_dead(url, key, i % 2 == 0, i))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.child.kill().unwrap(); // SIGKILL
+    s.child.wait().unwrap();
+    let received: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .collect();
+    println!("{} texts received before the kill", received.len());
+    assert!(received.len() >= 8, "too little load: {}", received.len());
+    let ledger = s.ledger();
+    for t in &received {
+        assert!(
+            ledger.lookup(t).unwrap().iter().any(|m| m.exact),
+            "{t:?} was received but is not in the ledger"
+        );
+    }
+}
