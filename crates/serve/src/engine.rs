@@ -565,9 +565,13 @@ fn emit(s: &mut Seq, run: &Running) {
         s.text.len() - held
     };
     if end > s.emitted || !s.pending.is_empty() {
+        // Text already sent is never cut (a stop string's start is always
+        // held back), so `emitted <= end`; `get` keeps a mistake here from
+        // becoming a panic.
+        let text = s.text.get(s.emitted..end).unwrap_or_default().to_string();
         let _ = run.job.events.send(Event::Piece {
             index: run.job.index_base + s.index,
-            text: s.text[s.emitted..end.max(s.emitted)].to_string(),
+            text,
             tokens: std::mem::take(&mut s.pending),
         });
         s.emitted = end.max(s.emitted);

@@ -74,7 +74,8 @@ fn write_loop(mut ledger: Ledger, rx: Receiver<(Vec<NewRecord>, Ack)>, metrics: 
                     .fetch_add(ids.len() as u64, Ordering::Relaxed);
                 let mut at = 0;
                 for ((_, ack), n) in group.into_iter().zip(lens) {
-                    let _ = ack.send(Ok(ids[at..at + n].to_vec()));
+                    // record_batch returns one id per record, in order.
+                    let _ = ack.send(Ok(ids.get(at..at + n).unwrap_or_default().to_vec()));
                     at += n;
                 }
             }
