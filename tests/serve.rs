@@ -388,6 +388,20 @@ fn a_stream_matches_the_plain_response_and_ends_with_done() {
         assert_eq!(plain["choices"][i]["text"], t.as_str());
         assert!(ledger.lookup(t).unwrap().iter().any(|m| m.exact));
     }
+    // `gpt2 ledger --state DIR` reads the server's ledger.
+    let file = s.state.join("text.txt");
+    std::fs::write(&file, &texts[0]).unwrap();
+    let state = s.state.to_str().unwrap();
+    let out = ok(run(&[
+        "ledger",
+        "lookup",
+        "--state",
+        state,
+        "--json",
+        file.to_str().unwrap(),
+    ]));
+    let v: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["matches"][0]["exact"], true, "{v}");
 }
 
 #[test]
