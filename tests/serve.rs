@@ -272,6 +272,34 @@ fn quotas_and_rates_answer_429_with_retry_after() {
     let wait: u64 = r.retry_after.expect("Retry-After").parse().unwrap();
     assert!((1..=86_400).contains(&wait));
 
+    // Tokens a request in flight may still use count too: while a long
+    // stream holds 60 of a 50-token quota, the next request is refused.
+    let slow = Server::start(&["--step-delay-ms", "20"]);
+    let (_, q) = slow.key("generate", "*", &["--tokens-per-day", "50"]);
+    let (url, k) = (slow.url.clone(), q.clone());
+    let first = std::thread::spawn(move || {
+        post(
+            &url,
+            "/v1/completions",
+            Some(&k),
+            br#"{"prompt": "A", "max_tokens": 59}"#,
+        )
+        .status
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let r = complete(&slow, &q, json!({"prompt": "B", "max_tokens": 1}));
+    assert_eq!(r.error(429)["error"]["code"], "quota_exceeded");
+    assert_eq!(first.join().unwrap(), 200);
+    // Once a request is audited its reservation is released: 60 of 70
+    // used, the next request is served.
+    let (_, q) = slow.key("generate", "*", &["--tokens-per-day", "70"]);
+    let long = json!({"prompt": "A", "max_tokens": 59});
+    assert_eq!(complete(&slow, &q, long).status, 200);
+    assert_eq!(
+        complete(&slow, &q, json!({"prompt": "B", "max_tokens": 1})).status,
+        200
+    );
+
     let (_, rate) = s.key("generate", "*", &["--requests-per-minute", "2"]);
     let small = json!({"prompt": "Hi", "max_tokens": 1});
     for _ in 0..2 {

@@ -129,6 +129,8 @@ async fn handle(
         ))
         .into_response());
     }
+    let most = info.prompt_tokens + (ctx.choices() * ctx.req.max_tokens) as u64;
+    s.reserve(&key, most, info);
     let rx = submit(entry, &ctx)?;
     if ctx.req.stream {
         info.deferred = true;

@@ -88,6 +88,10 @@ pub struct AppState {
     pub scoring: Semaphore,
     pub thresholds: Option<Thresholds>,
     rates: Mutex<HashMap<String, VecDeque<Instant>>>,
+    /// Per key: tokens that requests in flight may still use (prompt plus
+    /// max_tokens for every choice), counted against the daily quota
+    /// until the request is audited.
+    reserved: Mutex<HashMap<String, u64>>,
     body_limit: usize,
     body_timeout: Duration,
 }
@@ -102,6 +106,8 @@ pub struct AuditInfo {
     pub note: Option<String>,
     /// A stream records itself when it ends.
     pub deferred: bool,
+    /// Quota tokens reserved for this request, released when it is audited.
+    pub reserved: u64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -210,11 +216,15 @@ impl AppState {
             let used = lock(&self.store)
                 .tokens_used_since(&key.id, start)
                 .map_err(|e| internal(&e.to_string()))?;
+            let used = used + lock(&self.reserved).get(&key.id).copied().unwrap_or(0);
             if used >= limit {
                 return Err(ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limit_error",
-                    format!("daily quota of {limit} tokens used ({used}); it resets at 00:00 UTC"),
+                    format!(
+                        "daily quota of {limit} tokens used ({used}, counting requests in flight); \
+                         it resets at 00:00 UTC"
+                    ),
                 )
                 .code("quota_exceeded")
                 .retry_after(((start + day_ms - now) / 1000) as u64));
@@ -261,6 +271,30 @@ impl AppState {
             })?
     }
 
+    /// Counts `tokens` against the key's daily quota until the request is
+    /// audited (keys without a quota reserve nothing).
+    pub fn reserve(&self, key: &KeyInfo, tokens: u64, info: &mut AuditInfo) {
+        if key.tokens_per_day.is_some() {
+            *lock(&self.reserved).entry(key.id.clone()).or_default() += tokens;
+            info.reserved += tokens;
+        }
+    }
+
+    fn release(&self, key_id: Option<&str>, tokens: u64) {
+        if tokens == 0 {
+            return;
+        }
+        if let Some(id) = key_id {
+            let mut reserved = lock(&self.reserved);
+            if let Some(r) = reserved.get_mut(id) {
+                *r = r.saturating_sub(tokens);
+                if *r == 0 {
+                    reserved.remove(id);
+                }
+            }
+        }
+    }
+
     /// Writes the audit row and the metrics of a finished request.
     pub fn finish_request(&self, endpoint: &str, status: u16, elapsed: Duration, info: AuditInfo) {
         self.metrics
@@ -268,6 +302,7 @@ impl AppState {
         if matches!(endpoint, "/health" | "/" | "/favicon.ico") {
             return; // no key, no data: not worth a row per load-balancer poll
         }
+        let reserved = (info.key_id.clone(), info.reserved);
         let entry = AuditEntry {
             time_ms: now_ms(),
             key_id: info.key_id,
@@ -282,6 +317,8 @@ impl AppState {
         if let Err(e) = lock(&self.store).audit(&entry) {
             eprintln!("warning: could not write the audit log: {e}");
         }
+        // After the audit row: the tokens now count there instead.
+        self.release(reserved.0.as_deref(), reserved.1);
     }
 
     /// Runs `f` on the compute pool, beside the engine, at most a few at once.
@@ -514,6 +551,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         scoring: Semaphore::new(2),
         thresholds: config.thresholds,
         rates: Mutex::default(),
+        reserved: Mutex::default(),
         body_limit: config.body_limit,
         body_timeout: config.body_timeout,
     });
