@@ -7,12 +7,14 @@
 //! still become a stop string.
 
 pub mod sampling;
+pub mod stop;
 pub mod utf8;
 
 pub use sampling::{LogitsProcessor, Sampler, SamplingParams, TokenChooser};
 
 use gpt2_model::kernels::log_softmax_stats;
 use gpt2_model::{Batch, KvCache, Model, ModelError, Scratch, Tokenizer, END_OF_TEXT};
+use stop::{final_len, find_stop};
 use utf8::Utf8Stream;
 
 #[derive(Debug, thiserror::Error)]
@@ -290,23 +292,6 @@ impl<'m> Generator<'m> {
     }
 }
 
-/// Byte offset of the earliest stop string that ends after `from`.
-fn find_stop(text: &str, from: usize, stops: &[String]) -> Option<usize> {
-    let from = floor_char_boundary(text, from);
-    stops
-        .iter()
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| text[from..].find(s.as_str()).map(|p| from + p))
-        .min()
-}
-
-fn floor_char_boundary(text: &str, mut i: usize) -> usize {
-    while !text.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
 /// Hands the caller what is final: all of a finished sample's text, else
 /// everything but a tail that could still grow into a stop string.
 fn emit(
@@ -316,36 +301,9 @@ fn emit(
     stops: &[String],
     on_text: &mut dyn FnMut(usize, &str),
 ) {
-    let end = if s.finish.is_some() || max_stop == 0 {
-        s.text.len()
-    } else {
-        let held = (1..max_stop.min(s.text.len() + 1))
-            .rev()
-            .find(|&k| {
-                s.text.is_char_boundary(s.text.len() - k)
-                    && stops
-                        .iter()
-                        .any(|st| st.starts_with(&s.text[s.text.len() - k..]))
-            })
-            .unwrap_or(0);
-        s.text.len() - held
-    };
+    let end = final_len(&s.text, s.finish.is_some(), max_stop, stops);
     if end > s.emitted {
         on_text(i, &s.text[s.emitted..end]);
         s.emitted = end;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_strings_are_found_across_token_boundaries() {
-        let stops = vec!["\n\n".to_string(), "THE END".to_string()];
-        assert_eq!(find_stop("abc\n\ndef", 0, &stops), Some(3));
-        assert_eq!(find_stop("once THE END", 5, &stops), Some(5));
-        assert_eq!(find_stop("nothing", 0, &stops), None);
-        assert_eq!(find_stop("é\n\n", 1, &stops), Some(2));
     }
 }

@@ -16,6 +16,7 @@
 //! sequence's own history, so one processor serves every slot.
 
 use crate::metrics::Metrics;
+use gpt2_generate::stop::{final_len, find_stop};
 use gpt2_generate::utf8::Utf8Stream;
 use gpt2_generate::{FinishReason, LogitsProcessor, Sampler, SamplingParams, TokenChooser};
 use gpt2_model::kernels::log_softmax_stats;
@@ -533,37 +534,10 @@ fn accept(s: &mut Seq, token: u32, run: &Running, tokenizer: &Tokenizer, n_ctx: 
     }
 }
 
-/// Byte offset of the earliest stop string that ends after `from`.
-fn find_stop(text: &str, from: usize, stops: &[String]) -> Option<usize> {
-    let mut from = from.min(text.len());
-    while !text.is_char_boundary(from) {
-        from -= 1;
-    }
-    stops
-        .iter()
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| text[from..].find(s.as_str()).map(|p| from + p))
-        .min()
-}
-
 /// Sends what is final: all of a finished sample's text, else everything
 /// but a tail that could still grow into a stop string.
 fn emit(s: &mut Seq, run: &Running) {
-    let stops = &run.job.stop;
-    let end = if s.finish.is_some() || run.max_stop == 0 {
-        s.text.len()
-    } else {
-        let held = (1..run.max_stop.min(s.text.len() + 1))
-            .rev()
-            .find(|&k| {
-                s.text.is_char_boundary(s.text.len() - k)
-                    && stops
-                        .iter()
-                        .any(|st| st.starts_with(&s.text[s.text.len() - k..]))
-            })
-            .unwrap_or(0);
-        s.text.len() - held
-    };
+    let end = final_len(&s.text, s.finish.is_some(), run.max_stop, &run.job.stop);
     if end > s.emitted || !s.pending.is_empty() {
         // Text already sent is never cut (a stop string's start is always
         // held back), so `emitted <= end`; `get` keeps a mistake here from
@@ -575,19 +549,5 @@ fn emit(s: &mut Seq, run: &Running) {
             tokens: std::mem::take(&mut s.pending),
         });
         s.emitted = end.max(s.emitted);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stop_strings_are_found_across_token_boundaries() {
-        let stops = vec!["\n\n".to_string(), "THE END".to_string()];
-        assert_eq!(find_stop("abc\n\ndef", 0, &stops), Some(3));
-        assert_eq!(find_stop("once THE END", 5, &stops), Some(5));
-        assert_eq!(find_stop("nothing", 0, &stops), None);
-        assert_eq!(find_stop("é\n\n", 1, &stops), Some(2));
     }
 }
