@@ -85,15 +85,10 @@ fn f32_entry(name: String, t: &Tensor) -> Entry {
 
 fn packed_entries(name: &str, m: &PackedMatrix) -> Vec<Entry> {
     let f = m.format();
-    let stored_cols = if f == Format::Q4_0 {
-        m.cols() / 2
-    } else {
-        m.cols()
-    };
     let mut out = vec![Entry {
         name: format!("{name}.packed"),
         dtype: f.dtype(),
-        shape: vec![m.rows(), stored_cols],
+        shape: vec![m.rows(), f.stored_cols(m.cols())],
         bytes: m.data().to_vec(),
     }];
     if f.is_blocked() {
@@ -178,11 +173,11 @@ pub fn format_name(weights: &Weights) -> &'static str {
 pub fn weight_bytes(weights: &Weights) -> usize {
     let linear = |l: &Linear| match l {
         Linear::Conv1D(t) => 4 * t.data().len(),
-        Linear::Packed(m) => m.data().len() + 4 * m.scales().len(),
+        Linear::Packed(m) => m.stored_bytes(),
     };
     let head = match &weights.wte {
         Embedding::F32(t) => 4 * t.data().len(),
-        Embedding::Packed(m) => m.data().len() + 4 * m.scales().len(),
+        Embedding::Packed(m) => m.stored_bytes(),
     };
     let small = |t: &Tensor| 4 * t.data().len();
     head + weights

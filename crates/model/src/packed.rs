@@ -59,6 +59,16 @@ impl Format {
         }
     }
 
+    /// Columns of the stored `.packed` tensor for rows of `cols` weights
+    /// (q4_0 holds two weights per byte).
+    pub fn stored_cols(self, cols: usize) -> usize {
+        if self == Format::Q4_0 {
+            cols / 2
+        } else {
+            cols
+        }
+    }
+
     /// The safetensors dtype the packed data is stored as.
     pub fn dtype(self) -> Dtype {
         match self {
@@ -220,6 +230,11 @@ impl PackedMatrix {
         &self.scales()[j * n..(j + 1) * n]
     }
 
+    /// Bytes this matrix occupies: packed data and scales.
+    pub fn stored_bytes(&self) -> usize {
+        self.data().len() + 4 * self.scales().len()
+    }
+
     /// True when the packed data is read in place from the checkpoint file.
     pub fn is_mapped(&self) -> bool {
         matches!(self.data, Bytes::Mapped { .. })
@@ -277,6 +292,21 @@ fn pack_row(format: Format, row: &[f32], data: &mut Vec<u8>, scales: &mut Vec<f3
     }
 }
 
+/// f16 or bf16 values (little-endian pairs of bytes) widened into `out`;
+/// a SIMD kernel's tail uses it too.
+pub(crate) fn unpack_halves(format: Format, bytes: &[u8], out: &mut [f32]) {
+    let widen = |b: &[u8]| {
+        if format == Format::F16 {
+            half::f16::from_le_bytes([b[0], b[1]]).to_f32()
+        } else {
+            half::bf16::from_le_bytes([b[0], b[1]]).to_f32()
+        }
+    };
+    for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        *o = widen(b);
+    }
+}
+
 /// Symmetric 8-bit quantization of one block: `x ≈ q * d`, `|q| <= 127`
 /// (llama.cpp's `quantize_row_q8_0`). Also quantizes activations.
 pub fn quantize_q8_block(x: &[f32]) -> ([i8; BLOCK], f32) {
@@ -310,16 +340,7 @@ fn quantize_q4_block(x: &[f32]) -> ([u8; BLOCK / 2], f32) {
 
 fn unpack_row(format: Format, bytes: &[u8], scales: &[f32], out: &mut [f32]) {
     match format {
-        Format::F16 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-        }
-        Format::Bf16 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-        }
+        Format::F16 | Format::Bf16 => unpack_halves(format, bytes, out),
         Format::Q8_0 => {
             for ((o, q), &d) in out
                 .chunks_exact_mut(BLOCK)

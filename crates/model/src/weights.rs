@@ -351,12 +351,7 @@ impl Loader<'_> {
                 view.dtype()
             ))
         })?;
-        let stored_cols = if format == Format::Q4_0 {
-            cols / 2
-        } else {
-            cols
-        };
-        if view.shape() != [rows, stored_cols]
+        if view.shape() != [rows, format.stored_cols(cols)]
             || (format.is_blocked() && !cols.is_multiple_of(BLOCK))
         {
             return Err(err(format!(

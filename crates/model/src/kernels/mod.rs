@@ -97,28 +97,15 @@ pub fn matmul_forward(
     // SAFETY: the asserts above bound every index gemm touches: dst is
     // rows x out_dim, lhs rows x in_dim, rhs in_dim x out_dim, row-major.
     unsafe {
-        gemm::gemm(
+        gemm_accumulate(
             rows,
             out_dim,
             in_dim,
-            out.as_mut_ptr(),
-            1,
-            out_dim as isize,
-            true,
-            inp.as_ptr(),
-            1,
-            in_dim as isize,
-            weight.as_ptr(),
-            1,
-            out_dim as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm_parallelism(),
-        );
-    }
+            (out.as_mut_ptr(), out_dim),
+            (inp.as_ptr(), in_dim),
+            (weight.as_ptr(), out_dim),
+        )
+    };
 }
 
 /// Sets each output row to `bias`, or adds `bias` to it when accumulating.
@@ -166,6 +153,46 @@ pub fn linear_forward(
             start_with_bias(out, bias, rows, out_dim, accumulate);
             packed::packed_matmul(out, inp, w, rows);
         }
+    }
+}
+
+/// `dst += lhs @ rhs` for row-major `[m, k] @ [k, n]`, each operand a
+/// pointer with its row stride, on the pool's threads.
+///
+/// # Safety
+/// Every row of each operand, at its stride, lies inside its buffer, and
+/// `dst` aliases neither input.
+pub unsafe fn gemm_accumulate(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: (*mut f32, usize),
+    lhs: (*const f32, usize),
+    rhs: (*const f32, usize),
+) {
+    // SAFETY: forwarded from this function's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.0,
+            1,
+            dst.1 as isize,
+            true,
+            lhs.0,
+            1,
+            lhs.1 as isize,
+            rhs.0,
+            1,
+            rhs.1 as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm_parallelism(),
+        )
     }
 }
 

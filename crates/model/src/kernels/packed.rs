@@ -14,7 +14,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use super::simd::{level, Level};
-use super::{column_chunks, gemm_parallelism, DisjointPtr, SKINNY_MAX_ROWS};
+use super::{column_chunks, gemm_accumulate, DisjointPtr, SKINNY_MAX_ROWS};
 #[cfg(test)]
 use crate::packed::Format;
 use crate::packed::{quantize_q8_block, PackedMatrix, BLOCK};
@@ -154,28 +154,15 @@ fn tiled_gemm(out: &mut [f32], inp: &[f32], w: &PackedMatrix, rows: usize, buf: 
         // SAFETY: dst is rows x width inside out (row stride n), lhs is
         // rows x k, rhs is the k x width tile, all row-major.
         unsafe {
-            gemm::gemm(
+            gemm_accumulate(
                 rows,
                 width,
                 k,
-                out.as_mut_ptr().add(j0),
-                1,
-                n as isize,
-                true,
-                inp.as_ptr(),
-                1,
-                k as isize,
-                buf.as_ptr(),
-                1,
-                width as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm_parallelism(),
-            );
-        }
+                (out.as_mut_ptr().add(j0), n),
+                (inp.as_ptr(), k),
+                (buf.as_ptr(), width),
+            )
+        };
     }
 }
 
@@ -398,7 +385,7 @@ pub mod scalar {
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
     use super::{check_block_rows, QRow};
-    use crate::packed::{Format, PackedMatrix, BLOCK};
+    use crate::packed::{unpack_halves, Format, PackedMatrix, BLOCK};
     use std::arch::x86_64::*;
 
     #[inline]
@@ -587,11 +574,7 @@ pub mod avx2 {
                         );
                         i += 8;
                     }
-                    if i < k {
-                        let mut rest = vec![0f32; k];
-                        w.unpack_row(j, &mut rest);
-                        out[i..k].copy_from_slice(&rest[i..]);
-                    }
+                    unpack_halves(format, &bytes[2 * i..2 * k], &mut out[i..k]);
                 }
                 Format::Q8_0 => {
                     for (b, &d) in scales.iter().enumerate() {
