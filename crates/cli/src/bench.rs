@@ -3,9 +3,10 @@
 
 use crate::input::load_model;
 use anyhow::{ensure, Result};
-use gpt2_generate::sampling::argmax;
+use gpt2_generate::{Decoder, SamplingParams, SeqSpec};
 use gpt2_model::score::{Scorer, Windowing};
-use gpt2_model::{Batch, Model, Scratch};
+use gpt2_model::Model;
+use std::sync::Arc;
 use serde_json::json;
 use std::time::Instant;
 
@@ -17,6 +18,9 @@ pub struct Args {
     prompt_tokens: usize,
     #[arg(long, default_value_t = 128)]
     gen_tokens: usize,
+    /// Sequences decoded together (the prompt prefilled once and copied).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Timed repetitions (the best is reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
@@ -32,6 +36,7 @@ pub fn run(a: Args) -> Result<()> {
         "--prompt-tokens + --gen-tokens must be between 1 and the context length {n_ctx}"
     );
     ensure!(a.repeat >= 1, "--repeat must be at least 1");
+    ensure!(a.batch >= 1, "--batch must be at least 1");
     let vocab = model.config().vocab_size.min(50257) as u32;
     let prompt: Vec<u32> = (0..a.prompt_tokens as u32)
         .map(|i| (i.wrapping_mul(2654435761) >> 7) % vocab)
@@ -39,7 +44,7 @@ pub fn run(a: Args) -> Result<()> {
     // One untimed warm-up round, then the best of `repeat` rounds.
     let mut best = Timings::worst();
     for round in 0..=a.repeat {
-        let t = time_round(&model, &prompt, a.gen_tokens)?;
+        let t = time_round(&model, &prompt, a.gen_tokens, a.batch)?;
         if round > 0 {
             best = best.min(&t);
         }
@@ -50,7 +55,8 @@ pub fn run(a: Args) -> Result<()> {
     let weight_bytes = gpt2_model::convert::weight_bytes(model.weights()) as f64;
     let result = json!({
         "prefill_tokens_per_s": a.prompt_tokens as f64 / best.first_token,
-        "decode_tokens_per_s": if a.gen_tokens > 0 { a.gen_tokens as f64 / best.decode } else { 0.0 },
+        "decode_tokens_per_s": if a.gen_tokens > 1 { ((a.gen_tokens - 1) * a.batch) as f64 / best.decode } else { 0.0 },
+        "batch": a.batch,
         "score_tokens_per_s": a.prompt_tokens as f64 / best.score,
         "time_to_first_token_s": best.first_token,
         "threads": threads,
@@ -102,7 +108,8 @@ struct Timings {
     /// The prompt in one pass, the last position's logits, the argmax:
     /// prefill and time to the first token are the same thing here.
     first_token: f64,
-    /// `gen` greedy tokens, one forward pass each.
+    /// The other `gen - 1` greedy tokens of every sequence, one forward
+    /// pass (and one sampling step per sequence) each.
     decode: f64,
     /// The prompt scored: logits and statistics at every position.
     score: f64,
@@ -126,19 +133,38 @@ impl Timings {
     }
 }
 
-/// Greedy decoding, so the work does not depend on sampling.
-fn time_round(model: &Model, prompt: &[u32], gen: usize) -> Result<Timings> {
-    let mut cache = model.new_cache(1);
-    let mut scratch = Scratch::default();
-    let mut batch = Batch::single(0, prompt);
+/// Greedy decoding of `batch` copies of the prompt through the decoder
+/// (the loop `gpt2 generate` and `gpt2 serve` run), `<|endoftext|>`
+/// ignored, so the work does not depend on what the model writes.
+fn time_round(model: &Model, prompt: &[u32], gen: usize, batch: usize) -> Result<Timings> {
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        repetition_penalty: 1.0,
+    };
+    let mut decoder = Decoder::new(model, batch);
+    let stop: Arc<[String]> = Arc::from(Vec::new());
+    let specs = (0..batch as u64)
+        .map(|i| SeqSpec {
+            tag: i,
+            max_tokens: gen.max(1),
+            sampling: greedy,
+            seed: 0,
+            stream: i,
+            stop: stop.clone(),
+            top_logprobs: 0,
+            watermark: None,
+            ignore_eos: true,
+        })
+        .collect();
+    decoder.join(prompt, specs)?;
     let start = Instant::now();
-    let mut next = argmax(model.next_token_logits(&batch, &mut cache, &mut scratch)?);
+    decoder.step(&mut |_| {})?;
     let first_token = start.elapsed().as_secs_f64();
     let start = Instant::now();
-    for _ in 0..gen {
-        batch.clear();
-        batch.push(0, &[next]);
-        next = argmax(model.next_token_logits(&batch, &mut cache, &mut scratch)?);
+    while !decoder.is_idle() {
+        decoder.step(&mut |_| {})?;
     }
     let decode = start.elapsed().as_secs_f64();
     let start = Instant::now();

@@ -3,7 +3,7 @@ use anyhow::{ensure, Result};
 use gpt2_generate::{Completion, GenerateOptions, Generator, SamplingParams, Truncate};
 use gpt2_model::Tokenizer;
 use gpt2_provenance::ledger::{Ledger, NewRecord};
-use gpt2_provenance::watermark::{watermark_generation, Prf};
+use gpt2_provenance::watermark::{Prf, Watermarker};
 use serde_json::json;
 use std::io::Write;
 
@@ -92,7 +92,8 @@ pub fn run(a: Args) -> Result<()> {
         .transpose()?;
     let key_id = key.as_ref().map(|k| k.id.clone());
     if let Some(key) = key {
-        watermark_generation(&mut generator, Prf::new(key, model.config().vocab_size));
+        let prf = Prf::new(key, model.config().vocab_size);
+        generator.set_watermark(std::sync::Arc::new(Watermarker::new(prf)));
     }
     let stream = !a.json && a.n == 1;
     let mut stdout = std::io::stdout().lock();

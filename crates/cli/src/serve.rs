@@ -37,6 +37,10 @@ pub struct Args {
     /// Seconds a client has to send its request line and headers.
     #[arg(long, default_value_t = 10)]
     header_timeout: u64,
+    /// Seconds requests in flight may take to finish after SIGTERM before
+    /// they are cut off.
+    #[arg(long, default_value_t = 10)]
+    drain_timeout: u64,
     /// Detector thresholds (`gpt2 detect calibrate`) for the verdict of
     /// /v1/detect.
     #[arg(long)]
@@ -93,6 +97,7 @@ pub fn run(a: Args) -> Result<()> {
         body_limit: a.max_body,
         body_timeout: Duration::from_secs(a.body_timeout.max(1)),
         header_timeout: Duration::from_secs(a.header_timeout.max(1)),
+        drain_timeout: Duration::from_secs(a.drain_timeout),
         step_delay: Duration::from_millis(a.step_delay_ms),
         thresholds,
         on_listening: Box::new(move |addr| {

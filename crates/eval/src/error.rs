@@ -18,6 +18,8 @@ pub enum EvalError {
     },
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    Generate(#[from] gpt2_generate::GenerateError),
 }
 
 pub type Result<T> = std::result::Result<T, EvalError>;

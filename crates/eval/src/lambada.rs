@@ -21,9 +21,10 @@ use crate::error::{EvalError, Result};
 use crate::metrics::{bootstrap_stderr, mean, mean_stderr, perplexity, BOOTSTRAP_ITERS};
 use crate::report::{Metric, TaskResult};
 use crate::Progress;
-use gpt2_generate::sampling::argmax;
+use gpt2_generate::{Decoder, Event, SamplingParams, SeqSpec};
 use gpt2_model::score::{Scorer, Span};
-use gpt2_model::{Batch, KvCache, Model, Scratch, Tokenizer, END_OF_TEXT};
+use gpt2_model::{Model, Tokenizer, END_OF_TEXT};
+use std::sync::Arc;
 
 /// lm-eval's `doc_to_text` and `doc_to_target`: everything before the last
 /// space, and a space followed by the last word.
@@ -205,7 +206,6 @@ fn greedy_continuations(
 ) -> Result<Vec<Vec<u32>>> {
     const MAX_ROWS: usize = 2048;
     let mut out = Vec::with_capacity(contexts.len());
-    let mut scratch = Scratch::default();
     let mut start = 0;
     while start < contexts.len() {
         // As many contexts as fit the row budget, with the cache sized to the longest.
@@ -221,47 +221,55 @@ fn greedy_continuations(
             end += 1;
         }
         let group = &contexts[start..end];
-        let mut cache = KvCache::new(model.config(), group.len(), longest + MAX_WORD_TOKENS);
-        out.extend(greedy_group(model, tok, group, &mut cache, &mut scratch)?);
+        out.extend(greedy_group(model, tok, group, longest + MAX_WORD_TOKENS)?);
         progress.advance(group.len());
         start = end;
     }
     Ok(out)
 }
 
+/// Greedy continuations of `contexts`, decoded together; each sequence
+/// leaves the batch once it has written a whole word.
 fn greedy_group(
     model: &Model,
     tok: &Tokenizer,
     contexts: &[Vec<u32>],
-    cache: &mut KvCache,
-    scratch: &mut Scratch,
+    capacity: usize,
 ) -> Result<Vec<Vec<u32>>> {
-    let v = model.config().vocab_size;
-    let mut written: Vec<Vec<u32>> = vec![Vec::new(); contexts.len()];
-    let mut batch = Batch::default();
-    for (slot, ids) in contexts.iter().enumerate() {
-        batch.push(slot, ids);
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        repetition_penalty: 1.0,
+    };
+    let mut decoder = Decoder::with_capacity(model, contexts.len(), capacity);
+    let no_stops: Arc<[String]> = Arc::from(Vec::new());
+    for (i, ids) in contexts.iter().enumerate() {
+        let spec = SeqSpec {
+            tag: i as u64,
+            max_tokens: MAX_WORD_TOKENS,
+            sampling: greedy,
+            seed: 0,
+            stream: 0,
+            stop: no_stops.clone(),
+            top_logprobs: 0,
+            watermark: None,
+            ignore_eos: false,
+        };
+        decoder.join(ids, vec![spec])?;
     }
-    let mut active: Vec<usize> = (0..contexts.len()).collect();
-    for _ in 0..MAX_WORD_TOKENS {
-        let logits = model.next_token_logits(&batch, cache, scratch)?;
-        let mut next = Vec::with_capacity(active.len());
-        for (row, &slot) in active.iter().enumerate() {
-            written[slot].push(argmax(&logits[row * v..(row + 1) * v]));
-            let text = tok.decode(&written[slot])?;
-            if finished_word(&text).is_none() {
-                next.push(slot);
+    let mut written: Vec<Vec<u32>> = vec![Vec::new(); contexts.len()];
+    let mut finished = vec![false; contexts.len()];
+    while !decoder.is_idle() {
+        decoder.step(&mut |e| {
+            if let Event::Token { tag, token, .. } = e {
+                let w = &mut written[tag as usize];
+                w.push(token.id);
+                let text = tok.decode(w).unwrap_or_default();
+                finished[tag as usize] = finished_word(&text).is_some();
             }
-        }
-        active = next;
-        if active.is_empty() {
-            break;
-        }
-        batch.clear();
-        for &slot in &active {
-            let last = written[slot].len() - 1;
-            batch.push(slot, &written[slot][last..]);
-        }
+        })?;
+        decoder.retain(|tag| !finished[tag as usize]);
     }
     Ok(written)
 }

@@ -13,6 +13,7 @@
 
 pub mod ledger;
 pub mod roc;
+mod sip;
 pub mod stats;
 pub mod watermark;
 pub mod watermark_key;

@@ -95,6 +95,16 @@ impl Statistic {
 }
 
 /// The statistics of one text's token scores (from [`Scorer`]).
+/// GLTR's colour of a token by its rank: top 10, top 100, top 1,000, rest.
+pub fn gltr_bucket(rank: u32) -> usize {
+    match rank {
+        0..=10 => 0,
+        11..=100 => 1,
+        101..=1000 => 2,
+        _ => 3,
+    }
+}
+
 pub fn statistics(scores: &[TokenScore]) -> Statistics {
     let n = scores.len().max(1) as f64;
     let sum_lp: f64 = scores.iter().map(|s| s.logprob as f64).sum();
@@ -103,13 +113,7 @@ pub fn statistics(scores: &[TokenScore]) -> Statistics {
     let sum_var: f64 = scores.iter().map(|s| s.logprob_variance as f64).sum();
     let mut gltr = [0u32; 4];
     for s in scores {
-        let bucket = match s.rank {
-            0..=10 => 0,
-            11..=100 => 1,
-            101..=1000 => 2,
-            _ => 3,
-        };
-        gltr[bucket] += 1;
+        gltr[gltr_bucket(s.rank)] += 1;
     }
     Statistics {
         log_likelihood: sum_lp / n,

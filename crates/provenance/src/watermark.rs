@@ -19,17 +19,20 @@
 //! any other. Never an RNG seeded with the key.
 
 use crate::watermark_key::{Scheme, Seeding, WatermarkKey};
-use gpt2_generate::{Generator, LogitsProcessor, TokenChooser};
+use crate::sip::{hash_tokens, Message};
+use gpt2_generate::{Tokens, Watermark};
 use serde::Serialize;
 use siphasher::sip::SipHasher24;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hasher;
+use std::sync::{Arc, Mutex};
 
 pub use crate::watermark_key::KeyError;
 
 /// The keyed pseudo-random function, with the per-key tables it needs.
 pub struct Prf {
     key: WatermarkKey,
+    vocab: usize,
     /// SelfHash: each token's anchor hash, for the min over the window.
     anchors: Vec<u64>,
     self_key: (u64, u64),
@@ -45,6 +48,7 @@ impl Prf {
         let self_key = key.derive(b"self-hash", &[]);
         Prf {
             key,
+            vocab,
             anchors,
             self_key,
         }
@@ -87,6 +91,17 @@ impl Prf {
         }
     }
 
+    /// `out[i]` = the bits of `tokens[i]` at this step, eight at a time.
+    fn bits_many(&self, step: StepKey, tokens: &[u32], out: &mut [u64]) {
+        match step {
+            StepKey::Left(k) => hash_tokens(k, Message::Token, tokens, out),
+            StepKey::SelfMin(min) => {
+                let words: Vec<u64> = tokens.iter().map(|&t| min.min(self.anchor(t))).collect();
+                hash_tokens(self.self_key, Message::AnchorThenToken(&words), tokens, out)
+            }
+        }
+    }
+
     /// Whether `token` is green after `context` (KGW).
     pub fn is_green(&self, context: &[u32], token: u32) -> bool {
         self.green(self.step_key(context), token)
@@ -114,6 +129,17 @@ enum StepKey {
     SelfMin(u64),
 }
 
+impl StepKey {
+    /// A name for the step's function (one seeding per key, so the two
+    /// kinds never meet in one cache).
+    fn id(self) -> u128 {
+        match self {
+            StepKey::Left((a, b)) => ((a as u128) << 64) | b as u128,
+            StepKey::SelfMin(m) => m as u128,
+        }
+    }
+}
+
 fn sip(key: (u64, u64), words: &[u32]) -> u64 {
     let mut h = SipHasher24::new_with_keys(key.0, key.1);
     for w in words {
@@ -122,78 +148,174 @@ fn sip(key: (u64, u64), words: &[u32]) -> u64 {
     h.finish()
 }
 
-/// Watermarks everything `generator` samples with `prf`'s key: KGW as a
-/// logits processor, Gumbel as the sampler's final draw.
-pub fn watermark_generation<'m>(generator: &mut Generator<'m>, prf: Prf) {
-    match prf.key.scheme {
-        Scheme::Kgw => generator.add_processor(Box::new(KgwProcessor { prf })),
-        Scheme::Gumbel => generator.set_chooser(Box::new(GumbelChooser { prf })),
-    }
-}
-
-/// KGW: `delta` on every green logit, before temperature and filtering.
-pub struct KgwProcessor {
+/// A key's watermark on generation, attached to any number of sequences:
+/// KGW as a bias on the logits, Gumbel as the final choice. A step's full
+/// green list (KGW with every token a candidate) is computed eight tokens
+/// at a time and cached by its context, since the same contexts recur
+/// across steps and sequences.
+pub struct Watermarker {
     prf: Prf,
+    /// KGW: a token is green when its bits are below this (the same test
+    /// as `Prf::green`'s, as an integer).
+    green_below: u128,
+    greens: Mutex<HashMap<u128, Arc<[u64]>>>,
 }
 
-impl KgwProcessor {
-    /// A processor that depends only on the history it is given, so one
-    /// instance serves any number of sequences (a batching server).
-    pub fn new(prf: Prf) -> KgwProcessor {
-        KgwProcessor { prf }
+/// Green lists kept (each vocabulary/8 bytes: 6.3 kB for GPT-2).
+const GREEN_CACHE: usize = 4096;
+
+impl Watermarker {
+    pub fn new(prf: Prf) -> Watermarker {
+        let threshold = prf.key.gamma * TWO_64;
+        // The smallest x with (x as f64) >= threshold; the conversion is
+        // monotone, so green is exactly x below it.
+        let (mut lo, mut hi) = (0u128, 1u128 << 64);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if (mid as u64 as f64) >= threshold || mid == 1u128 << 64 {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Watermarker {
+            prf,
+            green_below: lo,
+            greens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn key(&self) -> &WatermarkKey {
+        &self.prf.key
+    }
+
+    /// The step's green list over the whole vocabulary, as a bitset.
+    fn green_list(&self, step: StepKey) -> Arc<[u64]> {
+        let id = step.id();
+        let mut cache = self.greens.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(g) = cache.get(&id) {
+            return g.clone();
+        }
+        drop(cache);
+        let vocab = self.prf.vocab;
+        let tokens: Vec<u32> = (0..vocab as u32).collect();
+        let mut bits = vec![0u64; vocab];
+        self.prf.bits_many(step, &tokens, &mut bits);
+        let mut set = vec![0u64; vocab.div_ceil(64)];
+        for (v, &b) in bits.iter().enumerate() {
+            if (b as u128) < self.green_below {
+                set[v / 64] |= 1 << (v % 64);
+            }
+        }
+        let set: Arc<[u64]> = set.into();
+        cache = self.greens.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= GREEN_CACHE {
+            if let Some(&evict) = cache.keys().next() {
+                cache.remove(&evict);
+            }
+        }
+        cache.insert(id, set.clone());
+        set
     }
 }
 
-impl LogitsProcessor for KgwProcessor {
-    fn process(&mut self, history: &[u32], logits: &mut [f32]) {
+impl Watermark for Watermarker {
+    fn max_bias(&self) -> f32 {
+        match self.prf.key.scheme {
+            Scheme::Kgw => self.prf.key.delta.max(0.0),
+            Scheme::Gumbel => 0.0,
+        }
+    }
+
+    /// KGW: `delta` on every green logit, before temperature and filtering.
+    fn bias(&self, history: &[u32], tokens: Tokens<'_>, logits: &mut [f32]) {
         let h = self.prf.key.context_width;
-        if history.len() < h {
+        if self.prf.key.scheme != Scheme::Kgw || history.len() < h {
             return; // no full context: this step is neither marked nor scored
         }
         let step = self.prf.step_key(&history[history.len() - h..]);
         let delta = self.prf.key.delta;
-        for (v, l) in logits.iter_mut().enumerate() {
-            if self.prf.green(step, v as u32) {
-                *l += delta;
+        match tokens {
+            Tokens::All => {
+                let set = self.green_list(step);
+                for (w, chunk) in set.iter().zip(logits.chunks_mut(64)) {
+                    let mut w = *w;
+                    while w != 0 {
+                        let i = w.trailing_zeros() as usize;
+                        if let Some(l) = chunk.get_mut(i) {
+                            *l += delta;
+                        }
+                        w &= w - 1;
+                    }
+                }
+                // Tokens past the PRF's vocabulary (none for GPT-2).
+                for (v, l) in logits.iter_mut().enumerate().skip(self.prf.vocab) {
+                    if self.prf.green(step, v as u32) {
+                        *l += delta;
+                    }
+                }
+            }
+            Tokens::Only(ids) => {
+                let mut bits = vec![0u64; ids.len()];
+                self.prf.bits_many(step, ids, &mut bits);
+                for (l, &b) in logits.iter_mut().zip(&bits) {
+                    if (b as u128) < self.green_below {
+                        *l += delta;
+                    }
+                }
             }
         }
     }
-}
 
-/// Gumbel: of the sampler's final candidates, the one with the largest
-/// ln(r_v) / p_v, p being exactly the distribution the sampler would have
-/// drawn from (after repetition penalty, temperature, top-k and top-p).
-pub struct GumbelChooser {
-    prf: Prf,
-}
-
-impl GumbelChooser {
-    /// Stateless between calls, like [`KgwProcessor`].
-    pub fn new(prf: Prf) -> GumbelChooser {
-        GumbelChooser { prf }
-    }
-}
-
-impl TokenChooser for GumbelChooser {
-    fn choose(&mut self, history: &[u32], candidates: &[u32], weights: &[f32]) -> Option<u32> {
+    /// Gumbel: of the sampler's final candidates, the one with the largest
+    /// ln(r_v) / p_v, p being exactly the distribution the sampler would
+    /// have drawn from (after repetition penalty, temperature, top-k and
+    /// top-p).
+    fn choose(&self, history: &[u32], candidates: &[u32], weights: &[f32]) -> Option<u32> {
         let h = self.prf.key.context_width;
         // The choice is a function of the context, so a context seen before
         // would repeat its token and loop forever; there the sampler draws
         // normally (the detector counts each pair once).
-        if history.len() < h || context_repeats(history, h) {
+        if self.prf.key.scheme != Scheme::Gumbel
+            || history.len() < h
+            || context_repeats(history, h)
+        {
             return None;
         }
         let step = self.prf.step_key(&history[history.len() - h..]);
-        // Scaling p by a constant does not move the argmax, so the weights
-        // need no normalising.
-        candidates
-            .iter()
-            .zip(weights)
-            .filter(|(_, &w)| w > 0.0)
-            .map(|(&v, &w)| (to_unit(self.prf.bits(step, v)).ln() / w as f64, v))
-            .max_by(|a, b| a.0.total_cmp(&b.0))
-            .map(|(_, v)| v)
+        let mut bits = vec![0u64; candidates.len()];
+        self.prf.bits_many(step, candidates, &mut bits);
+        gumbel_argmax(candidates, weights, &bits)
     }
+}
+
+/// The candidate with the largest ln(r) / w (the last of equals, over
+/// positive weights). Scaling the weights by a constant does not move it,
+/// so they need no normalising. Most candidates are ruled out without a
+/// logarithm: ln(r) <= r - 1, so r - 1 below best * w cannot win.
+fn gumbel_argmax(candidates: &[u32], weights: &[f32], bits: &[u64]) -> Option<u32> {
+    let value = |i: usize| to_unit(bits[i]).ln() / weights[i] as f64;
+    let heaviest = (0..weights.len())
+        .filter(|&i| weights[i] > 0.0)
+        .max_by(|&a, &b| weights[a].total_cmp(&weights[b]))?;
+    let mut best = value(heaviest);
+    let mut arg = heaviest;
+    for i in 0..candidates.len() {
+        let w = weights[i] as f64;
+        if weights[i] <= 0.0 {
+            continue;
+        }
+        // A margin for rounding: only a clear loser is skipped.
+        if to_unit(bits[i]) - 1.0 < best * w * (1.0 + 1e-6) {
+            continue;
+        }
+        let v = value(i);
+        if v >= best {
+            best = v;
+            arg = i;
+        }
+    }
+    Some(candidates[arg])
 }
 
 /// Whether the last `h` tokens of `history` occurred earlier in it, with a
@@ -423,7 +545,7 @@ mod tests {
     #[test]
     fn gumbel_sampling_follows_the_distribution_and_is_detected() {
         let prf = Prf::new(key(Scheme::Gumbel, Seeding::LeftHash), 4);
-        let mut p = GumbelChooser { prf };
+        let p = Watermarker::new(prf);
         // Over many contexts, the choice frequencies match softmax(logits)...
         let logits = [0.0f32, 1.0, 2.0, 0.5];
         let weights = logits.map(f32::exp);
@@ -446,7 +568,7 @@ mod tests {
         assert!(excess / 20000f64.sqrt() > 20.0, "{excess}");
         // A generated chain is detected; the same chain under another key is not.
         let prf = Prf::new(key(Scheme::Gumbel, Seeding::LeftHash), 1000);
-        let mut p = GumbelChooser { prf };
+        let p = Watermarker::new(prf);
         let mut chain = vec![1u32];
         let candidates: Vec<u32> = (0..1000).collect();
         for _ in 0..200 {
@@ -469,6 +591,53 @@ mod tests {
             1000,
         );
         assert!(detect(&other, &[], &chain, 4.0).z_score < 4.0);
+    }
+
+    #[test]
+    fn the_batched_and_cached_green_lists_are_the_per_token_ones() {
+        for seeding in [Seeding::LeftHash, Seeding::SelfHash] {
+            let mut k = key(Scheme::Kgw, seeding);
+            k.context_width = 3;
+            let vocab = 5000;
+            let w = Watermarker::new(Prf::new(k, vocab));
+            let delta = w.prf.key.delta;
+            for history in [[1u32, 2, 3], [4000, 17, 2], [1, 2, 3]] {
+                let mut all = vec![0f32; vocab];
+                w.bias(&history, Tokens::All, &mut all);
+                let ids: Vec<u32> = (0..vocab as u32).step_by(7).collect();
+                let mut some = vec![0f32; ids.len()];
+                w.bias(&history, Tokens::Only(&ids), &mut some);
+                for v in 0..vocab {
+                    let want = if w.prf.is_green(&history, v as u32) { delta } else { 0.0 };
+                    assert_eq!(all[v], want, "{seeding:?} token {v}");
+                }
+                for (i, &v) in ids.iter().enumerate() {
+                    assert_eq!(some[i], all[v as usize]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_pruned_gumbel_choice_is_the_plain_argmax() {
+        let prf = Prf::new(key(Scheme::Gumbel, Seeding::LeftHash), 3000);
+        let candidates: Vec<u32> = (0..3000).collect();
+        for ctx in 0..50u32 {
+            let weights: Vec<f32> = (0..3000u32)
+                .map(|v| (((v * 31 + ctx * 17) % 97) as f32 / 9.0 - 8.0).exp())
+                .collect();
+            let step = prf.step_key(&[ctx]);
+            let mut bits = vec![0; 3000];
+            prf.bits_many(step, &candidates, &mut bits);
+            let plain = candidates
+                .iter()
+                .zip(&weights)
+                .filter(|(_, &w)| w > 0.0)
+                .map(|(&v, &w)| (to_unit(prf.bits(step, v)).ln() / w as f64, v))
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, v)| v);
+            assert_eq!(gumbel_argmax(&candidates, &weights, &bits), plain);
+        }
     }
 
     #[test]

@@ -9,22 +9,23 @@
 //! text the ledger lacks.
 
 use crate::api::{self, ApiError, PromptInput, Validated};
+use crate::app::{AppState, ModelEntry};
+use crate::audit::RequestAudit;
 use crate::engine::{Event, Job, SubmitError, TokenOut};
-use crate::server::{internal, respond, AppState, AuditInfo, ModelEntry};
+use crate::gate::internal;
+use crate::sse::{self, Chunk};
 use crate::store::Scope;
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use gpt2_generate::FinishReason;
 use gpt2_model::score::{Scorer, TokenScore, Windowing};
 use gpt2_model::END_OF_TEXT;
 use gpt2_provenance::ledger::NewRecord;
 use serde_json::{json, Map, Value};
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 use tokio::sync::mpsc::{self, UnboundedReceiver};
 
 pub async fn completions(
@@ -32,10 +33,9 @@ pub async fn completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let start = Instant::now();
-    let mut info = AuditInfo::default();
-    let result = handle(&s, &headers, body, &mut info, start).await;
-    respond(result, info)
+    let mut audit = RequestAudit::new(s.clone(), "/v1/completions");
+    let result = handle(&s, &headers, body, &mut audit).await;
+    audit.respond(result)
 }
 
 /// Everything a response needs besides the generated text.
@@ -67,10 +67,10 @@ async fn handle(
     s: &Arc<AppState>,
     headers: &HeaderMap,
     body: Body,
-    info: &mut AuditInfo,
-    start: Instant,
+    audit: &mut RequestAudit,
 ) -> Result<Response, ApiError> {
-    let key = s.authenticate(headers)?;
+    let info = &mut audit.info;
+    let key = s.gate.authenticate(headers)?;
     info.key_id = Some(key.id.clone());
     let body = s.read_body(body).await?;
     let req = api::parse_completion(&body)?;
@@ -82,23 +82,18 @@ async fn handle(
     } else {
         Scope::Generate
     };
-    s.require_scope(&key, scope)?;
+    s.gate.require_scope(&key, scope)?;
     if !req.watermark {
-        s.require_scope(&key, Scope::Admin).map_err(|mut e| {
+        s.gate.require_scope(&key, Scope::Admin).map_err(|mut e| {
             e.message = "only an admin key may ask for unwatermarked output".into();
             e.param("watermark")
         })?;
-        info.note = Some("unwatermarked".into());
+        info.add_note("unwatermarked");
     }
-    s.check_limits(&key)?;
+    s.gate.check_limits(&key)?;
     if let Some(user) = &req.user {
         // The end user the key holder names, for the audit trail.
-        let note = info
-            .note
-            .take()
-            .map(|n| format!("{n}; "))
-            .unwrap_or_default();
-        info.note = Some(format!("{note}user={user}"));
+        info.add_note(&format!("user={user}"));
     }
     let prompts = tokenize(s, entry, &req)?;
     info.prompt_tokens = prompts.iter().map(|p| p.len() as u64).sum();
@@ -130,14 +125,13 @@ async fn handle(
         .into_response());
     }
     let most = info.prompt_tokens + (ctx.choices() * ctx.req.max_tokens) as u64;
-    s.reserve(&key, most, info);
-    let rx = submit(entry, &ctx)?;
+    audit.reserve(&key, most);
+    let rx = submit(entry, &ctx, audit)?;
     if ctx.req.stream {
-        info.deferred = true;
-        return Ok(start_stream(s.clone(), ctx, rx, info.clone(), start));
+        return Ok(start_stream(s.clone(), ctx, rx, audit.hand_off()));
     }
     let samples = collect(rx, ctx.choices()).await?;
-    info.completion_tokens = samples.iter().map(|x| x.ids.len() as u64).sum();
+    audit.info.completion_tokens = samples.iter().map(|x| x.ids.len() as u64).sum();
     let records: Vec<NewRecord> = samples
         .iter()
         .filter(|x| !x.text.is_empty())
@@ -211,53 +205,61 @@ async fn score_prompts(
 ) -> Result<Vec<Vec<TokenScore>>, ApiError> {
     let model = entry.model.clone();
     let prompts = prompts.to_vec();
-    s.compute(move |_| {
+    s.compute(move |_, cancel| {
         let mut scorer = Scorer::new(&model);
-        prompts
-            .iter()
-            .map(|p| {
-                if p.is_empty() {
-                    Ok(Vec::new())
-                } else {
-                    scorer.score(p, Windowing::Rolling, top_n)
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()
+        let mut out = Vec::with_capacity(prompts.len());
+        for p in &prompts {
+            if cancel.is_cancelled() {
+                return Err("the client disconnected".to_string());
+            }
+            out.push(if p.is_empty() {
+                Vec::new()
+            } else {
+                scorer
+                    .score(p, Windowing::Rolling, top_n)
+                    .map_err(|e| format!("scoring the prompt failed: {e}"))?
+            });
+        }
+        Ok(out)
     })
     .await?
-    .map_err(|e| internal(&format!("scoring the prompt failed: {e}")))
+    .map_err(|e| internal(&e))
 }
 
-fn submit(entry: &ModelEntry, ctx: &Context) -> Result<UnboundedReceiver<Event>, ApiError> {
+/// Hands the request to the model's engine: one job for all its prompts
+/// and choices.
+fn submit(
+    entry: &ModelEntry,
+    ctx: &Context,
+    audit: &RequestAudit,
+) -> Result<UnboundedReceiver<Event>, ApiError> {
     let (tx, rx) = mpsc::unbounded_channel();
-    for (p, prompt) in ctx.prompts.iter().enumerate() {
-        let job = Job {
-            prompt: if prompt.is_empty() {
-                vec![END_OF_TEXT]
-            } else {
-                prompt.clone()
-            },
-            n: ctx.req.n,
-            max_tokens: ctx.req.max_tokens,
-            sampling: ctx.req.sampling,
-            seed: ctx.seed,
-            stop: ctx.req.stop.clone(),
-            logprobs: ctx.req.logprobs,
-            watermark: ctx.req.watermark,
-            index_base: p * ctx.req.n,
-            events: tx.clone(),
+    let prompts = ctx
+        .prompts
+        .iter()
+        .map(|p| if p.is_empty() { vec![END_OF_TEXT] } else { p.clone() })
+        .collect();
+    let job = Job {
+        prompts,
+        n: ctx.req.n,
+        max_tokens: ctx.req.max_tokens,
+        sampling: ctx.req.sampling,
+        seed: ctx.seed,
+        stop: ctx.req.stop.clone().into(),
+        logprobs: ctx.req.logprobs,
+        watermark: ctx.req.watermark,
+        events: tx,
+        progress: audit.progress.clone(),
+    };
+    entry.queue.submit(job).map_err(|e| {
+        let message = match e {
+            SubmitError::Full => "the server is busy (its queue is full); retry shortly",
+            SubmitError::Closed => "the server is shutting down",
         };
-        // A refused job drops `rx` on return, which cancels any already queued.
-        entry.queue.submit(job).map_err(|e| {
-            let message = match e {
-                SubmitError::Full => "the server is busy (its queue is full); retry shortly",
-                SubmitError::Closed => "the server is shutting down",
-            };
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
-                .code("overloaded")
-                .retry_after(1)
-        })?;
-    }
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+            .code("overloaded")
+            .retry_after(1)
+    })?;
     Ok(rx)
 }
 
@@ -418,39 +420,23 @@ fn body_json(ctx: &Context, samples: &[Sample], ledger_ids: &[Option<i64>]) -> V
     })
 }
 
-type Chunk = Result<Bytes, Infallible>;
-
 /// Shortest time between two flushes of a stream (ledger commit, then the
 /// events it covers).
 const STREAM_FLUSH: std::time::Duration = std::time::Duration::from_millis(50);
-
-fn sse(v: &Value) -> Chunk {
-    Ok(Bytes::from(format!("data: {v}\n\n")))
-}
 
 fn start_stream(
     s: Arc<AppState>,
     ctx: Context,
     rx: UnboundedReceiver<Event>,
-    info: AuditInfo,
-    start: Instant,
+    mut audit: RequestAudit,
 ) -> Response {
-    let (tx, body_rx) = mpsc::channel::<Chunk>(64);
+    let (tx, response) = sse::response(64);
     tokio::spawn(async move {
-        let mut info = info;
-        let status = stream(&s, &ctx, rx, &tx, &mut info).await;
+        let status = stream(&s, &ctx, rx, &tx, &mut audit).await;
         drop(tx);
-        info.deferred = false;
-        s.finish_request("/v1/completions", status, start.elapsed(), info);
+        audit.finish(status);
     });
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(body_rx)),
-    )
-        .into_response()
+    response
 }
 
 fn chunk(
@@ -483,8 +469,9 @@ async fn stream(
     ctx: &Context,
     mut rx: UnboundedReceiver<Event>,
     tx: &mpsc::Sender<Chunk>,
-    info: &mut AuditInfo,
+    audit: &mut RequestAudit,
 ) -> u16 {
+    let info = &mut audit.info;
     let tok = gpt2_model::Tokenizer::gpt2();
     let total = ctx.choices();
     let mut samples = vec![Sample::default(); total];
@@ -501,11 +488,11 @@ async fn stream(
             let text = prompt_text(ctx, i);
             *off = lp.as_ref().map(|l| l.offset).unwrap_or(0);
             if tx
-                .send(sse(&chunk(ctx, i, &text, lp.as_ref(), None)))
+                .send(sse::event(&chunk(ctx, i, &text, lp.as_ref(), None)))
                 .await
                 .is_err()
             {
-                info.note = Some("the client disconnected".into());
+                info.add_note("the client disconnected");
                 return 200;
             }
         }
@@ -591,9 +578,9 @@ async fn stream(
         }
         info.completion_tokens = samples.iter().map(|x| x.ids.len() as u64).sum();
         for c in &out {
-            if tx.send(sse(c)).await.is_err() {
+            if tx.send(sse::event(c)).await.is_err() {
                 // Dropping `rx` on return cancels the rest in the engine.
-                info.note = Some("the client disconnected".into());
+                info.add_note("the client disconnected");
                 return 200;
             }
         }
@@ -604,16 +591,16 @@ async fn stream(
                 "usage": usage(ctx, info.completion_tokens as usize),
                 "provenance": {"watermark_key_id": ctx.watermark_key_id, "seed": ctx.seed},
             });
-            let _ = tx.send(sse(&tail)).await;
-            let _ = tx.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+            let _ = tx.send(sse::event(&tail)).await;
+            let _ = tx.send(sse::done()).await;
             return 200;
         }
     }
 }
 
-async fn fail(tx: &mpsc::Sender<Chunk>, info: &mut AuditInfo, message: &str) -> u16 {
+async fn fail(tx: &mpsc::Sender<Chunk>, info: &mut crate::audit::AuditInfo, message: &str) -> u16 {
     let e = internal(message);
-    let _ = tx.send(sse(&e.body())).await;
-    info.note = Some(message.to_string());
+    let _ = tx.send(sse::event(&e.body())).await;
+    info.add_note(message);
     500
 }

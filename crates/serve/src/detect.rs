@@ -4,13 +4,15 @@
 //! All need the `detect` scope.
 
 use crate::api::{parse_json, ApiError, DetectRequest, LookupRequest, WatermarkDetectRequest};
-use crate::server::{internal, respond, AppState, AuditInfo};
+use crate::app::AppState;
+use crate::audit::{AuditInfo, RequestAudit};
+use crate::gate::internal;
 use crate::store::{KeyInfo, Scope};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use gpt2_provenance::stats::{score_texts, statistics, Statistic};
+use gpt2_provenance::stats::{gltr_bucket, score_texts, statistics, Statistic};
 use gpt2_provenance::watermark::detect as watermark_detect_tokens;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -29,12 +31,12 @@ async fn authorized<T: DeserializeOwned>(
     body: Body,
     info: &mut AuditInfo,
 ) -> Result<(KeyInfo, T), ApiError> {
-    let key = s.authenticate(headers)?;
+    let key = s.gate.authenticate(headers)?;
     info.key_id = Some(key.id.clone());
     let bytes = s.read_body(body).await?;
     let req = parse_json(&bytes)?;
-    s.require_scope(&key, Scope::Detect)?;
-    s.check_limits(&key)?;
+    s.gate.require_scope(&key, Scope::Detect)?;
+    s.gate.check_limits(&key)?;
     Ok((key, req))
 }
 
@@ -57,9 +59,10 @@ fn tokens_of(s: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
 }
 
 pub async fn detect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    let mut info = AuditInfo::default();
+    let mut audit = RequestAudit::new(s.clone(), "/v1/detect");
+    let info = &mut audit.info;
     let result = async {
-        let (key, req): (_, DetectRequest) = authorized(&s, &headers, body, &mut info).await?;
+        let (key, req): (_, DetectRequest) = authorized(&s, &headers, body, info).await?;
         let entry = s.model(&key, req.model.as_deref())?;
         info.model = Some(entry.name.clone());
         let ids = tokens_of(&s, &req.text)?;
@@ -68,7 +71,7 @@ pub async fn detect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
         let name = entry.name.clone();
         let scored = {
             let ids = ids.clone();
-            s.compute(move |_| score_texts(&model, &[ids])).await?
+            s.compute(move |_, _| score_texts(&model, &[ids])).await?
         }
         .map_err(|e| internal(&format!("scoring failed: {e}")))?;
         let scores = scored.into_iter().next().unwrap_or_default();
@@ -94,7 +97,7 @@ pub async fn detect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
                     "logprob": t.logprob,
                     "rank": t.rank,
                     "entropy": t.entropy,
-                    "bucket": match t.rank { 0..=10 => 0, 11..=100 => 1, 101..=1000 => 2, _ => 3 },
+                    "bucket": gltr_bucket(t.rank),
                 })
             })
             .collect();
@@ -107,7 +110,7 @@ pub async fn detect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
         .into_response())
     }
     .await;
-    respond(result, info)
+    audit.respond(result)
 }
 
 pub async fn watermark_detect(
@@ -115,10 +118,11 @@ pub async fn watermark_detect(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let mut info = AuditInfo::default();
+    let mut audit = RequestAudit::new(s.clone(), "/v1/watermark/detect");
+    let info = &mut audit.info;
     let result = async {
         let (_, req): (_, WatermarkDetectRequest) =
-            authorized(&s, &headers, body, &mut info).await?;
+            authorized(&s, &headers, body, info).await?;
         let z = req.z_threshold.unwrap_or(4.0);
         if !z.is_finite() {
             return Err(
@@ -135,13 +139,14 @@ pub async fn watermark_detect(
         Ok(axum::Json(json!(d)).into_response())
     }
     .await;
-    respond(result, info)
+    audit.respond(result)
 }
 
 pub async fn lookup(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
-    let mut info = AuditInfo::default();
+    let mut audit = RequestAudit::new(s.clone(), "/v1/provenance/lookup");
+    let info = &mut audit.info;
     let result = async {
-        let (_, req): (_, LookupRequest) = authorized(&s, &headers, body, &mut info).await?;
+        let (_, req): (_, LookupRequest) = authorized(&s, &headers, body, info).await?;
         let min = req
             .min_score
             .unwrap_or(gpt2_provenance::ledger::DEFAULT_MIN_SCORE);
@@ -152,9 +157,9 @@ pub async fn lookup(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
             return Err(ApiError::invalid("the text is empty").param("text"));
         }
         let text = req.text;
-        let matches = s.compute(move |s| s.lookup(&text, min)).await??;
+        let matches = s.compute(move |s, _| s.lookup(&text, min)).await??;
         Ok(axum::Json(json!({"matches": matches})).into_response())
     }
     .await;
-    respond(result, info)
+    audit.respond(result)
 }

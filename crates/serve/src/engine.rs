@@ -1,72 +1,63 @@
-//! Continuous batching: one thread owns a model's KV cache (a fixed number
-//! of sequence slots) and runs every sequence in flight through shared
-//! forward passes. Between two decode steps finished sequences leave and
-//! queued requests join: a joining request's prompt is prefilled in the same
-//! forward pass as the others' next tokens (the model's `Batch` takes
-//! segments of any length), and its other samples copy the prompt's slot.
+//! Continuous batching for one model: a thread that owns a
+//! `gpt2_generate::Decoder` (the same loop `gpt2 generate` drives, so a
+//! seed gives the same text here as there) and feeds it requests.
 //!
 //! Requests arrive over a bounded queue (full: the caller answers 503);
 //! results leave over each request's own channel, as text pieces while they
-//! become final and one `Done` per sample. A request whose receiver is gone
-//! (the client hung up) is dropped between steps.
-//!
-//! Per sample this is the loop of `gpt2_generate::Generator` (the same
-//! sampler, seeded the same way, so a seed gives the same text as
-//! `gpt2 generate --seed`), plus the watermark, which depends only on each
-//! sequence's own history, so one processor serves every slot.
+//! become final and one `Done` per choice. Between two steps the engine
+//! drops the sequences of clients that hung up, then hands free slots to
+//! waiting requests in turn, one prompt's worth (or what fits) at a time:
+//! a request with more choices than slots is served across steps, and no
+//! request waits for another to be admitted whole.
 
 use crate::metrics::Metrics;
-use gpt2_generate::stop::{final_len, find_stop};
-use gpt2_generate::utf8::Utf8Stream;
-use gpt2_generate::{FinishReason, LogitsProcessor, Sampler, SamplingParams, TokenChooser};
-use gpt2_model::kernels::log_softmax_stats;
-use gpt2_model::score::top_k;
-use gpt2_model::{Batch, KvCache, Model, Scratch, Tokenizer, END_OF_TEXT};
-use gpt2_provenance::watermark::{GumbelChooser, KgwProcessor};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use gpt2_generate::{Decoder, Event as DecodeEvent, FinishReason, SamplingParams, SeqSpec, Watermark};
+use gpt2_model::Model;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
-/// One prompt to complete `n` times.
+pub use gpt2_generate::TokenOut;
+
+/// One request: every prompt completed `n` times. Choice `p * n + i` is
+/// sample `i` of prompt `p`, drawn from ChaCha8 stream `i`.
 pub struct Job {
-    /// Token ids, non-empty (an empty prompt is `[<|endoftext|>]`), and
-    /// shorter than the context.
-    pub prompt: Vec<u32>,
+    /// Token ids as fed: non-empty (an empty prompt is `[<|endoftext|>]`)
+    /// and shorter than the context.
+    pub prompts: Vec<Vec<u32>>,
     pub n: usize,
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub seed: u64,
-    pub stop: Vec<String>,
+    pub stop: Arc<[String]>,
     /// Per-token log-probabilities with this many alternatives.
     pub logprobs: Option<usize>,
     pub watermark: bool,
-    /// Sample `i` is reported as choice `index_base + i` (several prompts
-    /// of one request share one channel).
-    pub index_base: usize,
     pub events: UnboundedSender<Event>,
+    /// Tokens generated so far, for the request's audit row if its client
+    /// leaves before the end.
+    pub progress: Arc<AtomicU64>,
 }
 
-/// A generated token with its model log-probability (before temperature
-/// and filtering) and the most likely alternatives.
-#[derive(Debug, Clone)]
-pub struct TokenOut {
-    pub id: u32,
-    pub logprob: f32,
-    pub top: Vec<(u32, f32)>,
+impl Job {
+    fn choices(&self) -> usize {
+        self.prompts.len() * self.n
+    }
 }
 
 #[derive(Debug)]
 pub enum Event {
-    /// Sample `index`'s next final text, and the tokens generated since the
+    /// Choice `index`'s next final text, and the tokens generated since the
     /// last piece (alternatives only when asked for).
     Piece {
         index: usize,
         text: String,
         tokens: Vec<TokenOut>,
     },
-    /// Sample `index` is finished; `text` is all of it.
+    /// Choice `index` is finished; `text` is all of it.
     Done {
         index: usize,
         finish: FinishReason,
@@ -76,18 +67,12 @@ pub enum Event {
     Failed(String),
 }
 
-/// The watermark, attached per step to whichever sequence asks for it.
-pub enum Watermarker {
-    Kgw(KgwProcessor),
-    Gumbel(GumbelChooser),
-}
-
 /// The producer's end of the queue.
 #[derive(Clone)]
 pub struct Queue {
     tx: SyncSender<Job>,
-    /// Jobs submitted and not yet running (in the channel, or taken by the
-    /// engine and waiting for slots): the bound is on this.
+    /// Requests submitted and not yet wholly admitted (in the channel, or
+    /// taken by the engine and waiting for slots): the bound is on this.
     depth: Arc<AtomicUsize>,
     capacity: usize,
     metrics: Arc<Metrics>,
@@ -125,10 +110,10 @@ pub struct EngineConfig {
 }
 
 /// Starts the engine thread for `model`; it runs until every `Queue` is
-/// dropped and the sequences in flight are finished.
+/// dropped and the sequences in flight are finished or abandoned.
 pub fn start(
     model: Arc<Model>,
-    watermarker: Watermarker,
+    watermark: Arc<dyn Watermark>,
     config: EngineConfig,
     pool: Arc<rayon::ThreadPool>,
     metrics: Arc<Metrics>,
@@ -140,7 +125,20 @@ pub fn start(
     let (m, d) = (metrics.clone(), depth.clone());
     let handle = std::thread::Builder::new()
         .name("gpt2-engine".into())
-        .spawn(move || Engine::new(&model, watermarker, config, m, d).run(rx, &pool))?;
+        .spawn(move || {
+            let decoder = Decoder::new(&model, config.slots.max(1));
+            Engine {
+                decoder,
+                watermark,
+                step_delay: config.step_delay,
+                metrics: m,
+                depth: d,
+                jobs: HashMap::new(),
+                waiting: VecDeque::new(),
+                next_id: 0,
+            }
+            .run(rx, &pool)
+        })?;
     Ok((
         Queue {
             tx,
@@ -152,402 +150,228 @@ pub fn start(
     ))
 }
 
-/// One sample in flight.
-struct Seq {
-    job: usize,
-    index: usize,
-    slot: usize,
-    sampler: Sampler,
-    /// Prompt then generated tokens: what the watermark and the repetition
-    /// penalty see.
-    history: Vec<u32>,
-    prompt_len: usize,
-    tokens: Vec<u32>,
-    pending: Vec<TokenOut>,
-    utf8: Utf8Stream,
-    text: String,
-    emitted: usize,
-    /// The token to feed next (None right after the prompt's prefill).
-    next: Option<u32>,
-    finish: Option<FinishReason>,
-}
-
+/// A request in the engine, until its last choice is done.
 struct Running {
     job: Job,
-    max_stop: usize,
-    /// Samples not yet finished.
+    /// Choices handed to the decoder so far (the next one's index).
+    admitted: usize,
+    /// Choices not yet done.
     live: usize,
 }
 
+/// Choices per request are at most 128 (the API's limit); a tag carries
+/// the request's id above them.
+const CHOICE_BITS: u32 = 16;
+
 struct Engine<'m> {
-    model: &'m Model,
-    tokenizer: Tokenizer,
-    watermarker: Watermarker,
-    config: EngineConfig,
+    decoder: Decoder<'m>,
+    watermark: Arc<dyn Watermark>,
+    step_delay: Duration,
     metrics: Arc<Metrics>,
     depth: Arc<AtomicUsize>,
-    cache: KvCache,
-    scratch: Scratch,
-    batch: Batch,
-    work: Vec<f32>,
-    free: Vec<usize>,
-    jobs: Vec<Option<Running>>,
-    seqs: Vec<Seq>,
-    /// A job taken from the queue that waits for enough free slots (FIFO:
-    /// nothing overtakes it).
-    waiting: Option<Job>,
+    jobs: HashMap<u64, Running>,
+    /// Requests with choices not yet admitted, in turn order.
+    waiting: VecDeque<u64>,
+    next_id: u64,
 }
 
-impl<'m> Engine<'m> {
-    fn new(
-        model: &'m Model,
-        watermarker: Watermarker,
-        config: EngineConfig,
-        metrics: Arc<Metrics>,
-        depth: Arc<AtomicUsize>,
-    ) -> Engine<'m> {
-        Engine {
-            depth,
-            model,
-            tokenizer: Tokenizer::gpt2(),
-            watermarker,
-            cache: model.new_cache(config.slots),
-            free: (0..config.slots).rev().collect(),
-            config,
-            metrics,
-            scratch: Scratch::default(),
-            batch: Batch::default(),
-            work: vec![0.0; model.config().vocab_size],
-            jobs: Vec::new(),
-            seqs: Vec::new(),
-            waiting: None,
-        }
-    }
-
-    /// Runs until the queue is closed and drained. Each step enters the
-    /// pool on its own (the engine never holds a pool thread while idle,
-    /// which would starve the scoring tasks that share the pool).
+impl Engine<'_> {
+    /// Runs until the queue is closed and nothing is left to run. Each step
+    /// enters the pool on its own (the engine never holds a pool thread
+    /// while idle, which would starve the scoring tasks that share it).
     fn run(&mut self, rx: Receiver<Job>, pool: &rayon::ThreadPool) {
         let mut open = true;
-        while open || !self.seqs.is_empty() || self.waiting.is_some() {
-            open = self.admit(&rx, open);
-            if self.seqs.is_empty() {
+        loop {
+            open = self.receive(&rx, open);
+            self.drop_abandoned();
+            self.admit();
+            if self.decoder.is_idle() {
+                if !open && self.waiting.is_empty() {
+                    return;
+                }
                 continue;
             }
-            if let Err(e) = pool.install(|| self.step()) {
+            let result = pool.install(|| self.step());
+            if let Err(e) = result {
                 self.fail_all(&format!("the model failed: {e}"));
             }
-            if !self.config.step_delay.is_zero() {
-                std::thread::sleep(self.config.step_delay);
+            if !self.step_delay.is_zero() {
+                std::thread::sleep(self.step_delay);
             }
         }
     }
 
-    /// Takes jobs from the queue while their samples fit in free slots;
-    /// blocks when there is nothing to run. Returns whether the queue is
-    /// still open.
-    fn admit(&mut self, rx: &Receiver<Job>, mut open: bool) -> bool {
-        loop {
-            let job = match self.waiting.take() {
-                Some(j) => j,
-                None if !open => return false,
-                None if self.seqs.is_empty() => {
-                    // Idle: wait, waking now and then to notice a closed queue.
-                    match rx.recv_timeout(Duration::from_millis(200)) {
-                        Ok(j) => j,
-                        Err(RecvTimeoutError::Timeout) => return open,
-                        Err(RecvTimeoutError::Disconnected) => return false,
-                    }
-                }
-                None => match rx.try_recv() {
+    /// Takes every request the queue holds; blocks (briefly, to notice a
+    /// closed queue) when there is nothing else to do. Returns whether the
+    /// queue is still open.
+    fn receive(&mut self, rx: &Receiver<Job>, mut open: bool) -> bool {
+        while open {
+            let idle = self.decoder.is_idle() && self.waiting.is_empty();
+            let job = if idle {
+                match rx.recv_timeout(Duration::from_millis(200)) {
                     Ok(j) => j,
-                    Err(std::sync::mpsc::TryRecvError::Empty) => return open,
-                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    Err(RecvTimeoutError::Timeout) => return true,
+                    Err(RecvTimeoutError::Disconnected) => return false,
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(j) => j,
+                    Err(TryRecvError::Empty) => return true,
+                    Err(TryRecvError::Disconnected) => {
                         open = false;
                         continue;
                     }
-                },
+                }
             };
-            if job.events.is_closed() {
+            let id = self.next_id;
+            self.next_id += 1;
+            let live = job.choices();
+            self.jobs.insert(
+                id,
+                Running {
+                    job,
+                    admitted: 0,
+                    live,
+                },
+            );
+            self.waiting.push_back(id);
+        }
+        open
+    }
+
+    /// Forgets the requests of clients that hung up, running or waiting.
+    fn drop_abandoned(&mut self) {
+        let gone: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|(_, r)| r.job.events.is_closed())
+            .map(|(&id, _)| id)
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        for id in &gone {
+            if self.waiting.contains(id) {
                 self.dequeued();
-                continue; // the client left while it was queued
             }
-            if job.n > self.free.len() {
-                self.waiting = Some(job);
-                return open;
+            self.jobs.remove(id);
+        }
+        self.waiting.retain(|id| !gone.contains(id));
+        let jobs = &self.jobs;
+        self.decoder.retain(|tag| jobs.contains_key(&(tag >> CHOICE_BITS)));
+    }
+
+    /// Hands free slots to waiting requests in turn: the front request gets
+    /// the rest of its current prompt's choices (or what fits), then goes
+    /// to the back if it has more.
+    fn admit(&mut self) {
+        while self.decoder.free_slots() > 0 {
+            let Some(id) = self.waiting.pop_front() else {
+                return;
+            };
+            let Some(run) = self.jobs.get_mut(&id) else {
+                continue;
+            };
+            let n = run.job.n;
+            let prompt = run.admitted / n;
+            let first = run.admitted % n;
+            let count = (n - first).min(self.decoder.free_slots());
+            let specs = (first..first + count)
+                .map(|i| SeqSpec {
+                    tag: (id << CHOICE_BITS) | (prompt * n + i) as u64,
+                    max_tokens: run.job.max_tokens,
+                    sampling: run.job.sampling,
+                    seed: run.job.seed,
+                    stream: i as u64,
+                    stop: run.job.stop.clone(),
+                    top_logprobs: run.job.logprobs.unwrap_or(0),
+                    watermark: run.job.watermark.then(|| self.watermark.clone()),
+                    ignore_eos: false,
+                })
+                .collect();
+            if let Err(e) = self.decoder.join(&run.job.prompts[prompt], specs) {
+                // The handler checked the prompts; this is a bug, not input.
+                let _ = run.job.events.send(Event::Failed(e.to_string()));
+                self.jobs.remove(&id);
+                self.decoder.retain(|tag| tag >> CHOICE_BITS != id);
+                self.dequeued();
+                continue;
             }
-            self.dequeued();
-            self.join(job);
+            run.admitted += count;
+            if run.admitted < run.job.choices() {
+                self.waiting.push_back(id);
+            } else {
+                self.dequeued();
+            }
         }
     }
 
-    /// A job leaves the queue (it runs now, or its client is gone).
+    /// A request leaves the queue (wholly admitted, or its client is gone).
     fn dequeued(&self) {
         self.depth.fetch_sub(1, Ordering::SeqCst);
         self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
     }
 
-    /// Gives the job's samples their slots; the prompt is prefilled in the
-    /// next step.
-    fn join(&mut self, job: Job) {
-        let id = match self.jobs.iter().position(Option::is_none) {
-            Some(i) => i,
-            None => {
-                self.jobs.push(None);
-                self.jobs.len() - 1
-            }
-        };
-        let vocab = self.model.config().vocab_size;
-        for index in 0..job.n {
-            // invariant: admit checked that n slots are free.
-            let slot = self.free.pop().unwrap_or_default();
-            self.cache.reset(slot);
-            let mut sampler = Sampler::new(job.sampling, job.seed, index as u64, vocab);
-            sampler.observe(&job.prompt);
-            self.seqs.push(Seq {
-                job: id,
-                index,
-                slot,
-                sampler,
-                history: job.prompt.clone(),
-                prompt_len: job.prompt.len(),
-                tokens: Vec::with_capacity(job.max_tokens),
-                pending: Vec::new(),
-                utf8: Utf8Stream::default(),
-                text: String::new(),
-                emitted: 0,
-                next: None,
-                finish: None,
-            });
-        }
-        let max_stop = job.stop.iter().map(|s| s.len()).max().unwrap_or(0);
-        self.jobs[id] = Some(Running {
-            live: job.n,
-            job,
-            max_stop,
-        });
-    }
-
-    /// One forward pass over every sequence: the prompts of jobs that just
-    /// joined (once per job) and one token of every other sequence; then one
-    /// new token for each.
-    fn step(&mut self) -> gpt2_model::Result<()> {
-        self.drop_abandoned();
-        if self.seqs.is_empty() {
-            return Ok(());
-        }
-        // Which logits row each sequence samples from.
-        let mut rows = Vec::with_capacity(self.seqs.len());
-        self.batch.clear();
-        for s in &self.seqs {
-            let Some(run) = self.jobs[s.job].as_ref() else {
-                rows.push(usize::MAX);
-                continue;
-            };
-            match s.next {
-                Some(t) => {
-                    rows.push(self.batch.len());
-                    self.batch.push(s.slot, std::slice::from_ref(&t));
-                }
-                // The job's first sample prefills; its siblings share its row.
-                None if s.index == 0 => {
-                    rows.push(self.batch.len());
-                    self.batch.push(s.slot, &run.job.prompt);
-                }
-                None => rows.push(usize::MAX),
-            }
-        }
-        self.metrics
-            .observe_batch(self.batch.len(), self.batch.rows());
-        let logits =
-            self.model
-                .next_token_logits(&self.batch, &mut self.cache, &mut self.scratch)?;
-        let vocab = self.model.config().vocab_size;
-        // Siblings copy the prefilled slot and take its row.
-        let mut first_row: Vec<(usize, usize, usize)> = Vec::new(); // (job, slot, row)
-        for (i, s) in self.seqs.iter().enumerate() {
-            if s.next.is_none() && s.index == 0 {
-                first_row.push((s.job, s.slot, rows[i]));
-            }
-        }
-        for (i, s) in self.seqs.iter().enumerate() {
-            if s.next.is_none() && s.index > 0 {
-                if let Some(&(_, from, row)) = first_row.iter().find(|f| f.0 == s.job) {
-                    self.cache.copy_slot(from, s.slot);
-                    rows[i] = row;
-                }
-            }
-        }
-        for (i, &row) in rows.iter().enumerate() {
-            if row == usize::MAX {
-                continue;
-            }
-            let raw = &logits[row * vocab..(row + 1) * vocab];
-            let s = &mut self.seqs[i];
-            // invariant: every sequence's job is live until it leaves below.
-            let Some(run) = self.jobs[s.job].as_ref() else {
-                continue;
-            };
-            let token = pick(
-                raw,
-                s,
-                run.job.logprobs,
-                run.job.watermark,
-                &mut self.watermarker,
-                &mut self.work,
-                self.tokenizer.vocab_size(),
-            );
-            accept(s, token, run, &self.tokenizer, self.model.config().n_ctx);
-            emit(s, run);
-        }
-        self.retire_finished();
+    fn step(&mut self) -> Result<(), gpt2_generate::GenerateError> {
+        let jobs = &mut self.jobs;
+        let metrics = &self.metrics;
+        let stats = self.decoder.step(&mut |e| route(jobs, metrics, e))?;
+        self.metrics.observe_batch(stats.sequences, stats.rows);
         Ok(())
     }
 
-    /// Finishes the samples of clients that hung up.
-    fn drop_abandoned(&mut self) {
-        for run in self.jobs.iter_mut() {
-            if run.as_ref().is_some_and(|r| r.job.events.is_closed()) {
-                *run = None;
-            }
-        }
-        let jobs = &self.jobs;
-        let free = &mut self.free;
-        self.seqs.retain(|s| {
-            let keep = jobs[s.job].is_some();
-            if !keep {
-                free.push(s.slot);
-            }
-            keep
-        });
-    }
-
-    /// Sends `Done` for finished samples and frees their slots.
-    fn retire_finished(&mut self) {
-        let mut i = 0;
-        while i < self.seqs.len() {
-            if self.seqs[i].finish.is_none() {
-                i += 1;
-                continue;
-            }
-            let s = self.seqs.swap_remove(i);
-            self.free.push(s.slot);
-            let n_tokens = s.tokens.len() as u64;
-            self.metrics
-                .tokens_out
-                .fetch_add(n_tokens, Ordering::Relaxed);
-            if let Some(run) = self.jobs[s.job].as_mut() {
-                let _ = run.job.events.send(Event::Done {
-                    index: run.job.index_base + s.index,
-                    finish: s.finish.unwrap_or(FinishReason::Length),
-                    tokens: s.tokens,
-                    text: s.text,
-                });
-                run.live -= 1;
-                if run.live == 0 {
-                    self.jobs[s.job] = None;
-                }
-            }
-        }
-    }
-
     fn fail_all(&mut self, message: &str) {
-        for run in self.jobs.iter_mut().filter_map(Option::take) {
+        for (_, run) in self.jobs.drain() {
             let _ = run.job.events.send(Event::Failed(message.to_string()));
         }
-        for s in self.seqs.drain(..) {
-            self.free.push(s.slot);
+        let waiting = std::mem::take(&mut self.waiting);
+        for _ in waiting {
+            self.dequeued();
         }
+        self.decoder.retain(|_| false);
     }
 }
 
-/// Samples the next token of `s` from its raw logits: the watermark, then
-/// the sampler (repetition penalty, temperature, top-k, top-p, draw).
-fn pick(
-    raw: &[f32],
-    s: &mut Seq,
-    logprobs: Option<usize>,
-    watermark: bool,
-    wm: &mut Watermarker,
-    work: &mut [f32],
-    tokenizer_vocab: usize,
-) -> u32 {
-    let (max, lse) = log_softmax_stats(raw, work);
-    work.copy_from_slice(raw);
-    let history = &s.history;
-    if watermark {
-        if let Watermarker::Kgw(p) = wm {
-            p.process(history, work);
+/// Sends one decoder event to its request.
+fn route(jobs: &mut HashMap<u64, Running>, metrics: &Metrics, e: DecodeEvent<'_>) {
+    let tag = match &e {
+        DecodeEvent::Token { tag, .. } | DecodeEvent::Done { tag, .. } => *tag,
+    };
+    let id = tag >> CHOICE_BITS;
+    let index = (tag & ((1 << CHOICE_BITS) - 1)) as usize;
+    let Some(run) = jobs.get_mut(&id) else {
+        return;
+    };
+    match e {
+        DecodeEvent::Token { token, text, .. } => {
+            run.job.progress.fetch_add(1, Ordering::Relaxed);
+            metrics.tokens_out.fetch_add(1, Ordering::Relaxed);
+            let _ = run.job.events.send(Event::Piece {
+                index,
+                text: text.to_string(),
+                tokens: vec![token.clone()],
+            });
         }
-    }
-    // Ids the tokenizer cannot decode (padded vocabularies) are never drawn.
-    if work.len() > tokenizer_vocab {
-        work[tokenizer_vocab..].fill(f32::NEG_INFINITY);
-    }
-    let token = match wm {
-        Watermarker::Gumbel(c) if watermark => s
-            .sampler
-            .sample_choosing(work, &mut |cands, w| c.choose(history, cands, w)),
-        _ => s.sampler.sample(work),
-    };
-    let top = match logprobs {
-        Some(k) if k > 0 => top_k(raw, k)
-            .into_iter()
-            .map(|i| (i, raw[i as usize] - max - lse))
-            .collect(),
-        _ => Vec::new(),
-    };
-    s.pending.push(TokenOut {
-        id: token,
-        logprob: raw[token as usize] - max - lse,
-        top,
-    });
-    token
-}
-
-/// Appends `token` to the sample and decides whether it is finished: at
-/// `<|endoftext|>`, a stop string, `max_tokens`, or a full context.
-fn accept(s: &mut Seq, token: u32, run: &Running, tokenizer: &Tokenizer, n_ctx: usize) {
-    if token == END_OF_TEXT {
-        s.pending.retain(|t| t.id != END_OF_TEXT);
-        s.utf8.finish(&mut s.text);
-        s.finish = Some(FinishReason::Stop);
-        return;
-    }
-    s.tokens.push(token);
-    s.history.push(token);
-    s.sampler.observe(std::slice::from_ref(&token));
-    s.next = Some(token);
-    let before = s.text.len();
-    s.utf8.push(
-        tokenizer.token_bytes(token).unwrap_or_default(),
-        &mut s.text,
-    );
-    if let Some(cut) = find_stop(&s.text, before.saturating_sub(run.max_stop), &run.job.stop) {
-        s.text.truncate(cut);
-        s.finish = Some(FinishReason::Stop);
-        return;
-    }
-    if s.tokens.len() >= run.job.max_tokens || s.prompt_len + s.tokens.len() >= n_ctx {
-        s.utf8.finish(&mut s.text);
-        s.finish = Some(FinishReason::Length);
-    }
-}
-
-/// Sends what is final: all of a finished sample's text, else everything
-/// but a tail that could still grow into a stop string.
-fn emit(s: &mut Seq, run: &Running) {
-    let end = final_len(&s.text, s.finish.is_some(), run.max_stop, &run.job.stop);
-    if end > s.emitted || !s.pending.is_empty() {
-        // Text already sent is never cut (a stop string's start is always
-        // held back), so `emitted <= end`; `get` keeps a mistake here from
-        // becoming a panic.
-        let text = s.text.get(s.emitted..end).unwrap_or_default().to_string();
-        let _ = run.job.events.send(Event::Piece {
-            index: run.job.index_base + s.index,
-            text,
-            tokens: std::mem::take(&mut s.pending),
-        });
-        s.emitted = end.max(s.emitted);
+        DecodeEvent::Done {
+            text, completion, ..
+        } => {
+            if !text.is_empty() {
+                let _ = run.job.events.send(Event::Piece {
+                    index,
+                    text: text.to_string(),
+                    tokens: Vec::new(),
+                });
+            }
+            let _ = run.job.events.send(Event::Done {
+                index,
+                finish: completion.finish_reason,
+                tokens: completion.tokens,
+                text: completion.text,
+            });
+            run.live -= 1;
+            if run.live == 0 {
+                jobs.remove(&id);
+            }
+        }
     }
 }

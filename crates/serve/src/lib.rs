@@ -4,20 +4,30 @@
 //!
 //! - [`state`]: the state directory (keys, audit log, ledger, watermark key);
 //! - [`store`]: API keys (hashes only) and the audit log in SQLite;
-//! - [`api`]: request bodies, their validation, OpenAI-style errors;
-//! - [`engine`]: continuous batching over a model's KV cache slots;
+//! - [`gate`]: authentication, scopes, rate limits and quotas;
+//! - [`audit`]: one audit row per request, written by a drop guard;
+//! - [`api`]: the OpenAI wire types: request bodies, validation, errors;
+//! - [`sse`]: server-sent events framing;
+//! - [`engine`]: continuous batching (drives `gpt2_generate::Decoder`);
 //! - [`recorder`]: the ledger writer (group commit);
-//! - [`server`]: routes, authentication, limits, audit, shutdown;
-//! - [`completions`], [`detect`]: the endpoints;
+//! - [`app`]: what handlers share;
+//! - [`completions`], [`detect`]: the endpoint handlers;
+//! - [`routes`]: the router and the light endpoints;
+//! - [`server`]: the run loop and shutdown;
 //! - [`metrics`]: Prometheus text.
 
 pub mod api;
+pub mod app;
+pub mod audit;
 pub mod completions;
 pub mod detect;
 pub mod engine;
+pub mod gate;
 pub mod metrics;
 pub mod recorder;
+pub mod routes;
 pub mod server;
+pub mod sse;
 pub mod state;
 pub mod store;
 

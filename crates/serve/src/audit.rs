@@ -1,0 +1,195 @@
+//! The audit trail: one row per request (key, endpoint, model, tokens,
+//! status, latency, note) and one metrics observation.
+//!
+//! Requests that do work carry a [`RequestAudit`], a drop guard: however
+//! the request ends (a response, an error, a stream that runs out, or a
+//! client that hangs up and so drops the handler mid-way), its row is
+//! written once, charging the tokens actually computed, and the quota
+//! reservation is released. Light requests leave an [`AuditInfo`] on the
+//! response for the `observe` middleware instead.
+
+use crate::api::ApiError;
+use crate::app::AppState;
+use crate::store::{now_ms, AuditEntry, KeyInfo};
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a request's audit row records.
+#[derive(Debug, Clone, Default)]
+pub struct AuditInfo {
+    pub key_id: Option<String>,
+    pub model: Option<String>,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub note: Option<String>,
+    /// The row is written by a [`RequestAudit`], not by `observe`.
+    pub guarded: bool,
+    /// Quota tokens reserved for this request, released when it is audited.
+    pub reserved: u64,
+}
+
+impl AuditInfo {
+    /// Appends to the note.
+    pub fn add_note(&mut self, note: &str) {
+        self.note = Some(match self.note.take() {
+            Some(n) => format!("{n}; {note}"),
+            None => note.to_string(),
+        });
+    }
+}
+
+/// Status recorded for a request whose client left before the response
+/// (nginx's "client closed request").
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// The audit row of one request, written when it is finished or dropped.
+pub struct RequestAudit {
+    app: Arc<AppState>,
+    endpoint: &'static str,
+    start: Instant,
+    pub info: AuditInfo,
+    /// Tokens generated so far (the engine counts them as it goes).
+    pub progress: Arc<AtomicU64>,
+    written: bool,
+}
+
+impl RequestAudit {
+    pub fn new(app: Arc<AppState>, endpoint: &'static str) -> RequestAudit {
+        RequestAudit {
+            app,
+            endpoint,
+            start: Instant::now(),
+            info: AuditInfo {
+                guarded: true,
+                ..AuditInfo::default()
+            },
+            progress: Arc::default(),
+            written: false,
+        }
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Reserves `tokens` of the key's daily quota until the row is written.
+    pub fn reserve(&mut self, key: &KeyInfo, tokens: u64) {
+        self.info.reserved += self.app.gate.reserve(key, tokens);
+    }
+
+    /// Moves the duty to write the row to a new guard (a stream's task).
+    pub fn hand_off(&mut self) -> RequestAudit {
+        self.written = true;
+        RequestAudit {
+            app: self.app.clone(),
+            endpoint: self.endpoint,
+            start: self.start,
+            info: std::mem::take(&mut self.info),
+            progress: self.progress.clone(),
+            written: false,
+        }
+    }
+
+    /// Writes the row with `status`.
+    pub fn finish(mut self, status: u16) {
+        self.write(status);
+    }
+
+    /// Turns the handler's result into the response and writes the row.
+    pub fn respond(mut self, result: Result<Response, ApiError>) -> Response {
+        let mut r = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.info.add_note(&e.message);
+                e.into_response()
+            }
+        };
+        self.write(r.status().as_u16());
+        r.extensions_mut().insert(AuditInfo {
+            guarded: true,
+            ..AuditInfo::default()
+        });
+        r
+    }
+
+    fn write(&mut self, status: u16) {
+        if self.written {
+            return;
+        }
+        self.written = true;
+        let generated = self.progress.load(Ordering::Relaxed);
+        self.info.completion_tokens = self.info.completion_tokens.max(generated);
+        let info = std::mem::take(&mut self.info);
+        record(&self.app, self.endpoint, status, self.start.elapsed(), info);
+    }
+}
+
+impl Drop for RequestAudit {
+    fn drop(&mut self) {
+        if !self.written {
+            self.info.add_note("the client disconnected before the response");
+            self.write(CLIENT_CLOSED);
+        }
+    }
+}
+
+/// Writes the audit row and the metrics of a finished request, then
+/// releases its quota reservation (the tokens now count in the row).
+pub fn record(app: &AppState, endpoint: &str, status: u16, elapsed: Duration, info: AuditInfo) {
+    app.metrics
+        .observe_request(endpoint, status, elapsed.as_secs_f64());
+    if matches!(endpoint, "/health" | "/" | "/favicon.ico") {
+        return; // no key, no data: not worth a row per load-balancer poll
+    }
+    let entry = AuditEntry {
+        time_ms: now_ms(),
+        key_id: info.key_id.clone(),
+        endpoint: endpoint.to_string(),
+        model: info.model,
+        prompt_tokens: info.prompt_tokens,
+        completion_tokens: info.completion_tokens,
+        status,
+        latency_ms: elapsed.as_secs_f64() * 1000.0,
+        note: info.note,
+    };
+    if let Err(e) = app.gate.audit(&entry) {
+        eprintln!("warning: could not write the audit log: {e}");
+    }
+    app.gate.release(info.key_id.as_deref(), info.reserved);
+}
+
+/// Puts the audit information of a light request on its response.
+pub fn respond(result: Result<Response, ApiError>, mut info: AuditInfo) -> Response {
+    let mut r = match result {
+        Ok(r) => r,
+        Err(e) => {
+            info.add_note(&e.message);
+            e.into_response()
+        }
+    };
+    r.extensions_mut().insert(info);
+    r
+}
+
+/// Audits every request that no guard audits.
+pub async fn observe(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let endpoint = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let mut resp = next.run(req).await;
+    let info = resp
+        .extensions_mut()
+        .remove::<AuditInfo>()
+        .unwrap_or_default();
+    if !info.guarded {
+        record(&s, &endpoint, resp.status().as_u16(), start.elapsed(), info);
+    }
+    resp
+}
