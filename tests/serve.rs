@@ -863,3 +863,171 @@ fn after_kill_9_under_load_every_text_received_is_in_the_ledger() {
         );
     }
 }
+
+/// The audit rows of `key_id`, newest first.
+fn audit_rows(s: &Server, key_id: &str) -> Vec<Value> {
+    let state = s.state.to_str().unwrap();
+    ok(run(&["audit", "--state", state, "--key", key_id, "--json"]))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Sends `body` to `path` over a raw connection and hangs up after `after`
+/// without reading the answer.
+fn hang_up_after(s: &Server, path: &str, key: &str, body: Value, after: Duration) {
+    use std::io::Write;
+    let addr = s.url.trim_start_matches("http://");
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    let body = body.to_string();
+    write!(
+        c,
+        "POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(after);
+    drop(c);
+}
+
+#[test]
+fn more_choices_than_slots_are_served_without_stalling_others() {
+    let s = Server::start(&["--slots", "4", "--step-delay-ms", "10"]);
+    let (_, big) = s.key("generate", "*", &[]);
+    let (_, small) = s.key("generate", "*", &[]);
+    std::thread::scope(|scope| {
+        let many = scope.spawn(|| {
+            complete(&s, &big, json!({"prompt": "A", "n": 9, "max_tokens": 40, "seed": 1}))
+        });
+        let prompts = scope.spawn(|| {
+            let prompts: Vec<String> = (0..100).map(|i| format!("prompt {i}")).collect();
+            complete(&s, &big, json!({"prompt": prompts, "max_tokens": 1}))
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // Another key's short request is served while the big ones run.
+        let start = Instant::now();
+        let r = complete(&s, &small, json!({"prompt": "B", "max_tokens": 2}));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "a 2-token request waited {:?}",
+            start.elapsed()
+        );
+        let many = many.join().unwrap();
+        assert_eq!(many.status, 200, "{}", many.body);
+        assert_eq!(many.json()["choices"].as_array().unwrap().len(), 9);
+        // 100 prompts are one request, not 100 queue entries.
+        let prompts = prompts.join().unwrap();
+        assert_eq!(prompts.status, 200, "{}", prompts.body);
+        assert_eq!(prompts.json()["choices"].as_array().unwrap().len(), 100);
+    });
+    // The 9 choices served over 4 slots are those a 16-slot server gives
+    // at once (same seed and streams; unwatermarked, as the two servers'
+    // keys differ).
+    let wide = Server::start(&["--slots", "16"]);
+    let req = json!({"prompt": "A", "n": 9, "max_tokens": 40, "seed": 1, "watermark": false});
+    let a = complete(&wide, &wide.admin(), req.clone());
+    let b = complete(&s, &s.admin(), req);
+    assert_eq!(a.json()["choices"], b.json()["choices"]);
+}
+
+#[test]
+fn a_client_that_hangs_up_is_charged_what_was_computed_and_frees_its_quota() {
+    let s = Server::start(&["--step-delay-ms", "20"]);
+    // Four requests reserve 4 x (1 + 100) > 400 while they run.
+    let (id, key) = s.key("generate,score", "*", &["--tokens-per-day", "400"]);
+    let body = json!({"prompt": "A", "max_tokens": 100});
+    std::thread::scope(|scope| {
+        for stream in [false, false, true, true] {
+            let mut body = body.clone();
+            body["stream"] = json!(stream);
+            let s = &s;
+            let key = &key;
+            scope.spawn(move || {
+                hang_up_after(s, "/v1/completions", key, body, Duration::from_millis(400))
+            });
+        }
+    });
+    // Within a step or two of the hang-ups the work stops and the rows land.
+    let start = Instant::now();
+    let rows = loop {
+        let rows = audit_rows(&s, &id);
+        if rows.len() == 4 || start.elapsed() > Duration::from_secs(5) {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for r in &rows {
+        let generated = r["completion_tokens"].as_u64().unwrap();
+        assert!(generated > 0 && generated < 100, "{r}");
+        assert!(r["note"].as_str().unwrap().contains("disconnected"), "{r}");
+    }
+    assert_eq!(
+        rows.iter().filter(|r| r["status"] == 499).count(),
+        2,
+        "the plain requests are 499s (streams had sent their 200): {rows:?}"
+    );
+    // The reservations are released: what is charged is what was computed.
+    let r = complete(&s, &key, json!({"prompt": "B", "max_tokens": 8}));
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A request that only scores is cut off and audited the same way.
+    let prompts: Vec<String> = (0..60).map(|i| format!("a prompt to score, number {i}")).collect();
+    let scoring = json!({"prompt": prompts, "echo": true, "logprobs": 5, "max_tokens": 0});
+    hang_up_after(&s, "/v1/completions", &key, scoring, Duration::from_millis(5));
+    let start = Instant::now();
+    while audit_rows(&s, &id).len() < 6 && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(audit_rows(&s, &id).len(), 6);
+}
+
+#[test]
+fn sigterm_exits_within_the_drain_timeout_whatever_is_running() {
+    let mut s = Server::start(&["--step-delay-ms", "50", "--drain-timeout", "1", "--slots", "1"]);
+    let (id, key) = s.key("generate", "*", &[]);
+    // A 6 s stream holds the only slot; another request waits for it.
+    let url = s.url.clone();
+    let k = key.clone();
+    let long = std::thread::spawn(move || {
+        let body = json!({"prompt": "A", "max_tokens": 120, "stream": true}).to_string();
+        let r = agent()
+            .post(format!("{url}/v1/completions"))
+            .header("Authorization", format!("Bearer {k}"))
+            .send(body.as_bytes());
+        if let Ok(r) = r {
+            let mut all = String::new();
+            let _ = r.into_body().into_reader().read_to_string(&mut all);
+        }
+    });
+    let url = s.url.clone();
+    let parked = std::thread::spawn(move || {
+        let _ = agent()
+            .post(format!("{url}/v1/completions"))
+            .header("Authorization", format!("Bearer {key}"))
+            .send(br#"{"prompt": "B", "max_tokens": 100}"#);
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = s.child.id().to_string();
+    let start = Instant::now();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    loop {
+        if s.child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the server did not exit within the drain timeout"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    long.join().unwrap();
+    parked.join().unwrap();
+    // Both requests are audited, with what they were given.
+    assert_eq!(audit_rows(&s, &id).len(), 2);
+}
