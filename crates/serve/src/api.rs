@@ -136,9 +136,18 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     pub user: Option<String>,
     pub stream: Option<bool>,
+    pub stream_options: Option<StreamOptions>,
     pub top_k: Option<i64>,
     pub repetition_penalty: Option<f32>,
     pub watermark: Option<bool>,
+}
+
+/// `stream_options`: OpenAI's, with its one field.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamOptions {
+    /// A last chunk with `usage` (and `choices: []`) before `[DONE]`.
+    pub include_usage: Option<bool>,
 }
 
 /// OpenAI's default `max_tokens`.
@@ -164,6 +173,8 @@ pub struct Validated {
     pub echo: bool,
     pub user: Option<String>,
     pub stream: bool,
+    /// Streams end with a usage chunk.
+    pub include_usage: bool,
     pub watermark: bool,
 }
 
@@ -261,6 +272,10 @@ fn validate(r: CompletionRequest) -> Result<Validated, ApiError> {
         echo,
         user: r.user,
         stream: r.stream.unwrap_or(false),
+        include_usage: r
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
         watermark: r.watermark.unwrap_or(true),
     })
 }

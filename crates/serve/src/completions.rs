@@ -563,7 +563,11 @@ async fn stream(
             out.push(chunk(ctx, index, &text, lp.as_ref(), None));
         }
         for (index, finish) in finishes {
-            out.push(chunk(ctx, index, "", None, Some(finish)));
+            // Provenance rides on each choice's last chunk, an extra field
+            // that standard clients ignore.
+            let mut c = chunk(ctx, index, "", None, Some(finish));
+            c["provenance"] = json!({"watermark_key_id": ctx.watermark_key_id, "seed": ctx.seed});
+            out.push(c);
         }
         let fresh: Vec<usize> = (0..total)
             .filter(|&i| samples[i].text.len() > recorded[i])
@@ -585,13 +589,15 @@ async fn stream(
             }
         }
         if finished == total {
-            let tail = json!({
-                "id": ctx.id, "object": "text_completion", "created": ctx.created,
-                "model": ctx.model, "choices": [],
-                "usage": usage(ctx, info.completion_tokens as usize),
-                "provenance": {"watermark_key_id": ctx.watermark_key_id, "seed": ctx.seed},
-            });
-            let _ = tx.send(sse::event(&tail)).await;
+            if ctx.req.include_usage {
+                let tail = json!({
+                    "id": ctx.id, "object": "text_completion", "created": ctx.created,
+                    "model": ctx.model, "choices": [],
+                    "usage": usage(ctx, info.completion_tokens as usize),
+                    "provenance": {"watermark_key_id": ctx.watermark_key_id, "seed": ctx.seed},
+                });
+                let _ = tx.send(sse::event(&tail)).await;
+            }
             let _ = tx.send(sse::done()).await;
             return 200;
         }

@@ -7,6 +7,7 @@
 //! (in x out), so `x @ W` reads `W` row by row.
 
 pub mod attention;
+pub mod batch;
 pub mod packed;
 pub mod simd;
 
@@ -92,6 +93,9 @@ pub fn matmul_forward(
     start_with_bias(out, bias, rows, out_dim, accumulate);
     if rows <= SKINNY_MAX_ROWS {
         skinny_matmul(out, inp, weight, rows, in_dim, out_dim, partials);
+        return;
+    }
+    if batch::conv1d(out, inp, weight, rows, in_dim, out_dim) {
         return;
     }
     // SAFETY: the asserts above bound every index gemm touches: dst is
@@ -279,6 +283,9 @@ pub fn lm_head_forward(
                 }
             }
         });
+        return;
+    }
+    if batch::lm_head(logits, hidden, wte, rows, c, vocab) {
         return;
     }
     // SAFETY: dst rows x vocab, lhs rows x c, rhs = wte^T read through

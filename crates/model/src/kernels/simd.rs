@@ -192,9 +192,7 @@ macro_rules! composite_kernels {
         $(#[$attr])*
         $vis $($unsafety)? fn attend_row(q: &[f32], keys: &[f32], values: &[f32], scale: f32, scores: &mut [f32], out: &mut [f32]) {
             let hd = q.len();
-            for (s, k) in scores.iter_mut().zip(keys.chunks_exact(hd)) {
-                *s = dot(q, k) * scale;
-            }
+            key_scores(q, keys, scale, scores);
             let max = max(scores);
             let inv = 1.0 / exp_shifted_sum(scores, max);
             out.fill(0.0);
@@ -225,6 +223,14 @@ pub mod scalar {
             sum += a[k] * b[k];
         }
         sum
+    }
+
+    /// `scores[j] = q . keys[j] * scale` for consecutive keys of width
+    /// `q.len()`.
+    pub fn key_scores(q: &[f32], keys: &[f32], scale: f32, scores: &mut [f32]) {
+        for (s, k) in scores.iter_mut().zip(keys.chunks_exact(q.len())) {
+            *s = dot(q, k) * scale;
+        }
     }
 
     pub fn axpy4(y: &mut [f32], x: [f32; 4], w: [&[f32]; 4]) {
@@ -314,6 +320,32 @@ pub mod avx2 {
             i += 1;
         }
         s
+    }
+
+    /// `scores[j] = q . keys[j] * scale`: one loop over the keys (a head
+    /// is 32 to 128 wide, too short for a call per key).
+    ///
+    /// # Safety
+    /// Requires AVX2 and FMA.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn key_scores(q: &[f32], keys: &[f32], scale: f32, scores: &mut [f32]) {
+        let hd = q.len();
+        if hd % 8 != 0 {
+            return scalar::key_scores(q, keys, scale, scores);
+        }
+        let n = scores.len().min(keys.len() / hd.max(1));
+        let (pq, pk) = (q.as_ptr(), keys.as_ptr());
+        for (j, s) in scores[..n].iter_mut().enumerate() {
+            let kj = pk.add(j * hd);
+            let mut acc = _mm256_setzero_ps();
+            let mut i = 0;
+            while i < hd {
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(pq.add(i)), _mm256_loadu_ps(kj.add(i)), acc);
+                i += 8;
+            }
+            *s = hsum(acc) * scale;
+        }
     }
 
     /// # Safety
