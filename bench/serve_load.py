@@ -93,10 +93,10 @@ class Client(threading.Thread):
     to first token, statuses, tokens and (for the kill test) every text
     received."""
 
-    def __init__(self, port, key, stop, stream, seed, max_tokens=32):
+    def __init__(self, port, key, stop, stream, seed, max_tokens=32, extra=None):
         super().__init__(daemon=True)
         self.port, self.key, self.stop, self.stream = port, key, stop, stream
-        self.max_tokens = max_tokens
+        self.max_tokens, self.extra = max_tokens, extra or {}
         self.rng = random.Random(seed)
         self.latencies, self.ttfts, self.statuses, self.tokens, self.received = [], [], {}, 0, []
         self.counting = True
@@ -104,7 +104,8 @@ class Client(threading.Thread):
     def run(self):
         conn = None
         while not self.stop.is_set():
-            body = {"prompt": self.rng.choice(PROMPTS), "max_tokens": self.max_tokens, "temperature": 1.0}
+            body = {"prompt": self.rng.choice(PROMPTS), "max_tokens": self.max_tokens, "temperature": 1.0,
+                    **self.extra}
             if self.stream:
                 body["stream"] = True
                 body["stream_options"] = {"include_usage": True}
@@ -182,9 +183,9 @@ def pct(xs, p):
     return xs[min(len(xs) - 1, int(p * len(xs)))] if xs else float("nan")
 
 
-def load(port, key, clients, seconds, stream=False, max_tokens=32, warmup=0.0, stream_every=0):
+def load(port, key, clients, seconds, stream=False, max_tokens=32, warmup=0.0, stream_every=0, extra=None):
     stop = threading.Event()
-    cs = [Client(port, key, stop, stream or (stream_every and i % stream_every == 0), i, max_tokens)
+    cs = [Client(port, key, stop, stream or (stream_every and i % stream_every == 0), i, max_tokens, extra)
           for i in range(clients)]
     for c in cs:
         c.counting = warmup <= 0
@@ -218,10 +219,14 @@ def load(port, key, clients, seconds, stream=False, max_tokens=32, warmup=0.0, s
     }, cs
 
 
+def make_key(state, scopes):
+    return json.loads(subprocess.run([GPT2, "keys", "create", "--state", state, "--name", "bench", "--scopes",
+                                      scopes, "--models", "*", "--json"], check=True, capture_output=True,
+                                     text=True).stdout)["key"]
+
+
 def start_gpt2(state, port, threads, slots, model=None):
-    key = json.loads(subprocess.run([GPT2, "keys", "create", "--state", state, "--name", "bench", "--scopes",
-                                     "generate", "--models", "*", "--json"], check=True, capture_output=True,
-                                    text=True).stdout)["key"]
+    key = make_key(state, "generate")
     cmd = [GPT2, "--threads", str(threads), "serve", "--addr", f"127.0.0.1:{port}", "--state", state,
            "--slots", str(slots), "--queue", str(max(64, slots))]
     if model:
@@ -262,16 +267,19 @@ def race(a, precision, gguf, slots, tmp):
     gp, lp = free_port(), free_port()
     gproc, key = start_gpt2(state, gp, a.threads, slots, model)
     lproc = start_llama(a.llama_server, gguf, lp, a.threads, slots, n_ctx)
+    admin = make_key(state, "generate,admin")
     runs = []
     try:
         for max_tokens in a.max_tokens:
             for stream in (False, True):
                 for r in range(a.rounds):
-                    order = [("gpt2-rs", gp, key, gproc), ("llama-server", lp, None, lproc)]
+                    order = [("gpt2-rs", gp, key, gproc, None), ("llama-server", lp, None, lproc, None)]
+                    if a.unwatermarked:
+                        order.insert(1, ("gpt2-rs unwatermarked", gp, admin, gproc, {"watermark": False}))
                     if r % 2:
                         order.reverse()
-                    for name, port, k, proc in order:
-                        res, _ = load(port, k, slots, a.seconds, stream, max_tokens, warmup=a.warmup)
+                    for name, port, k, proc, extra in order:
+                        res, _ = load(port, k, slots, a.seconds, stream, max_tokens, warmup=a.warmup, extra=extra)
                         res.update(server=name, precision=precision, clients=slots, max_tokens=max_tokens,
                                    stream=stream, round=r, peak_rss_mb=peak_rss_mb(proc.pid))
                         print(json.dumps(res), flush=True)
@@ -307,14 +315,20 @@ def summary(runs):
             return f"{min(xs):.0f}-{max(xs):.0f}" if len(xs) > 1 else f"{xs[0]:.0f}"
 
         ratio = med(g, "generated_tokens_per_s") / med(l, "generated_tokens_per_s")
+        u = [r for r in runs if (r["precision"], r["clients"], r["max_tokens"], r["stream"]) == k
+             and r["server"] == "gpt2-rs unwatermarked"]
+        wm_cost = 1 - med(g, "generated_tokens_per_s") / med(u, "generated_tokens_per_s") if u else None
         ttft = (f"{med(g, 'p99_ttft_s'):.3f} / {med(l, 'p99_ttft_s'):.3f}" if k[3] else "-")
         print(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | {rng(g, 'generated_tokens_per_s')} | "
               f"{rng(l, 'generated_tokens_per_s')} | {ratio:.2f} | {ttft} | "
               f"{med(g, 'p99_latency_s'):.2f} / {med(l, 'p99_latency_s'):.2f} | "
               f"{med(g, 'requests_per_s'):.1f} / {med(l, 'requests_per_s'):.1f} | "
               f"{max(r['peak_rss_mb'] for r in g):.0f} / {max(r['peak_rss_mb'] for r in l):.0f} |")
+        if wm_cost is not None:
+            print(f"|  | watermark cost: unwatermarked {rng(u, 'generated_tokens_per_s')} tok/s, "
+                  f"watermarked {100 * wm_cost:.1f}% slower (median) |")
         out.append({"precision": k[0], "clients": k[1], "max_tokens": k[2], "stream": k[3],
-                    "tokens_per_s_ratio": ratio})
+                    "tokens_per_s_ratio": ratio, "watermark_cost": wm_cost})
     return out
 
 
@@ -352,6 +366,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kill-after", type=float, default=10)
     ap.add_argument("--skip-kill", action="store_true")
+    ap.add_argument("--unwatermarked", action="store_true",
+                    help="also run gpt2-rs with an admin key and watermark: false (the watermark's cost)")
     ap.add_argument("--json")
     a = ap.parse_args()
     a.clients = [int(x) for x in a.clients.split(",")]

@@ -5,8 +5,9 @@
 //! kernels read the weights in place, in the order they lie in memory
 //! (which the prefetchers follow), with register tiles of outputs:
 //!
-//! - `lm_head`: `logits[r][v] = hidden[r] . wte[v]`, a 4 x 2 tile of dot
-//!   products per pair of embedding rows;
+//! - `lm_head` (f32 embedding) and `rows_dot_f16` (packed f16 matrices,
+//!   stored `[out, in]`): dot products with weight rows, a 4 x 2 tile per
+//!   pair of rows;
 //! - `conv1d`: `out[r][j] += inp[r] . w[:, j]` for a Conv1D weight
 //!   `[in, out]`, a 6 x 16 tile per 16-column panel.
 //!
@@ -47,7 +48,28 @@ pub fn lm_head(logits: &mut [f32], hidden: &[f32], wte: &[f32], rows: usize, c: 
         // SAFETY: AVX2+FMA were detected (level); the shapes are asserted
         // above; this task writes columns v0..v1 only.
         unsafe {
-            avx2::lm_head(out, hidden, wte, rows, c, vocab, v0, v1)
+            avx2::rows_dot::<avx2::F32, false>(out, hidden, wte.as_ptr() as *const u8, rows, c, vocab, v0, v1)
+        }
+    });
+    true
+}
+
+/// `out[r * n + j] += inp[r] . w[j]` for f16 weight rows `w` (`[n, k]`,
+/// little-endian f16 bytes, the packed layout), widened in registers.
+pub fn rows_dot_f16(out: &mut [f32], inp: &[f32], w: &[u8], rows: usize, k: usize, n: usize) -> bool {
+    if level() < Level::Avx2Fma || k % 8 != 0 || rows == 0 || rows > MAX_ROWS {
+        return false;
+    }
+    assert!(
+        out.len() >= rows * n && inp.len() >= rows * k && w.len() >= n * k * 2,
+        "batch::rows_dot_f16: shapes"
+    );
+    let dst = DisjointPtr::new(out);
+    chunks(n, 2).for_each(|(v0, v1)| {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in lm_head.
+        unsafe {
+            avx2::rows_dot::<avx2::F16, true>(dst, inp, w.as_ptr(), rows, k, n, v0, v1)
         }
     });
     true
@@ -98,72 +120,105 @@ mod avx2 {
         _mm256_add_ps(lo, hi)
     }
 
-    /// Columns `v0..v1` of the LM head (`v1 - v0` even but for the last
-    /// chunk).
+    /// How a weight row's elements become f32 lanes.
+    pub trait Elem {
+        const BYTES: usize;
+        /// Eight elements from `p` (a byte pointer into the row).
+        unsafe fn load8(p: *const u8) -> __m256;
+    }
+
+    pub struct F32;
+    pub struct F16;
+
+    impl Elem for F32 {
+        const BYTES: usize = 4;
+        #[inline(always)]
+        unsafe fn load8(p: *const u8) -> __m256 {
+            _mm256_loadu_ps(p as *const f32)
+        }
+    }
+
+    impl Elem for F16 {
+        const BYTES: usize = 2;
+        #[inline(always)]
+        unsafe fn load8(p: *const u8) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
+    }
+
+    /// Outputs `v0..v1` of `out[r][v] (+)= x[r] . w[v]` for weight rows of
+    /// `k` elements (`v1 - v0` even but for the last chunk): each pair of
+    /// rows meets every group of 4 input rows in a 4 x 2 register tile
+    /// while it is in L1, so the weights stream from memory once, in order.
     ///
     /// # Safety
-    /// AVX2 and FMA; `c % 8 == 0`; the shapes hold; no other thread writes
-    /// these columns.
+    /// AVX2, FMA and F16C; `k % 8 == 0`; the shapes hold; no other thread
+    /// writes these outputs.
     #[allow(clippy::too_many_arguments)]
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn lm_head(
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn rows_dot<E: Elem, const ACCUMULATE: bool>(
         out: DisjointPtr,
-        hidden: &[f32],
-        wte: &[f32],
+        x: &[f32],
+        w: *const u8,
         rows: usize,
-        c: usize,
-        vocab: usize,
+        k: usize,
+        n: usize,
         v0: usize,
         v1: usize,
     ) {
-        let h = hidden.as_ptr();
+        let xp = x.as_ptr();
+        let row_bytes = k * E::BYTES;
         let mut v = v0;
         while v < v1 {
-            // An odd last column is paired with itself; its twin is not stored.
+            // An odd last output is paired with itself; its twin is not stored.
             let v2 = (v + 1).min(v1 - 1);
-            let w0 = wte.as_ptr().add(v * c);
-            let w1 = wte.as_ptr().add(v2 * c);
-            // The rows a few pairs ahead, so DRAM works while this pair
-            // is multiplied (the tile is compute-heavy enough that the
+            let w0 = w.add(v * row_bytes);
+            let w1 = w.add(v2 * row_bytes);
+            // The rows a few pairs ahead, so DRAM works while this pair is
+            // multiplied (the tile is compute-heavy enough that the
             // hardware prefetchers alone fall behind).
             let ahead = v + PREFETCH_ROWS;
             if ahead + 2 <= v1 {
-                let p = wte.as_ptr().add(ahead * c) as *const i8;
+                let p = w.add(ahead * row_bytes) as *const i8;
                 let mut off = 0;
-                while off < 2 * c * 4 {
+                while off < 2 * row_bytes {
                     _mm_prefetch::<_MM_HINT_T0>(p.add(off));
                     off += 64;
                 }
             }
             let mut r0 = 0;
             while r0 < rows {
-                let hr = |i: usize| h.add((r0 + i).min(rows - 1) * c);
-                let (h0, h1, h2, h3) = (hr(0), hr(1), hr(2), hr(3));
+                let xr = |i: usize| xp.add((r0 + i).min(rows - 1) * k);
+                let (h0, h1, h2, h3) = (xr(0), xr(1), xr(2), xr(3));
                 let mut acc = [_mm256_setzero_ps(); 8];
                 let mut i = 0;
-                while i < c {
-                    let a = _mm256_loadu_ps(w0.add(i));
-                    let b = _mm256_loadu_ps(w1.add(i));
-                    let x = _mm256_loadu_ps(h0.add(i));
-                    acc[0] = _mm256_fmadd_ps(x, a, acc[0]);
-                    acc[1] = _mm256_fmadd_ps(x, b, acc[1]);
-                    let x = _mm256_loadu_ps(h1.add(i));
-                    acc[2] = _mm256_fmadd_ps(x, a, acc[2]);
-                    acc[3] = _mm256_fmadd_ps(x, b, acc[3]);
-                    let x = _mm256_loadu_ps(h2.add(i));
-                    acc[4] = _mm256_fmadd_ps(x, a, acc[4]);
-                    acc[5] = _mm256_fmadd_ps(x, b, acc[5]);
-                    let x = _mm256_loadu_ps(h3.add(i));
-                    acc[6] = _mm256_fmadd_ps(x, a, acc[6]);
-                    acc[7] = _mm256_fmadd_ps(x, b, acc[7]);
+                while i < k {
+                    let a = E::load8(w0.add(i * E::BYTES));
+                    let b = E::load8(w1.add(i * E::BYTES));
+                    let t = _mm256_loadu_ps(h0.add(i));
+                    acc[0] = _mm256_fmadd_ps(t, a, acc[0]);
+                    acc[1] = _mm256_fmadd_ps(t, b, acc[1]);
+                    let t = _mm256_loadu_ps(h1.add(i));
+                    acc[2] = _mm256_fmadd_ps(t, a, acc[2]);
+                    acc[3] = _mm256_fmadd_ps(t, b, acc[3]);
+                    let t = _mm256_loadu_ps(h2.add(i));
+                    acc[4] = _mm256_fmadd_ps(t, a, acc[4]);
+                    acc[5] = _mm256_fmadd_ps(t, b, acc[5]);
+                    let t = _mm256_loadu_ps(h3.add(i));
+                    acc[6] = _mm256_fmadd_ps(t, a, acc[6]);
+                    acc[7] = _mm256_fmadd_ps(t, b, acc[7]);
                     i += 8;
                 }
                 let mut sums = [0f32; 8];
                 _mm256_storeu_ps(sums.as_mut_ptr(), hsum8(&acc));
                 for r in r0..(r0 + 4).min(rows) {
-                    *out.at(r * vocab + v) = sums[2 * (r - r0)];
+                    let put = |col: usize, val: f32| {
+                        let o = out.at(r * n + col);
+                        *o = if ACCUMULATE { *o + val } else { val };
+                    };
+                    put(v, sums[2 * (r - r0)]);
                     if v2 != v {
-                        *out.at(r * vocab + v2) = sums[2 * (r - r0) + 1];
+                        put(v2, sums[2 * (r - r0) + 1]);
                     }
                 }
                 r0 += 4;
@@ -275,6 +330,16 @@ mod tests {
                     let want: f32 = (0..c).map(|i| hidden[r * c + i] * wte[v * c + i]).sum();
                     assert!((got[r * vocab + v] - want).abs() < 1e-4, "head {rows} {r} {v}");
                 }
+            }
+            let w16: Vec<u8> = wte
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect();
+            let mut acc = vec![1.0; rows * vocab];
+            assert!(rows_dot_f16(&mut acc, &hidden, &w16, rows, c, vocab));
+            for (a, g) in acc.iter().zip(&got) {
+                // f16 weights: a coarser match, plus the 1.0 it started from.
+                assert!((a - 1.0 - g).abs() < 2e-2, "f16 {a} vs {g}");
             }
             let (k, n) = (24, 48);
             let inp = pseudo(rows * k, 3);

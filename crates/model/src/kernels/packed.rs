@@ -15,9 +15,7 @@
 
 use super::simd::{level, Level};
 use super::{column_chunks, gemm_accumulate, DisjointPtr, SKINNY_MAX_ROWS};
-#[cfg(test)]
-use crate::packed::Format;
-use crate::packed::{quantize_q8_block, PackedMatrix, BLOCK};
+use crate::packed::{quantize_q8_block, Format, PackedMatrix, BLOCK};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -109,6 +107,10 @@ pub fn packed_matmul(out: &mut [f32], inp: &[f32], w: &PackedMatrix, rows: usize
     with_buffers(|b| {
         if rows <= SKINNY_MAX_ROWS {
             skinny(out, inp, w, rows, &mut b.activations);
+        } else if w.format() == Format::F16
+            && super::batch::rows_dot_f16(out, inp, w.data(), rows, k, n)
+        {
+            // A decode batch: f16 rows widened in registers.
         } else {
             tiled_gemm(out, inp, w, rows, &mut b.tile);
         }
