@@ -411,6 +411,26 @@ fn a_stream_matches_the_plain_response_and_ends_with_done() {
         }
     }
     assert_eq!(finishes, 2);
+    // As OpenAI streams: every chunk has a choice (the SDK's
+    // `chunk.choices[0]` never fails) unless the usage chunk is asked for.
+    for e in &ev[..ev.len() - 1] {
+        let v: Value = serde_json::from_str(e).unwrap();
+        assert_eq!(v["choices"].as_array().unwrap().len(), 1, "{v}");
+        if v["choices"][0]["finish_reason"].is_string() {
+            assert!(v["provenance"]["watermark_key_id"].is_string(), "{v}");
+        }
+    }
+    let mut with_usage = json!({"prompt": "Once upon a time", "max_tokens": 20, "seed": 3, "n": 2,
+                                "stream": true, "stream_options": {"include_usage": true}});
+    let ev = events(&complete(&s, &key, with_usage.clone()).body);
+    let tail: Value = serde_json::from_str(&ev[ev.len() - 2]).unwrap();
+    assert_eq!(tail["choices"], json!([]));
+    assert_eq!(
+        tail["usage"]["completion_tokens"],
+        plain["usage"]["completion_tokens"]
+    );
+    with_usage["stream_options"] = json!({"include_usage": true, "bogus": 1});
+    complete(&s, &key, with_usage).error(400);
     let ledger = s.ledger();
     for (i, t) in texts.iter().enumerate() {
         assert_eq!(plain["choices"][i]["text"], t.as_str());
