@@ -71,7 +71,7 @@ fn cases() -> Vec<Case> {
                     stop: Arc::from(Vec::new()),
                     top_logprobs: (tag % 3) as usize,
                     watermark: w.clone(),
-                    ignore_eos: tag % 2 == 0,
+                    ignore_eos: tag.is_multiple_of(2),
                 },
             ));
         }

@@ -918,7 +918,11 @@ fn more_choices_than_slots_are_served_without_stalling_others() {
     let (_, small) = s.key("generate", "*", &[]);
     std::thread::scope(|scope| {
         let many = scope.spawn(|| {
-            complete(&s, &big, json!({"prompt": "A", "n": 9, "max_tokens": 40, "seed": 1}))
+            complete(
+                &s,
+                &big,
+                json!({"prompt": "A", "n": 9, "max_tokens": 40, "seed": 1}),
+            )
         });
         let prompts = scope.spawn(|| {
             let prompts: Vec<String> = (0..100).map(|i| format!("prompt {i}")).collect();
@@ -993,9 +997,17 @@ fn a_client_that_hangs_up_is_charged_what_was_computed_and_frees_its_quota() {
     let r = complete(&s, &key, json!({"prompt": "B", "max_tokens": 8}));
     assert_eq!(r.status, 200, "{}", r.body);
     // A request that only scores is cut off and audited the same way.
-    let prompts: Vec<String> = (0..60).map(|i| format!("a prompt to score, number {i}")).collect();
+    let prompts: Vec<String> = (0..60)
+        .map(|i| format!("a prompt to score, number {i}"))
+        .collect();
     let scoring = json!({"prompt": prompts, "echo": true, "logprobs": 5, "max_tokens": 0});
-    hang_up_after(&s, "/v1/completions", &key, scoring, Duration::from_millis(5));
+    hang_up_after(
+        &s,
+        "/v1/completions",
+        &key,
+        scoring,
+        Duration::from_millis(5),
+    );
     let start = Instant::now();
     while audit_rows(&s, &id).len() < 6 && start.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(100));
@@ -1005,7 +1017,14 @@ fn a_client_that_hangs_up_is_charged_what_was_computed_and_frees_its_quota() {
 
 #[test]
 fn sigterm_exits_within_the_drain_timeout_whatever_is_running() {
-    let mut s = Server::start(&["--step-delay-ms", "50", "--drain-timeout", "1", "--slots", "1"]);
+    let mut s = Server::start(&[
+        "--step-delay-ms",
+        "50",
+        "--drain-timeout",
+        "1",
+        "--slots",
+        "1",
+    ]);
     let (id, key) = s.key("generate", "*", &[]);
     // A 6 s stream holds the only slot; another request waits for it.
     let url = s.url.clone();

@@ -6,8 +6,8 @@ use anyhow::{ensure, Result};
 use gpt2_generate::{Decoder, SamplingParams, SeqSpec};
 use gpt2_model::score::{Scorer, Windowing};
 use gpt2_model::Model;
-use std::sync::Arc;
 use serde_json::json;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(clap::Args)]

@@ -242,7 +242,10 @@ impl<'m> Decoder<'m> {
 
     /// One forward pass over every sequence, then one new token for each;
     /// `on_event` hears of each token and each finished sequence.
-    pub fn step(&mut self, on_event: &mut dyn FnMut(Event<'_>)) -> Result<StepStats, GenerateError> {
+    pub fn step(
+        &mut self,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<StepStats, GenerateError> {
         if self.seqs.is_empty() {
             return Ok(StepStats::default());
         }
@@ -336,7 +339,11 @@ impl<'m> Decoder<'m> {
                 i += 1;
                 continue;
             }
-            let rest = if sent { String::new() } else { piece.to_string() };
+            let rest = if sent {
+                String::new()
+            } else {
+                piece.to_string()
+            };
             let s = self.seqs.swap_remove(i);
             self.free.push(s.slot);
             on_event(Event::Done {
@@ -358,12 +365,9 @@ impl Seq {
     /// decides whether the sequence is finished: at `<|endoftext|>`, a stop
     /// string, `max_tokens`, or a full slot.
     fn advance(&mut self, raw: &[f32], drawable: usize, tokenizer: &Tokenizer, capacity: usize) {
-        let pick = self.sampler.pick(
-            raw,
-            drawable,
-            &self.history,
-            self.spec.watermark.as_deref(),
-        );
+        let pick = self
+            .sampler
+            .pick(raw, drawable, &self.history, self.spec.watermark.as_deref());
         self.out = None;
         if pick.token == END_OF_TEXT && !self.spec.ignore_eos {
             self.utf8.finish(&mut self.text);

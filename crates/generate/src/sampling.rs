@@ -289,7 +289,9 @@ impl Sampler {
         if penalty {
             // A seen token's penalty is not a shift: test its own bounds.
             for &t in &self.seen_list {
-                let Some(&l) = raw.get(t as usize) else { continue };
+                let Some(&l) = raw.get(t as usize) else {
+                    continue;
+                };
                 // The penalty is monotone and the bias non-negative.
                 if penalized(l + max_bias, rp) >= floor {
                     self.candidates.push(t);
@@ -534,9 +536,7 @@ mod tests {
         let logits: Vec<f32> = (0..100).map(|i| (i % 13) as f32 * 0.1).collect();
         let run = |seed, stream| {
             let mut s = Sampler::new(params(1.0, 0, 1.0, 1.0), seed, stream, 100);
-            (0..50)
-                .map(|_| s.sample(&logits))
-                .collect::<Vec<_>>()
+            (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()
         };
         assert_eq!(run(5, 0), run(5, 0));
         assert_ne!(run(5, 0), run(5, 1));
@@ -594,7 +594,18 @@ mod tests {
         ids.truncate(k);
         ids.sort();
         let t = if p.is_greedy() { 1.0 } else { p.temperature };
-        ids.iter().map(|&i| (i, if t != 1.0 { l[i as usize] * (1.0 / t) } else { l[i as usize] })).collect()
+        ids.iter()
+            .map(|&i| {
+                (
+                    i,
+                    if t != 1.0 {
+                        l[i as usize] * (1.0 / t)
+                    } else {
+                        l[i as usize]
+                    },
+                )
+            })
+            .collect()
     }
 
     #[test]
@@ -607,11 +618,18 @@ mod tests {
             let k = [1, 5, 40, 200][case as usize % 4];
             let rp = [1.0, 1.3, 0.7][case as usize % 3];
             let p = params(if case % 5 == 0 { 0.0 } else { 0.8 }, k, 1.0, rp);
-            let seen: Vec<u32> = (0..30).map(|j| ((j * 101 + case * 7) % v as u64) as u32).collect();
+            let seen: Vec<u32> = (0..30)
+                .map(|j| ((j * 101 + case * 7) % v as u64) as u32)
+                .collect();
             let mut s = Sampler::new(p, case, 0, v);
             s.observe(&seen);
             s.filter(&raw, &[], Some(&EveryThird));
-            let got: Vec<(u32, f32)> = s.candidates.iter().copied().zip(s.values.iter().copied()).collect();
+            let got: Vec<(u32, f32)> = s
+                .candidates
+                .iter()
+                .copied()
+                .zip(s.values.iter().copied())
+                .collect();
             assert_eq!(got, reference(&raw, p, &seen), "case {case}");
         }
     }

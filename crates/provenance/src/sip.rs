@@ -57,7 +57,7 @@ fn hash_tokens_generic(key: (u64, u64), msg: Message<'_>, tokens: &[u32], out: &
             t[i] = tokens[at + i] as u64;
             if let Message::AnchorThenToken(words) = msg {
                 let m = words[at + i];
-                w[i] = (m >> 32) | (m << 32);
+                w[i] = m.rotate_left(32);
             }
         }
         let h = match msg {
@@ -145,7 +145,9 @@ mod tests {
     fn lanes_equal_siphasher() {
         let key = (0x0123_4567_89ab_cdef, 0xfedc_ba98_7654_3210);
         let tokens: Vec<u32> = (0..37).map(|i| i * 1361 + 7).collect();
-        let anchors: Vec<u64> = (0..37u64).map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).collect();
+        let anchors: Vec<u64> = (0..37u64)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .collect();
         let mut out = vec![0; tokens.len()];
         hash_tokens(key, Message::Token, &tokens, &mut out);
         for (t, h) in tokens.iter().zip(&out) {

@@ -18,8 +18,8 @@
 //! output is specified, so a text watermarked on one machine is detected on
 //! any other. Never an RNG seeded with the key.
 
-use crate::watermark_key::{Scheme, Seeding, WatermarkKey};
 use crate::sip::{hash_tokens, Message};
+use crate::watermark_key::{Scheme, Seeding, WatermarkKey};
 use gpt2_generate::{Tokens, Watermark};
 use serde::Serialize;
 use siphasher::sip::SipHasher24;
@@ -276,9 +276,7 @@ impl Watermark for Watermarker {
         // The choice is a function of the context, so a context seen before
         // would repeat its token and loop forever; there the sampler draws
         // normally (the detector counts each pair once).
-        if self.prf.key.scheme != Scheme::Gumbel
-            || history.len() < h
-            || context_repeats(history, h)
+        if self.prf.key.scheme != Scheme::Gumbel || history.len() < h || context_repeats(history, h)
         {
             return None;
         }
@@ -607,9 +605,13 @@ mod tests {
                 let ids: Vec<u32> = (0..vocab as u32).step_by(7).collect();
                 let mut some = vec![0f32; ids.len()];
                 w.bias(&history, Tokens::Only(&ids), &mut some);
-                for v in 0..vocab {
-                    let want = if w.prf.is_green(&history, v as u32) { delta } else { 0.0 };
-                    assert_eq!(all[v], want, "{seeding:?} token {v}");
+                for (v, &got) in all.iter().enumerate() {
+                    let want = if w.prf.is_green(&history, v as u32) {
+                        delta
+                    } else {
+                        0.0
+                    };
+                    assert_eq!(got, want, "{seeding:?} token {v}");
                 }
                 for (i, &v) in ids.iter().enumerate() {
                     assert_eq!(some[i], all[v as usize]);

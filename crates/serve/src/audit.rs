@@ -131,7 +131,8 @@ impl RequestAudit {
 impl Drop for RequestAudit {
     fn drop(&mut self) {
         if !self.written {
-            self.info.add_note("the client disconnected before the response");
+            self.info
+                .add_note("the client disconnected before the response");
             self.write(CLIENT_CLOSED);
         }
     }

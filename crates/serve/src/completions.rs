@@ -237,7 +237,13 @@ fn submit(
     let prompts = ctx
         .prompts
         .iter()
-        .map(|p| if p.is_empty() { vec![END_OF_TEXT] } else { p.clone() })
+        .map(|p| {
+            if p.is_empty() {
+                vec![END_OF_TEXT]
+            } else {
+                p.clone()
+            }
+        })
         .collect();
     let job = Job {
         prompts,

@@ -121,8 +121,7 @@ pub async fn watermark_detect(
     let mut audit = RequestAudit::new(s.clone(), "/v1/watermark/detect");
     let info = &mut audit.info;
     let result = async {
-        let (_, req): (_, WatermarkDetectRequest) =
-            authorized(&s, &headers, body, info).await?;
+        let (_, req): (_, WatermarkDetectRequest) = authorized(&s, &headers, body, info).await?;
         let z = req.z_threshold.unwrap_or(4.0);
         if !z.is_finite() {
             return Err(

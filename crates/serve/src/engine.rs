@@ -11,7 +11,9 @@
 //! request waits for another to be admitted whole.
 
 use crate::metrics::Metrics;
-use gpt2_generate::{Decoder, Event as DecodeEvent, FinishReason, SamplingParams, SeqSpec, Watermark};
+use gpt2_generate::{
+    Decoder, Event as DecodeEvent, FinishReason, SamplingParams, SeqSpec, Watermark,
+};
 use gpt2_model::Model;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -258,7 +260,8 @@ impl Engine<'_> {
         }
         self.waiting.retain(|id| !gone.contains(id));
         let jobs = &self.jobs;
-        self.decoder.retain(|tag| jobs.contains_key(&(tag >> CHOICE_BITS)));
+        self.decoder
+            .retain(|tag| jobs.contains_key(&(tag >> CHOICE_BITS)));
     }
 
     /// Hands free slots to waiting requests in turn: the front request gets

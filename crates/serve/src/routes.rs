@@ -101,4 +101,3 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
-

@@ -182,7 +182,10 @@ async fn serve(
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
         eprintln!(
             "the drain timeout of {} s passed: cutting off the requests still in flight",
             drain.as_secs()

@@ -34,8 +34,15 @@ fn chunks(n: usize, align: usize) -> impl IndexedParallelIterator<Item = (usize,
 
 /// `logits[r * vocab + v] = hidden[r] . wte[v]` for `rows` rows of width
 /// `c`.
-pub fn lm_head(logits: &mut [f32], hidden: &[f32], wte: &[f32], rows: usize, c: usize, vocab: usize) -> bool {
-    if level() < Level::Avx2Fma || c % 8 != 0 || rows == 0 || rows > MAX_ROWS {
+pub fn lm_head(
+    logits: &mut [f32],
+    hidden: &[f32],
+    wte: &[f32],
+    rows: usize,
+    c: usize,
+    vocab: usize,
+) -> bool {
+    if level() < Level::Avx2Fma || !c.is_multiple_of(8) || rows == 0 || rows > MAX_ROWS {
         return false;
     }
     assert!(
@@ -48,7 +55,16 @@ pub fn lm_head(logits: &mut [f32], hidden: &[f32], wte: &[f32], rows: usize, c: 
         // SAFETY: AVX2+FMA were detected (level); the shapes are asserted
         // above; this task writes columns v0..v1 only.
         unsafe {
-            avx2::rows_dot::<avx2::F32, false>(out, hidden, wte.as_ptr() as *const u8, rows, c, vocab, v0, v1)
+            avx2::rows_dot::<avx2::F32, false>(
+                out,
+                hidden,
+                wte.as_ptr() as *const u8,
+                rows,
+                c,
+                vocab,
+                v0,
+                v1,
+            )
         }
     });
     true
@@ -56,8 +72,15 @@ pub fn lm_head(logits: &mut [f32], hidden: &[f32], wte: &[f32], rows: usize, c: 
 
 /// `out[r * n + j] += inp[r] . w[j]` for f16 weight rows `w` (`[n, k]`,
 /// little-endian f16 bytes, the packed layout), widened in registers.
-pub fn rows_dot_f16(out: &mut [f32], inp: &[f32], w: &[u8], rows: usize, k: usize, n: usize) -> bool {
-    if level() < Level::Avx2Fma || k % 8 != 0 || rows == 0 || rows > MAX_ROWS {
+pub fn rows_dot_f16(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[u8],
+    rows: usize,
+    k: usize,
+    n: usize,
+) -> bool {
+    if level() < Level::Avx2Fma || !k.is_multiple_of(8) || rows == 0 || rows > MAX_ROWS {
         return false;
     }
     assert!(
@@ -78,7 +101,7 @@ pub fn rows_dot_f16(out: &mut [f32], inp: &[f32], w: &[u8], rows: usize, k: usiz
 /// `out[r * n + j] += inp[r * k + i] * w[i * n + j]` summed over `i`, for
 /// `rows` rows.
 pub fn conv1d(out: &mut [f32], inp: &[f32], w: &[f32], rows: usize, k: usize, n: usize) -> bool {
-    if level() < Level::Avx2Fma || n % 16 != 0 || rows == 0 || rows > MAX_ROWS {
+    if level() < Level::Avx2Fma || !n.is_multiple_of(16) || rows == 0 || rows > MAX_ROWS {
         return false;
     }
     assert!(
@@ -307,7 +330,9 @@ mod tests {
         let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
             })
             .collect()
@@ -328,7 +353,10 @@ mod tests {
             for r in 0..rows {
                 for v in 0..vocab {
                     let want: f32 = (0..c).map(|i| hidden[r * c + i] * wte[v * c + i]).sum();
-                    assert!((got[r * vocab + v] - want).abs() < 1e-4, "head {rows} {r} {v}");
+                    assert!(
+                        (got[r * vocab + v] - want).abs() < 1e-4,
+                        "head {rows} {r} {v}"
+                    );
                 }
             }
             let w16: Vec<u8> = wte
@@ -349,9 +377,12 @@ mod tests {
             assert!(conv1d(&mut out, &inp, &w, rows, k, n));
             for r in 0..rows {
                 for j in 0..n {
-                    let want: f32 =
-                        start[r * n + j] + (0..k).map(|i| inp[r * k + i] * w[i * n + j]).sum::<f32>();
-                    assert!((out[r * n + j] - want).abs() < 1e-4, "conv1d {rows} {r} {j}");
+                    let want: f32 = start[r * n + j]
+                        + (0..k).map(|i| inp[r * k + i] * w[i * n + j]).sum::<f32>();
+                    assert!(
+                        (out[r * n + j] - want).abs() < 1e-4,
+                        "conv1d {rows} {r} {j}"
+                    );
                 }
             }
         }

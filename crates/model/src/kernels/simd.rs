@@ -331,7 +331,7 @@ pub mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn key_scores(q: &[f32], keys: &[f32], scale: f32, scores: &mut [f32]) {
         let hd = q.len();
-        if hd % 8 != 0 {
+        if !hd.is_multiple_of(8) {
             return scalar::key_scores(q, keys, scale, scores);
         }
         let n = scores.len().min(keys.len() / hd.max(1));
