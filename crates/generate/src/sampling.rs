@@ -96,6 +96,13 @@ pub trait Watermark: Send + Sync {
     /// repetition penalty, temperature and filtering (KGW).
     fn bias(&self, _history: &[u32], _tokens: Tokens<'_>, _logits: &mut [f32]) {}
 
+    /// The bias `bias` would add to `token`'s logit at this step, for a
+    /// sampler that draws by rejection instead of biasing every logit;
+    /// `None` where the watermark cannot say for one token.
+    fn token_bias(&self, _history: &[u32], _token: u32) -> Option<f32> {
+        None
+    }
+
     /// Replaces the random draw: given the final candidates and their
     /// unnormalised probabilities (after every filter), picks one, or
     /// `None` to let the sampler draw. The hook for distortion-free
@@ -130,6 +137,8 @@ pub struct Sampler {
     /// Positions into `candidates` (nucleus), and the draw's weights.
     order: Vec<u32>,
     probs: Vec<f32>,
+    /// Running sums of `probs` (rejection sampling).
+    cumulative: Vec<f64>,
     /// The k largest values seen so far (a min-heap).
     heap: Vec<f32>,
 }
@@ -148,6 +157,7 @@ impl Sampler {
             values: Vec::new(),
             order: Vec::new(),
             probs: Vec::new(),
+            cumulative: Vec::new(),
             heap: Vec::new(),
         }
     }
@@ -195,12 +205,62 @@ impl Sampler {
     }
 
     fn choose_token(&mut self, raw: &[f32], history: &[u32], wm: Option<&dyn Watermark>) -> u32 {
+        if let Some(w) = wm.filter(|w| self.draws_by_rejection(raw.len(), *w)) {
+            if let Some(token) = self.draw_rejecting(raw, history, w) {
+                return token;
+            }
+        }
         self.filter(raw, history, wm);
         if self.params.is_greedy() {
             // filter kept the largest alone (the lowest id among ties).
             return self.candidates[0];
         }
         self.draw(history, wm)
+    }
+
+    /// Whether this step can sample the watermarked distribution by
+    /// rejection: the whole vocabulary is in play (no top-k, top-p or
+    /// penalty that would need every biased logit) and the watermark only
+    /// biases.
+    fn draws_by_rejection(&self, vocab: usize, w: &dyn Watermark) -> bool {
+        let p = self.params;
+        !p.is_greedy()
+            && (p.top_k == 0 || p.top_k >= vocab)
+            && p.top_p >= 1.0
+            && p.repetition_penalty == 1.0
+            && w.max_bias() > 0.0
+    }
+
+    /// Samples from softmax((raw + bias) / T) without computing the bias
+    /// of every token: draw `v` from softmax(raw / T), keep it with
+    /// probability exp((bias(v) - max_bias) / T), else draw again. Exact,
+    /// and a few keyed hashes per token instead of a whole green list
+    /// (KGW at gamma 0.25, delta 2: about 3 draws). `None` when the
+    /// watermark cannot give a single token's bias (the caller then biases
+    /// the whole vocabulary), or, in theory, after too many rejections.
+    fn draw_rejecting(&mut self, raw: &[f32], history: &[u32], w: &dyn Watermark) -> Option<u32> {
+        const MAX_DRAWS: usize = 10_000;
+        let inv_t = 1.0 / self.params.temperature;
+        self.probs.clear();
+        self.probs.extend(raw.iter().map(|&l| l * inv_t));
+        let max = simd::max(&self.probs);
+        simd::exp_shifted_sum(&mut self.probs, max);
+        self.cumulative.clear();
+        let mut total = 0f64;
+        for &e in &self.probs {
+            total += e as f64;
+            self.cumulative.push(total);
+        }
+        let max_bias = w.max_bias();
+        for _ in 0..MAX_DRAWS {
+            let u = self.rng.random::<f64>() * total;
+            let v = self.cumulative.partition_point(|&c| c <= u).min(raw.len() - 1) as u32;
+            let b = w.token_bias(history, v)?;
+            if b >= max_bias || self.rng.random::<f64>() < (((b - max_bias) * inv_t) as f64).exp() {
+                return Some(v);
+            }
+        }
+        None
     }
 
     /// Leaves the final candidates (ascending by id) and their values
@@ -631,6 +691,56 @@ mod tests {
                 .zip(s.values.iter().copied())
                 .collect();
             assert_eq!(got, reference(&raw, p, &seen), "case {case}");
+        }
+    }
+
+    impl EveryThird {
+        fn of(token: u32) -> f32 {
+            if token % 3 == 0 {
+                2.5
+            } else {
+                0.0
+            }
+        }
+    }
+
+    #[test]
+    fn rejection_sampling_draws_the_watermarked_distribution() {
+        struct PerToken;
+        impl Watermark for PerToken {
+            fn max_bias(&self) -> f32 {
+                2.5
+            }
+            fn bias(&self, h: &[u32], t: Tokens<'_>, l: &mut [f32]) {
+                EveryThird.bias(h, t, l)
+            }
+            fn token_bias(&self, _h: &[u32], token: u32) -> Option<f32> {
+                Some(EveryThird::of(token))
+            }
+        }
+        let logits = [1.0f32, 0.0, 2.0, -1.0, 0.5, 1.5];
+        for t in [1.0f32, 0.7] {
+            let want: Vec<f64> = {
+                let w: Vec<f64> = (0..6)
+                    .map(|v| (((logits[v] + EveryThird::of(v as u32)) / t) as f64).exp())
+                    .collect();
+                let z: f64 = w.iter().sum();
+                w.iter().map(|x| x / z).collect()
+            };
+            let mut s = Sampler::new(params(t, 0, 1.0, 1.0), 9, 0, 6);
+            assert!(s.draws_by_rejection(6, &PerToken));
+            let mut counts = [0usize; 6];
+            let n = 60000;
+            for _ in 0..n {
+                counts[s.pick(&logits, 6, &[1], Some(&PerToken)).token as usize] += 1;
+            }
+            for v in 0..6 {
+                let got = counts[v] as f64 / n as f64;
+                assert!((got - want[v]).abs() < 0.01, "T {t}: {counts:?} vs {want:?}");
+            }
+            // Top-p or a penalty need every biased logit: no rejection.
+            assert!(!Sampler::new(params(t, 0, 0.9, 1.0), 9, 0, 6).draws_by_rejection(6, &PerToken));
+            assert!(!Sampler::new(params(t, 0, 1.0, 1.2), 9, 0, 6).draws_by_rejection(6, &PerToken));
         }
     }
 

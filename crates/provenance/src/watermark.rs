@@ -267,6 +267,20 @@ impl Watermark for Watermarker {
         }
     }
 
+    /// KGW: `delta` if `token` is green at this step (one keyed hash).
+    fn token_bias(&self, history: &[u32], token: u32) -> Option<f32> {
+        let h = self.prf.key.context_width;
+        if self.prf.key.scheme != Scheme::Kgw || history.len() < h {
+            return None;
+        }
+        let step = self.prf.step_key(&history[history.len() - h..]);
+        Some(if self.prf.green(step, token) {
+            self.prf.key.delta
+        } else {
+            0.0
+        })
+    }
+
     /// Gumbel: of the sampler's final candidates, the one with the largest
     /// ln(r_v) / p_v, p being exactly the distribution the sampler would
     /// have drawn from (after repetition penalty, temperature, top-k and
@@ -615,6 +629,7 @@ mod tests {
                 }
                 for (i, &v) in ids.iter().enumerate() {
                     assert_eq!(some[i], all[v as usize]);
+                    assert_eq!(w.token_bias(&history, v), Some(all[v as usize]));
                 }
             }
         }
