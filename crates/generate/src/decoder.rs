@@ -112,6 +112,8 @@ pub struct Decoder<'m> {
     free: Vec<usize>,
     seqs: Vec<Seq>,
     rows: Vec<usize>,
+    /// (from, to) slots: this step's followers copy their group's prefill.
+    copies: Vec<(usize, usize)>,
     next_group: u64,
 }
 
@@ -134,12 +136,9 @@ impl<'m> Decoder<'m> {
             free: (0..slots).rev().collect(),
             seqs: Vec::with_capacity(slots),
             rows: Vec::with_capacity(slots),
+            copies: Vec::new(),
             next_group: 0,
         }
-    }
-
-    pub fn slots(&self) -> usize {
-        self.cache.slots()
     }
 
     pub fn free_slots(&self) -> usize {
@@ -152,15 +151,6 @@ impl<'m> Decoder<'m> {
     }
 
     pub fn is_idle(&self) -> bool {
-        self.seqs.is_empty()
-    }
-
-    /// Sequences in flight.
-    pub fn len(&self) -> usize {
-        self.seqs.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
         self.seqs.is_empty()
     }
 
@@ -258,18 +248,8 @@ impl<'m> Decoder<'m> {
             self.model
                 .next_token_logits(&self.batch, &mut self.cache, &mut self.scratch)?;
         let vocab = self.model.config().vocab_size;
-        // Followers copy their group's prefilled slot (the group's first
-        // sequence holds it) and share its row.
-        for i in 0..self.seqs.len() {
-            let Phase::Prefill { group } = self.seqs[i].phase else {
-                continue;
-            };
-            let leader = self.seqs[..i]
-                .iter()
-                .find(|o| matches!(o.phase, Phase::Prefill { group: g } if g == group));
-            if let Some(from) = leader.map(|o| o.slot) {
-                self.cache.copy_slot(from, self.seqs[i].slot);
-            }
+        for &(from, to) in &self.copies {
+            self.cache.copy_slot(from, to);
         }
         let drawable = self.tokenizer.vocab_size().min(vocab);
         let capacity = self.cache.capacity();
@@ -286,10 +266,12 @@ impl<'m> Decoder<'m> {
     }
 
     /// Lays out the step's batch: one token per decoding sequence, each
-    /// group's prompt once; `rows[i]` is the logits row of `seqs[i]`.
+    /// group's prompt once (in its first sequence's slot, which the others
+    /// copy after the pass); `rows[i]` is the logits row of `seqs[i]`.
     fn build_batch(&mut self) {
         self.batch.clear();
         self.rows.clear();
+        self.copies.clear();
         for i in 0..self.seqs.len() {
             let s = &self.seqs[i];
             let row = match s.phase {
@@ -298,11 +280,14 @@ impl<'m> Decoder<'m> {
                     self.batch.len() - 1
                 }
                 Phase::Prefill { group } => {
-                    let earlier = self.seqs[..i].iter().zip(&self.rows).find_map(|(o, &r)| {
-                        matches!(o.phase, Phase::Prefill { group: g } if g == group).then_some(r)
-                    });
-                    match earlier {
-                        Some(r) => r,
+                    let leader = self.seqs[..i].iter().zip(&self.rows).find(
+                        |(o, _)| matches!(o.phase, Phase::Prefill { group: g } if g == group),
+                    );
+                    match leader {
+                        Some((o, &r)) => {
+                            self.copies.push((o.slot, s.slot));
+                            r
+                        }
                         None => {
                             self.batch.push(s.slot, &s.history[..s.prompt_len]);
                             self.batch.len() - 1

@@ -124,7 +124,6 @@ impl<'m> Generator<'m> {
             ));
         }
         let prompt = self.fit_prompt(prompt, opts)?;
-        let mut done: Vec<Option<Completion>> = vec![None; opts.n];
         if opts.max_tokens == 0 {
             return Ok(vec![Completion::empty(FinishReason::Length); opts.n]);
         }
@@ -144,6 +143,7 @@ impl<'m> Generator<'m> {
             .collect();
         let mut decoder = Decoder::new(self.model, opts.n);
         decoder.join(&prompt, specs)?;
+        let mut done: Vec<Option<Completion>> = vec![None; opts.n];
         while !decoder.is_idle() {
             decoder.step(&mut |e| match e {
                 Event::Token { tag, text, .. } if !text.is_empty() => on_text(tag as usize, text),

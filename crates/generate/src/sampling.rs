@@ -162,10 +162,6 @@ impl Sampler {
         }
     }
 
-    pub fn params(&self) -> &SamplingParams {
-        &self.params
-    }
-
     /// Records tokens (the prompt, then each sampled token) for the
     /// repetition penalty.
     pub fn observe(&mut self, tokens: &[u32]) {
@@ -254,7 +250,10 @@ impl Sampler {
         let max_bias = w.max_bias();
         for _ in 0..MAX_DRAWS {
             let u = self.rng.random::<f64>() * total;
-            let v = self.cumulative.partition_point(|&c| c <= u).min(raw.len() - 1) as u32;
+            let v = self
+                .cumulative
+                .partition_point(|&c| c <= u)
+                .min(raw.len() - 1) as u32;
             let b = w.token_bias(history, v)?;
             if b >= max_bias || self.rng.random::<f64>() < (((b - max_bias) * inv_t) as f64).exp() {
                 return Some(v);
@@ -277,7 +276,7 @@ impl Sampler {
             if let Some(w) = wm {
                 w.bias(history, Tokens::Only(&self.candidates), &mut self.values);
             }
-            self.penalize(true);
+            self.penalize();
             self.keep_top(k);
         } else {
             self.candidates.clear();
@@ -287,7 +286,7 @@ impl Sampler {
             if let Some(w) = wm {
                 w.bias(history, Tokens::All, &mut self.values);
             }
-            self.penalize(false);
+            self.penalize();
         }
         if p.is_greedy() {
             return;
@@ -301,20 +300,15 @@ impl Sampler {
         }
     }
 
-    /// Applies the repetition penalty to the candidates' values: by
-    /// position through a search when `compact`, else by id.
-    fn penalize(&mut self, compact: bool) {
+    /// Applies the repetition penalty to the seen candidates' values
+    /// (candidates are ascending by id, so a search finds each).
+    fn penalize(&mut self) {
         let rp = self.params.repetition_penalty;
         if rp == 1.0 {
             return;
         }
         for &t in &self.seen_list {
-            let at = if compact {
-                self.candidates.binary_search(&t).ok()
-            } else {
-                Some(t as usize).filter(|&i| i < self.values.len())
-            };
-            if let Some(i) = at {
+            if let Ok(i) = self.candidates.binary_search(&t) {
                 self.values[i] = penalized(self.values[i], rp);
             }
         }
@@ -509,16 +503,6 @@ fn sift_down(h: &mut [f32], mut i: usize) {
     }
 }
 
-pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -696,7 +680,7 @@ mod tests {
 
     impl EveryThird {
         fn of(token: u32) -> f32 {
-            if token % 3 == 0 {
+            if token.is_multiple_of(3) {
                 2.5
             } else {
                 0.0
@@ -736,7 +720,10 @@ mod tests {
             }
             for v in 0..6 {
                 let got = counts[v] as f64 / n as f64;
-                assert!((got - want[v]).abs() < 0.01, "T {t}: {counts:?} vs {want:?}");
+                assert!(
+                    (got - want[v]).abs() < 0.01,
+                    "T {t}: {counts:?} vs {want:?}"
+                );
             }
             // Top-p or a penalty need every biased logit: no rejection.
             assert!(!Sampler::new(params(t, 0, 0.9, 1.0), 9, 0, 6).draws_by_rejection(6, &PerToken));

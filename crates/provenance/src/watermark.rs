@@ -33,6 +33,8 @@ pub use crate::watermark_key::KeyError;
 pub struct Prf {
     key: WatermarkKey,
     vocab: usize,
+    /// KGW: a token is green when its bits are below this.
+    green_below: u128,
     /// SelfHash: each token's anchor hash, for the min over the window.
     anchors: Vec<u64>,
     self_key: (u64, u64),
@@ -47,6 +49,7 @@ impl Prf {
         };
         let self_key = key.derive(b"self-hash", &[]);
         Prf {
+            green_below: green_threshold(key.gamma),
             key,
             vocab,
             anchors,
@@ -108,7 +111,12 @@ impl Prf {
     }
 
     fn green(&self, step: StepKey, token: u32) -> bool {
-        (self.bits(step, token) as f64) < self.key.gamma * TWO_64
+        self.green_bits(self.bits(step, token))
+    }
+
+    /// Whether a token with these bits is green.
+    fn green_bits(&self, bits: u64) -> bool {
+        (bits as u128) < self.green_below
     }
 
     /// The token's uniform in (0, 1) after `context` (Gumbel).
@@ -118,6 +126,23 @@ impl Prf {
 }
 
 const TWO_64: f64 = 18_446_744_073_709_551_616.0;
+
+/// Green is defined as `(bits as f64) < gamma * 2^64`; as an integer test
+/// that is `bits < X` for the smallest X with `(X as f64) >= gamma * 2^64`
+/// (the conversion is monotone), found by bisection.
+fn green_threshold(gamma: f64) -> u128 {
+    let threshold = gamma * TWO_64;
+    let (mut lo, mut hi) = (0u128, 1u128 << 64);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if mid == 1u128 << 64 || (mid as u64 as f64) >= threshold {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    lo
+}
 
 fn to_unit(bits: u64) -> f64 {
     ((bits >> 11) as f64 + 0.5) / (1u64 << 53) as f64
@@ -155,9 +180,6 @@ fn sip(key: (u64, u64), words: &[u32]) -> u64 {
 /// across steps and sequences.
 pub struct Watermarker {
     prf: Prf,
-    /// KGW: a token is green when its bits are below this (the same test
-    /// as `Prf::green`'s, as an integer).
-    green_below: u128,
     greens: Mutex<HashMap<u128, Arc<[u64]>>>,
 }
 
@@ -166,27 +188,17 @@ const GREEN_CACHE: usize = 4096;
 
 impl Watermarker {
     pub fn new(prf: Prf) -> Watermarker {
-        let threshold = prf.key.gamma * TWO_64;
-        // The smallest x with (x as f64) >= threshold; the conversion is
-        // monotone, so green is exactly x below it.
-        let (mut lo, mut hi) = (0u128, 1u128 << 64);
-        while lo < hi {
-            let mid = (lo + hi) / 2;
-            if (mid as u64 as f64) >= threshold || mid == 1u128 << 64 {
-                hi = mid;
-            } else {
-                lo = mid + 1;
-            }
-        }
         Watermarker {
             prf,
-            green_below: lo,
             greens: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn key(&self) -> &WatermarkKey {
-        &self.prf.key
+    /// The step after `history`, when it holds a full context (shorter
+    /// histories are neither marked nor scored).
+    fn step_after(&self, history: &[u32]) -> Option<StepKey> {
+        let h = self.prf.key.context_width;
+        (history.len() >= h).then(|| self.prf.step_key(&history[history.len() - h..]))
     }
 
     /// The step's green list over the whole vocabulary, as a bitset.
@@ -203,7 +215,7 @@ impl Watermarker {
         self.prf.bits_many(step, &tokens, &mut bits);
         let mut set = vec![0u64; vocab.div_ceil(64)];
         for (v, &b) in bits.iter().enumerate() {
-            if (b as u128) < self.green_below {
+            if self.prf.green_bits(b) {
                 set[v / 64] |= 1 << (v % 64);
             }
         }
@@ -229,11 +241,12 @@ impl Watermark for Watermarker {
 
     /// KGW: `delta` on every green logit, before temperature and filtering.
     fn bias(&self, history: &[u32], tokens: Tokens<'_>, logits: &mut [f32]) {
-        let h = self.prf.key.context_width;
-        if self.prf.key.scheme != Scheme::Kgw || history.len() < h {
-            return; // no full context: this step is neither marked nor scored
+        if self.prf.key.scheme != Scheme::Kgw {
+            return;
         }
-        let step = self.prf.step_key(&history[history.len() - h..]);
+        let Some(step) = self.step_after(history) else {
+            return;
+        };
         let delta = self.prf.key.delta;
         match tokens {
             Tokens::All => {
@@ -259,7 +272,7 @@ impl Watermark for Watermarker {
                 let mut bits = vec![0u64; ids.len()];
                 self.prf.bits_many(step, ids, &mut bits);
                 for (l, &b) in logits.iter_mut().zip(&bits) {
-                    if (b as u128) < self.green_below {
+                    if self.prf.green_bits(b) {
                         *l += delta;
                     }
                 }
@@ -269,11 +282,10 @@ impl Watermark for Watermarker {
 
     /// KGW: `delta` if `token` is green at this step (one keyed hash).
     fn token_bias(&self, history: &[u32], token: u32) -> Option<f32> {
-        let h = self.prf.key.context_width;
-        if self.prf.key.scheme != Scheme::Kgw || history.len() < h {
+        if self.prf.key.scheme != Scheme::Kgw {
             return None;
         }
-        let step = self.prf.step_key(&history[history.len() - h..]);
+        let step = self.step_after(history)?;
         Some(if self.prf.green(step, token) {
             self.prf.key.delta
         } else {
@@ -286,15 +298,16 @@ impl Watermark for Watermarker {
     /// have drawn from (after repetition penalty, temperature, top-k and
     /// top-p).
     fn choose(&self, history: &[u32], candidates: &[u32], weights: &[f32]) -> Option<u32> {
-        let h = self.prf.key.context_width;
         // The choice is a function of the context, so a context seen before
         // would repeat its token and loop forever; there the sampler draws
         // normally (the detector counts each pair once).
-        if self.prf.key.scheme != Scheme::Gumbel || history.len() < h || context_repeats(history, h)
-        {
+        if self.prf.key.scheme != Scheme::Gumbel {
             return None;
         }
-        let step = self.prf.step_key(&history[history.len() - h..]);
+        let step = self.step_after(history)?;
+        if context_repeats(history, self.prf.key.context_width) {
+            return None;
+        }
         let mut bits = vec![0u64; candidates.len()];
         self.prf.bits_many(step, candidates, &mut bits);
         gumbel_argmax(candidates, weights, &bits)
@@ -630,6 +643,20 @@ mod tests {
                 for (i, &v) in ids.iter().enumerate() {
                     assert_eq!(some[i], all[v as usize]);
                     assert_eq!(w.token_bias(&history, v), Some(all[v as usize]));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_integer_green_test_is_the_f64_definition() {
+        for gamma in [0.25, 0.5, 0.1, 1.0 / 3.0] {
+            let x = green_threshold(gamma);
+            let t = gamma * TWO_64;
+            for d in [0u128, 1, 2, 1000, 4096, 1 << 20] {
+                for b in [x.saturating_sub(d), x + d] {
+                    let b = b.min(u64::MAX as u128) as u64;
+                    assert_eq!((b as u128) < x, (b as f64) < t, "gamma {gamma} bits {b}");
                 }
             }
         }

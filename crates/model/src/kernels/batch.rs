@@ -16,21 +16,11 @@
 //! uses `gemm`.
 
 use super::simd::{level, Level};
-use super::DisjointPtr;
+use super::{aligned_chunks, DisjointPtr};
 use rayon::prelude::*;
 
 /// Up to this many rows a product counts as a decode batch.
 pub const MAX_ROWS: usize = 64;
-
-/// Ranges of `0..n` in multiples of `align` (the last may be shorter),
-/// several per thread so that work stealing evens out a slow thread.
-fn chunks(n: usize, align: usize) -> impl IndexedParallelIterator<Item = (usize, usize)> {
-    let pieces = 8 * rayon::current_num_threads().max(1);
-    let width = (n.div_ceil(pieces).div_ceil(align) * align).max(align);
-    (0..n.div_ceil(width))
-        .into_par_iter()
-        .map(move |i| (i * width, ((i + 1) * width).min(n)))
-}
 
 /// `logits[r * vocab + v] = hidden[r] . wte[v]` for `rows` rows of width
 /// `c`.
@@ -50,7 +40,7 @@ pub fn lm_head(
         "batch::lm_head: shapes"
     );
     let out = DisjointPtr::new(logits);
-    chunks(vocab, 2).for_each(|(v0, v1)| {
+    aligned_chunks(vocab, 2).for_each(|(v0, v1)| {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2+FMA were detected (level); the shapes are asserted
         // above; this task writes columns v0..v1 only.
@@ -88,7 +78,7 @@ pub fn rows_dot_f16(
         "batch::rows_dot_f16: shapes"
     );
     let dst = DisjointPtr::new(out);
-    chunks(n, 2).for_each(|(v0, v1)| {
+    aligned_chunks(n, 2).for_each(|(v0, v1)| {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in lm_head.
         unsafe {
@@ -109,7 +99,7 @@ pub fn conv1d(out: &mut [f32], inp: &[f32], w: &[f32], rows: usize, k: usize, n:
         "batch::conv1d: shapes"
     );
     let dst = DisjointPtr::new(out);
-    chunks(n, 16).for_each(|(j0, j1)| {
+    aligned_chunks(n, 16).for_each(|(j0, j1)| {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in lm_head; this task writes columns j0..j1 only.
         unsafe {
@@ -324,19 +314,8 @@ mod avx2 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::pseudo;
     use super::*;
-
-    fn pseudo(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
 
     #[test]
     fn the_batch_kernels_equal_plain_products() {

@@ -51,10 +51,14 @@ impl DisjointPtr {
 /// (the vector width) except the last. Several ranges per thread, so that a
 /// thread slowed by something else on the machine is helped by work stealing.
 fn column_chunks(n: usize) -> impl IndexedParallelIterator<Item = (usize, usize)> {
+    aligned_chunks(n, 8)
+}
+
+/// As [`column_chunks`], each range a multiple of `align` wide.
+fn aligned_chunks(n: usize, align: usize) -> impl IndexedParallelIterator<Item = (usize, usize)> {
     let pieces = 8 * rayon::current_num_threads().max(1);
-    let width = n.div_ceil(pieces).div_ceil(8) * 8;
-    let chunks = n.div_ceil(width.max(1));
-    (0..chunks)
+    let width = (n.div_ceil(pieces).div_ceil(align) * align).max(align);
+    (0..n.div_ceil(width))
         .into_par_iter()
         .map(move |i| (i * width, ((i + 1) * width).min(n)))
 }
@@ -388,7 +392,7 @@ pub fn log_softmax_stats(logits: &[f32], work: &mut [f32]) -> (f32, f32) {
 mod tests {
     use super::*;
 
-    fn pseudo(n: usize, seed: u64) -> Vec<f32> {
+    pub(crate) fn pseudo(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
