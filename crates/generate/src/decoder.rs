@@ -40,8 +40,11 @@ pub struct SeqSpec {
     pub ignore_eos: bool,
 }
 
-/// A generated token with its model log-probability (before the
-/// watermark, temperature and filtering) and the most likely alternatives.
+/// A generated token with its log-probability and the most likely
+/// alternatives, both under the distribution the sampler draws from: the
+/// model's, plus the watermark's bias where there is one (before
+/// temperature and filtering). Text assembled from the alternatives is
+/// therefore as watermarked as text the sampler writes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenOut {
     pub id: u32,
@@ -100,6 +103,8 @@ struct Seq {
     phase: Phase,
     /// This step's token (None after `<|endoftext|>`).
     out: Option<TokenOut>,
+    /// Scratch for the watermarked logits of a reported token.
+    biased: Vec<f32>,
     finish: Option<FinishReason>,
 }
 
@@ -207,6 +212,7 @@ impl<'m> Decoder<'m> {
                 emitted: 0,
                 phase: Phase::Prefill { group },
                 out: None,
+                biased: Vec::new(),
                 finish: None,
             });
         }
@@ -359,20 +365,7 @@ impl Seq {
             self.finish = Some(FinishReason::Stop);
             return;
         }
-        let top = if self.spec.top_logprobs > 0 {
-            let lse = pick_lse(raw, pick);
-            top_k(raw, self.spec.top_logprobs)
-                .into_iter()
-                .map(|i| (i, raw[i as usize] - lse))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        self.out = Some(TokenOut {
-            id: pick.token,
-            logprob: pick.logprob,
-            top,
-        });
+        self.out = Some(self.report(raw, pick));
         self.history.push(pick.token);
         self.logprobs.push(pick.logprob);
         self.sampler.observe(std::slice::from_ref(&pick.token));
@@ -394,6 +387,49 @@ impl Seq {
             self.finish = Some(FinishReason::Length);
         }
     }
+
+    /// The token as reported to the caller. Without alternatives, or
+    /// without a biasing watermark, that is the model's own numbers; with
+    /// both, the log-probabilities of the biased logits, so that the
+    /// alternatives reveal nothing the sampler does not draw from.
+    fn report(&mut self, raw: &[f32], pick: crate::sampling::Pick) -> TokenOut {
+        let k = self.spec.top_logprobs;
+        let wm = self.spec.watermark.as_deref().filter(|w| w.max_bias() > 0.0);
+        let (Some(wm), true) = (wm, k > 0) else {
+            let lse = pick_lse(raw, pick);
+            let top = match k {
+                0 => Vec::new(),
+                _ => top_k(raw, k)
+                    .into_iter()
+                    .map(|i| (i, raw[i as usize] - lse))
+                    .collect(),
+            };
+            return TokenOut {
+                id: pick.token,
+                logprob: pick.logprob,
+                top,
+            };
+        };
+        self.biased.clear();
+        self.biased.extend_from_slice(raw);
+        wm.bias(&self.history, crate::sampling::Tokens::All, &mut self.biased);
+        let lse = log_sum_exp(&self.biased);
+        let b = &self.biased;
+        TokenOut {
+            id: pick.token,
+            logprob: b[pick.token as usize] - lse,
+            top: top_k(b, k)
+                .into_iter()
+                .map(|i| (i, b[i as usize] - lse))
+                .collect(),
+        }
+    }
+}
+
+fn log_sum_exp(x: &[f32]) -> f32 {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = x.iter().map(|&v| ((v - max) as f64).exp()).sum();
+    max + sum.ln() as f32
 }
 
 /// max + log-sum-exp of `raw`, recovered from a pick's log-probability.

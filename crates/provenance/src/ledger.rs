@@ -519,6 +519,29 @@ impl Ledger {
         Ok(problems)
     }
 
+    /// SQLite's `quick_check` (the page structure, not the ledger's own
+    /// invariants, which `verify` checks): its problems, none when sound.
+    pub fn quick_check(&self) -> Result<Vec<String>> {
+        let mut st = self
+            .conn
+            .prepare("PRAGMA quick_check")
+            .map_err(self.sqlite())?;
+        let lines = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(self.sqlite())?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .map_err(self.sqlite())?;
+        Ok(if lines == ["ok"] { Vec::new() } else { lines })
+    }
+
+    /// Sets this connection's page cache (KiB). Bulk imports want a large
+    /// one (the default); a long-running server's connections a small one.
+    pub fn set_cache_kib(&self, kib: i64) -> Result<()> {
+        self.conn
+            .pragma_update(None, "cache_size", -kib.max(1))
+            .map_err(self.sqlite())
+    }
+
     fn integrity_problems(&self) -> Result<Vec<String>> {
         let mut st = self
             .conn

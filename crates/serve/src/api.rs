@@ -83,7 +83,7 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         )));
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let what = if inner.is_syntax() || inner.is_eof() {
@@ -97,7 +97,12 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
         } else {
             err.param(&path)
         }
-    })
+    })?;
+    // One JSON value is the whole body: anything after it (but
+    // whitespace) is refused, not ignored.
+    de.end()
+        .map_err(|e| ApiError::invalid(format!("malformed JSON: data after the request object ({e})")))?;
+    Ok(value)
 }
 
 /// `prompt`: a string, strings, token ids, or lists of token ids.
@@ -156,6 +161,8 @@ pub const DEFAULT_MAX_TOKENS: i64 = 16;
 pub const MAX_LOGPROBS: i64 = 5;
 /// Most stop strings (OpenAI's limit).
 pub const MAX_STOPS: usize = 4;
+/// Longest `user` (characters): it is kept in the audit log.
+pub const MAX_USER_CHARS: usize = 256;
 
 /// A validated completion request, prompts still as given (tokenizing
 /// needs the model's vocabulary and context, which `Validated::prompts`
@@ -260,6 +267,15 @@ fn validate(r: CompletionRequest) -> Result<Validated, ApiError> {
         ))
         .param("n"));
     }
+    if let Some(u) = &r.user {
+        let chars = u.chars().count();
+        if chars > MAX_USER_CHARS {
+            return Err(ApiError::invalid(format!(
+                "user must be at most {MAX_USER_CHARS} characters, got {chars}"
+            ))
+            .param("user"));
+        }
+    }
     Ok(Validated {
         model: r.model,
         prompts,
@@ -328,6 +344,11 @@ mod tests {
         let e = parse_completion(br#"{"temperature": -1}"#).unwrap_err();
         assert!(e.message.contains("temperature"), "{}", e.message);
         assert!(parse_completion(br#"{"prompt": [[1, 2], [3]], "n": 2}"#).is_ok());
+        let e = parse_completion(br#"{"prompt": "a"} trailing"#).unwrap_err();
+        assert!(e.message.contains("data after the request"), "{}", e.message);
+        assert!(parse_completion(b"{\"prompt\": \"a\"} \n").is_ok());
+        let long = format!(r#"{{"prompt": "a", "user": "{}"}}"#, "u".repeat(257));
+        assert_eq!(parse_completion(long.as_bytes()).unwrap_err().param.as_deref(), Some("user"));
         assert!(parse_completion(br#"{"prompt": "x", "echo": true, "max_tokens": 0}"#).is_ok());
     }
 }

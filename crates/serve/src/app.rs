@@ -148,7 +148,10 @@ impl AppState {
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| internal("the server is shutting down"))?;
+            .map_err(|_| {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the server is shutting down")
+                    .retry_after(1)
+            })?;
         let s = self.clone();
         tokio::task::spawn_blocking(move || {
             // Held until the work ends, even if the request is gone.
@@ -156,7 +159,7 @@ impl AppState {
             s.pool.install(|| f(&s, &cancel))
         })
         .await
-        .map_err(|e| internal(&format!("a scoring task failed: {e}")))
+        .map_err(|e| internal("a scoring task failed", e))
     }
 
     /// Ledger matches of `text`, each with its record's provenance (never
@@ -165,13 +168,13 @@ impl AppState {
         let ledger = lock(&self.ledger_reader);
         let matches = ledger
             .lookup_with(text, min_score)
-            .map_err(|e| internal(&e.to_string()))?;
+            .map_err(|e| internal("the ledger could not be searched", e))?;
         matches
             .iter()
             .map(|m| {
                 let r = ledger
                     .get(m.record_id)
-                    .map_err(|e| internal(&e.to_string()))?;
+                    .map_err(|e| internal("the ledger could not be read", e))?;
                 Ok(serde_json::json!({
                     "record_id": m.record_id,
                     "score": m.score,

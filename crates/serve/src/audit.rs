@@ -10,6 +10,7 @@
 
 use crate::api::ApiError;
 use crate::app::AppState;
+use crate::gate::Reservation;
 use crate::store::{now_ms, AuditEntry, KeyInfo};
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
@@ -28,17 +29,31 @@ pub struct AuditInfo {
     pub note: Option<String>,
     /// The row is written by a [`RequestAudit`], not by `observe`.
     pub guarded: bool,
-    /// Quota tokens reserved for this request, released when it is audited.
-    pub reserved: u64,
+    /// The request's claim on its key's quota, settled with its row.
+    pub reservation: Reservation,
 }
 
+/// Longest note an audit row keeps, in bytes: the note holds text a
+/// client chose (`user`, an unknown model's name, an error that quotes the
+/// request), and one request must not be able to grow the log by much.
+pub const MAX_NOTE_BYTES: usize = 512;
+
 impl AuditInfo {
-    /// Appends to the note.
+    /// Appends to the note, which is cut at [`MAX_NOTE_BYTES`].
     pub fn add_note(&mut self, note: &str) {
-        self.note = Some(match self.note.take() {
+        let mut n = match self.note.take() {
             Some(n) => format!("{n}; {note}"),
             None => note.to_string(),
-        });
+        };
+        if n.len() > MAX_NOTE_BYTES {
+            let mut cut = MAX_NOTE_BYTES - 3;
+            while !n.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            n.truncate(cut);
+            n.push_str("...");
+        }
+        self.note = Some(n);
     }
 }
 
@@ -76,9 +91,12 @@ impl RequestAudit {
         self.start.elapsed()
     }
 
-    /// Reserves `tokens` of the key's daily quota until the row is written.
-    pub fn reserve(&mut self, key: &KeyInfo, tokens: u64) {
-        self.info.reserved += self.app.gate.reserve(key, tokens);
+    /// Admits the request at its key's rate and quota, reserving `tokens`
+    /// until the row is written (see `Gate::admit`). Called once, before
+    /// the request computes anything.
+    pub fn admit(&mut self, key: &KeyInfo, tokens: u64) -> Result<(), ApiError> {
+        self.info.reservation = self.app.gate.admit(key, self.endpoint, tokens)?;
+        Ok(())
     }
 
     /// Moves the duty to write the row to a new guard (a stream's task).
@@ -138,15 +156,18 @@ impl Drop for RequestAudit {
     }
 }
 
-/// Writes the audit row and the metrics of a finished request, then
-/// releases its quota reservation (the tokens now count in the row).
+/// Writes the audit row and the metrics of a finished request, settling
+/// its quota reservation (the tokens now count in the row).
 pub fn record(app: &AppState, endpoint: &str, status: u16, elapsed: Duration, info: AuditInfo) {
     app.metrics
         .observe_request(endpoint, status, elapsed.as_secs_f64());
     if matches!(endpoint, "/health" | "/" | "/favicon.ico") {
         return; // no key, no data: not worth a row per load-balancer poll
     }
-    let entry = AuditEntry {
+    if info.key_id.is_none() {
+        app.metrics.unauthenticated.fetch_add(1, Ordering::Relaxed);
+    }
+    let mut entry = AuditEntry {
         time_ms: now_ms(),
         key_id: info.key_id.clone(),
         endpoint: endpoint.to_string(),
@@ -157,10 +178,15 @@ pub fn record(app: &AppState, endpoint: &str, status: u16, elapsed: Duration, in
         latency_ms: elapsed.as_secs_f64() * 1000.0,
         note: info.note,
     };
-    if let Err(e) = app.gate.audit(&entry) {
-        eprintln!("warning: could not write the audit log: {e}");
+    match app.gate.settle(&mut entry, info.reservation) {
+        Ok(true) => {}
+        Ok(false) => {
+            app.metrics
+                .unauthenticated_unaudited
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) => eprintln!("warning: could not write the audit log: {e}"),
     }
-    app.gate.release(info.key_id.as_deref(), info.reserved);
 }
 
 /// Puts the audit information of a light request on its response.

@@ -51,6 +51,8 @@ struct Context {
     seed: u64,
     watermark_key_id: Option<String>,
     caller: String,
+    /// Whether the output goes to the ledger (see `Mode::records`).
+    records: bool,
 }
 
 impl Context {
@@ -60,6 +62,51 @@ impl Context {
 
     fn prompt_of(&self, choice: usize) -> &[u32] {
         &self.prompts[choice / self.req.n]
+    }
+}
+
+/// Most alternatives per prompt position (echo with logprobs) for a key
+/// without `admin`: the one lm-evaluation-harness asks for, to tell
+/// whether a continuation is the greedy one.
+pub const MAX_PROMPT_ALTERNATIVES: usize = 1;
+
+/// What a completion request does, which decides the scope it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// `max_tokens: 0` with echo: the prompt's scores alone.
+    Score,
+    /// lm-evaluation-harness's loglikelihood request (echo, `max_tokens:
+    /// 1`) from a key with `score` and not `generate`: the prompt's scores
+    /// and one watermarked token, which is not text and is not recorded.
+    Loglikelihood,
+    Generate,
+}
+
+impl Mode {
+    fn of(req: &Validated, key: &crate::store::KeyInfo) -> Mode {
+        if req.max_tokens == 0 {
+            Mode::Score
+        } else if req.echo
+            && req.max_tokens == 1
+            && key.has_scope(Scope::Score)
+            && !key.has_scope(Scope::Generate)
+        {
+            Mode::Loglikelihood
+        } else {
+            Mode::Generate
+        }
+    }
+
+    fn scope(self) -> Scope {
+        match self {
+            Mode::Score | Mode::Loglikelihood => Scope::Score,
+            Mode::Generate => Scope::Generate,
+        }
+    }
+
+    /// Whether the output goes to the ledger.
+    fn records(self) -> bool {
+        self == Mode::Generate
     }
 }
 
@@ -76,13 +123,8 @@ async fn handle(
     let req = api::parse_completion(&body)?;
     let entry = s.model(&key, req.model.as_deref())?;
     info.model = Some(entry.name.clone());
-    // Scoring a prompt (echo, max_tokens 0) generates nothing.
-    let scope = if req.max_tokens == 0 {
-        Scope::Score
-    } else {
-        Scope::Generate
-    };
-    s.gate.require_scope(&key, scope)?;
+    let mode = Mode::of(&req, &key);
+    s.gate.require_scope(&key, mode.scope())?;
     if !req.watermark {
         s.gate.require_scope(&key, Scope::Admin).map_err(|mut e| {
             e.message = "only an admin key may ask for unwatermarked output".into();
@@ -90,16 +132,34 @@ async fn handle(
         })?;
         info.add_note("unwatermarked");
     }
-    s.gate.check_limits(&key)?;
+    if req.echo && req.logprobs.unwrap_or(0) > MAX_PROMPT_ALTERNATIVES && !key.has_scope(Scope::Admin) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            format!(
+                "with echo, logprobs above {MAX_PROMPT_ALTERNATIVES} needs the admin scope: the \
+                 alternatives at prompt positions are the model's unwatermarked next-token \
+                 distribution (see docs/serve.md, \"What a key can learn\")"
+            ),
+        )
+        .param("logprobs")
+        .code("insufficient_scope"));
+    }
+    s.gate.check_quota(&key)?;
     if let Some(user) = &req.user {
         // The end user the key holder names, for the audit trail.
         info.add_note(&format!("user={user}"));
     }
+    if mode == Mode::Loglikelihood {
+        info.add_note("scoring: echo with one watermarked token, not recorded in the ledger");
+    }
     let prompts = tokenize(s, entry, &req)?;
     info.prompt_tokens = prompts.iter().map(|p| p.len() as u64).sum();
+    let most = info.prompt_tokens + (prompts.len() * req.n * req.max_tokens) as u64;
+    audit.admit(&key, most)?;
     s.metrics
         .tokens_in
-        .fetch_add(info.prompt_tokens, Ordering::Relaxed);
+        .fetch_add(audit.info.prompt_tokens, Ordering::Relaxed);
     let prompt_scores = if req.echo && req.logprobs.is_some() {
         score_prompts(s, entry, &prompts, req.logprobs.unwrap_or(0)).await?
     } else {
@@ -112,6 +172,7 @@ async fn handle(
         seed: req.seed.unwrap_or_else(rand::random),
         watermark_key_id: req.watermark.then(|| s.key_id.clone()),
         caller: key.id.clone(),
+        records: mode.records(),
         prompts,
         prompt_scores,
         req,
@@ -124,8 +185,6 @@ async fn handle(
         ))
         .into_response());
     }
-    let most = info.prompt_tokens + (ctx.choices() * ctx.req.max_tokens) as u64;
-    audit.reserve(&key, most);
     let rx = submit(entry, &ctx, audit)?;
     if ctx.req.stream {
         return Ok(start_stream(s.clone(), ctx, rx, audit.hand_off()));
@@ -134,14 +193,18 @@ async fn handle(
     audit.info.completion_tokens = samples.iter().map(|x| x.ids.len() as u64).sum();
     let records: Vec<NewRecord> = samples
         .iter()
-        .filter(|x| !x.text.is_empty())
+        .filter(|x| !x.text.is_empty() && ctx.records)
         .map(|x| record(&ctx, x))
         .collect();
-    let ids = s.recorder.record(records).await.map_err(|e| internal(&e))?;
+    let ids = s
+        .recorder
+        .record(records)
+        .await
+        .map_err(|e| internal("the ledger could not record the completion, so it is not returned", e))?;
     let mut ids = ids.into_iter();
     let ledger_ids: Vec<Option<i64>> = samples
         .iter()
-        .map(|x| if x.text.is_empty() { None } else { ids.next() })
+        .map(|x| if x.text.is_empty() || !ctx.records { None } else { ids.next() })
         .collect();
     Ok(axum::Json(body_json(&ctx, &samples, &ledger_ids)).into_response())
 }
@@ -223,7 +286,7 @@ async fn score_prompts(
         Ok(out)
     })
     .await?
-    .map_err(|e| internal(&e))
+    .map_err(|e| internal("scoring the prompt failed", e))
 }
 
 /// Hands the request to the model's engine: one job for all its prompts
@@ -306,8 +369,8 @@ async fn collect(mut rx: UnboundedReceiver<Event>, total: usize) -> Result<Vec<S
                     done += 1;
                 }
             }
-            Some(Event::Failed(m)) => return Err(internal(&m)),
-            None => return Err(internal("the engine stopped before finishing")),
+            Some(Event::Failed(m)) => return Err(internal("generation failed", m)),
+            None => return Err(internal("generation failed", "the engine stopped before finishing")),
         }
     }
     Ok(samples)
@@ -576,7 +639,7 @@ async fn stream(
             out.push(c);
         }
         let fresh: Vec<usize> = (0..total)
-            .filter(|&i| samples[i].text.len() > recorded[i])
+            .filter(|&i| ctx.records && samples[i].text.len() > recorded[i])
             .collect();
         let records = fresh.iter().map(|&i| record(ctx, &samples[i])).collect();
         if let Err(e) = s.recorder.record(records).await {
@@ -611,8 +674,8 @@ async fn stream(
 }
 
 async fn fail(tx: &mpsc::Sender<Chunk>, info: &mut crate::audit::AuditInfo, message: &str) -> u16 {
-    let e = internal(message);
+    let e = internal("the stream failed and was cut short", message);
     let _ = tx.send(sse::event(&e.body())).await;
-    info.add_note(message);
+    info.add_note(&e.message);
     500
 }

@@ -1,7 +1,8 @@
 //! The countermeasure endpoints: zero-shot detection with GLTR ranks
 //! (`/v1/detect`), the server's watermark detector
 //! (`/v1/watermark/detect`), and ledger lookup (`/v1/provenance/lookup`).
-//! All need the `detect` scope.
+//! All need the `detect` scope, and each is admitted at its key's rate and
+//! quota with its text's size in tokens before it computes.
 
 use crate::api::{parse_json, ApiError, DetectRequest, LookupRequest, WatermarkDetectRequest};
 use crate::app::AppState;
@@ -36,7 +37,7 @@ async fn authorized<T: DeserializeOwned>(
     let bytes = s.read_body(body).await?;
     let req = parse_json(&bytes)?;
     s.gate.require_scope(&key, Scope::Detect)?;
-    s.gate.check_limits(&key)?;
+    s.gate.check_quota(&key)?;
     Ok((key, req))
 }
 
@@ -60,20 +61,21 @@ fn tokens_of(s: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
 
 pub async fn detect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let mut audit = RequestAudit::new(s.clone(), "/v1/detect");
-    let info = &mut audit.info;
     let result = async {
+        let info = &mut audit.info;
         let (key, req): (_, DetectRequest) = authorized(&s, &headers, body, info).await?;
         let entry = s.model(&key, req.model.as_deref())?;
         info.model = Some(entry.name.clone());
         let ids = tokens_of(&s, &req.text)?;
         info.prompt_tokens = ids.len() as u64;
+        audit.admit(&key, ids.len() as u64)?;
         let model = entry.model.clone();
         let name = entry.name.clone();
         let scored = {
             let ids = ids.clone();
             s.compute(move |_, _| score_texts(&model, &[ids])).await?
         }
-        .map_err(|e| internal(&format!("scoring failed: {e}")))?;
+        .map_err(|e| internal("scoring the text failed", e))?;
         let scores = scored.into_iter().next().unwrap_or_default();
         let stats = statistics(&scores);
         let verdict = s.thresholds.as_ref().and_then(|t| {
@@ -119,9 +121,9 @@ pub async fn watermark_detect(
     body: Body,
 ) -> Response {
     let mut audit = RequestAudit::new(s.clone(), "/v1/watermark/detect");
-    let info = &mut audit.info;
     let result = async {
-        let (_, req): (_, WatermarkDetectRequest) = authorized(&s, &headers, body, info).await?;
+        let info = &mut audit.info;
+        let (key, req): (_, WatermarkDetectRequest) = authorized(&s, &headers, body, info).await?;
         let z = req.z_threshold.unwrap_or(4.0);
         if !z.is_finite() {
             return Err(
@@ -134,8 +136,17 @@ pub async fn watermark_detect(
             .encode(&req.prompt)
             .map_err(|e| ApiError::invalid(e.to_string()).param("prompt"))?;
         info.prompt_tokens = (ids.len() + prompt.len()) as u64;
+        audit.admit(&key, (ids.len() + prompt.len()) as u64)?;
         let d = watermark_detect_tokens(&s.prf, &prompt, &ids, z);
-        Ok(axum::Json(json!(d)).into_response())
+        let mut body = json!(d);
+        if !key.has_scope(Scope::Admin) {
+            // Per-token labels would let a detect key learn the green lists
+            // and write text the server "watermarked" (docs/serve.md).
+            if let Some(o) = body.as_object_mut() {
+                o.remove("green_mask");
+            }
+        }
+        Ok(axum::Json(body).into_response())
     }
     .await;
     audit.respond(result)
@@ -143,9 +154,9 @@ pub async fn watermark_detect(
 
 pub async fn lookup(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let mut audit = RequestAudit::new(s.clone(), "/v1/provenance/lookup");
-    let info = &mut audit.info;
     let result = async {
-        let (_, req): (_, LookupRequest) = authorized(&s, &headers, body, info).await?;
+        let info = &mut audit.info;
+        let (key, req): (_, LookupRequest) = authorized(&s, &headers, body, info).await?;
         let min = req
             .min_score
             .unwrap_or(gpt2_provenance::ledger::DEFAULT_MIN_SCORE);
@@ -155,6 +166,12 @@ pub async fn lookup(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
         if req.text.is_empty() {
             return Err(ApiError::invalid("the text is empty").param("text"));
         }
+        let tokens = s
+            .tokenizer
+            .encode(&req.text)
+            .map_err(|e| ApiError::invalid(e.to_string()).param("text"))?;
+        info.prompt_tokens = tokens.len() as u64;
+        audit.admit(&key, tokens.len() as u64)?;
         let text = req.text;
         let matches = s.compute(move |s, _| s.lookup(&text, min)).await??;
         Ok(axum::Json(json!({"matches": matches})).into_response())

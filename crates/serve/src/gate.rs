@@ -1,20 +1,28 @@
 //! The gate: who may do what. API keys (401), scopes (403), requests per
-//! minute and tokens per UTC day (429), with the tokens of requests in
-//! flight reserved against the quota until their audit rows are written.
+//! minute and tokens per UTC day (429). Limits are kept in the state's
+//! database (see `store`), so every server sharing it enforces one quota:
+//! a request that computes is admitted with a reservation of its most
+//! tokens before it computes, and settled when its audit row is written.
 
 use crate::api::ApiError;
-use crate::store::{now_ms, AuditEntry, KeyInfo, Scope, Store};
+use crate::store::{now_ms, Admission, AuditEntry, Holder, KeyInfo, Limits, Scope, Store};
 use axum::http::{header, HeaderMap, StatusCode};
-use std::collections::{HashMap, VecDeque};
+use std::fmt::Display;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub struct Gate {
     store: Mutex<Store>,
-    rates: Mutex<HashMap<String, VecDeque<Instant>>>,
-    /// Per key: tokens that requests in flight may still use, counted
-    /// against the daily quota until the request is audited.
-    reserved: Mutex<HashMap<String, u64>>,
+    holder: Holder,
+    /// When abandoned reservations were last looked for.
+    last_reap: Mutex<Instant>,
+    unauthenticated: Mutex<UnauthenticatedLog>,
+}
+
+/// A request's claim on its key's quota, settled with its audit row.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reservation {
+    pub id: Option<i64>,
 }
 
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -22,20 +30,44 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub fn internal(message: &str) -> ApiError {
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+/// A 500 whose body says `what` (a fixed phrase) and a reference; the
+/// detail, which may name server files, goes to the server's log only.
+pub fn internal(what: &str, detail: impl Display) -> ApiError {
+    let reference = format!("{:08x}", rand::random::<u32>());
+    eprintln!("error [{reference}]: {what}: {detail}");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        format!("{what} (reference {reference}; the details are in the server's log)"),
+    )
+}
+
+/// How often abandoned reservations are looked for while serving.
+const REAP_EVERY: Duration = Duration::from_secs(60);
+
+/// Most audit rows per minute for requests without a valid key; the rest
+/// are counted (in `/metrics`, and in the next row's note), not written.
+pub const UNAUTHENTICATED_ROWS_PER_MINUTE: u32 = 60;
+
+#[derive(Default)]
+struct UnauthenticatedLog {
+    window: Option<Instant>,
+    written: u32,
+    suppressed: u64,
 }
 
 impl Gate {
     pub fn new(store: Store) -> Gate {
         Gate {
             store: Mutex::new(store),
-            rates: Mutex::default(),
-            reserved: Mutex::default(),
+            holder: Holder::this_process(),
+            last_reap: Mutex::new(Instant::now()),
+            unauthenticated: Mutex::default(),
         }
     }
 
-    /// The key in `Authorization: Bearer KEY`, if live.
+    /// The key in `Authorization: Bearer KEY` (the scheme in any case, as
+    /// RFC 7235 has it), if live.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<KeyInfo, ApiError> {
         let unauthorized = |m: &str| {
             ApiError::new(StatusCode::UNAUTHORIZED, "authentication_error", m)
@@ -47,12 +79,13 @@ impl Gate {
         let secret = value
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|v| v.trim_start().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, secret)| secret.trim())
             .ok_or_else(|| unauthorized("the Authorization header must be Bearer KEY"))?;
         let found = lock(&self.store)
             .authenticate(secret)
-            .map_err(|e| internal(&e.to_string()))?;
+            .map_err(|e| internal("the key database could not be read", e))?;
         found.ok_or_else(|| unauthorized("unknown or revoked API key"))
     }
 
@@ -68,90 +101,141 @@ impl Gate {
         .code("insufficient_scope"))
     }
 
-    /// Requests per minute (a sliding window, in memory) and tokens per UTC
-    /// day (from the audit log, so it survives restarts, plus what requests
-    /// in flight have reserved). A request is refused once the day's tokens
-    /// have reached the quota.
-    pub fn check_limits(&self, key: &KeyInfo) -> Result<(), ApiError> {
-        if let Some(rpm) = key.requests_per_minute {
-            self.check_rate(key, rpm)?;
-        }
-        if let Some(limit) = key.tokens_per_day {
-            let now = now_ms();
-            let day_ms = 86_400_000;
-            let start = now - now.rem_euclid(day_ms);
-            let used = lock(&self.store)
-                .tokens_used_since(&key.id, start)
-                .map_err(|e| internal(&e.to_string()))?;
-            let used = used + lock(&self.reserved).get(&key.id).copied().unwrap_or(0);
-            if used >= limit {
-                return Err(ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limit_error",
-                    format!(
-                        "daily quota of {limit} tokens used ({used}, counting requests in flight); \
-                         it resets at 00:00 UTC"
-                    ),
-                )
-                .code("quota_exceeded")
-                .retry_after(((start + day_ms - now) / 1000) as u64));
-            }
+    /// A cheap early refusal, before any work: the key's day is already
+    /// used up. (The rate and the exact quota are decided by `admit`.)
+    pub fn check_quota(&self, key: &KeyInfo) -> Result<(), ApiError> {
+        let Some(limit) = key.tokens_per_day else {
+            return Ok(());
+        };
+        let now = now_ms();
+        let used = lock(&self.store)
+            .used_today(&key.id, now)
+            .map_err(|e| internal("the key database could not be read", e))?;
+        if used >= limit {
+            return Err(quota_used(limit, used, seconds_to_midnight(now)));
         }
         Ok(())
     }
 
-    fn check_rate(&self, key: &KeyInfo, rpm: u32) -> Result<(), ApiError> {
-        let now = Instant::now();
-        let mut rates = lock(&self.rates);
-        let window = rates.entry(key.id.clone()).or_default();
-        while window
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(60))
-        {
-            window.pop_front();
+    /// Admits a request that may use up to `tokens` (prompt and output):
+    /// refused (429) at the key's rate, or when its day's usage and its
+    /// requests in flight have reached its quota; otherwise the tokens are
+    /// reserved until the request's audit row settles them.
+    pub fn admit(
+        &self,
+        key: &KeyInfo,
+        endpoint: &str,
+        tokens: u64,
+    ) -> Result<Reservation, ApiError> {
+        let limits = Limits {
+            requests_per_minute: key.requests_per_minute,
+            tokens_per_day: key.tokens_per_day,
+        };
+        if limits.requests_per_minute.is_none() && limits.tokens_per_day.is_none() {
+            return Ok(Reservation::default());
         }
-        if window.len() >= rpm as usize {
-            let wait = window
-                .front()
-                .map(|t| 60u64.saturating_sub(now.duration_since(*t).as_secs()))
-                .unwrap_or(60);
-            return Err(ApiError::new(
+        self.reap_now_and_then();
+        let now = now_ms();
+        let answer = lock(&self.store)
+            .admit(&key.id, endpoint, tokens, limits, self.holder, now)
+            .map_err(|e| internal("the key database could not be written", e))?;
+        match answer {
+            Admission::Reserved(id) => Ok(Reservation { id: Some(id) }),
+            Admission::RateLimited { retry_after_s } => Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate_limit_error",
-                format!("rate limit of {rpm} requests per minute reached"),
+                format!(
+                    "rate limit of {} requests per minute reached",
+                    limits.requests_per_minute.unwrap_or(0)
+                ),
             )
             .code("rate_limit_exceeded")
-            .retry_after(wait));
+            .retry_after(retry_after_s)),
+            Admission::QuotaUsed {
+                used,
+                retry_after_s,
+            } => Err(quota_used(
+                limits.tokens_per_day.unwrap_or(0),
+                used,
+                retry_after_s,
+            )),
         }
-        window.push_back(now);
-        Ok(())
     }
 
-    /// Counts `tokens` against the key's daily quota until `release`;
-    /// returns what was reserved (keys without a quota reserve nothing).
-    pub fn reserve(&self, key: &KeyInfo, tokens: u64) -> u64 {
-        if key.tokens_per_day.is_none() {
-            return 0;
-        }
-        *lock(&self.reserved).entry(key.id.clone()).or_default() += tokens;
-        tokens
+    /// Charges the reservations of servers that died mid-request (at start,
+    /// and every minute while admitting).
+    pub fn charge_abandoned(&self) -> crate::store::Result<usize> {
+        *lock(&self.last_reap) = Instant::now();
+        lock(&self.store).charge_abandoned()
     }
 
-    pub fn release(&self, key_id: Option<&str>, tokens: u64) {
-        let (Some(id), true) = (key_id, tokens > 0) else {
+    fn reap_now_and_then(&self) {
+        if lock(&self.last_reap).elapsed() < REAP_EVERY {
             return;
-        };
-        let mut reserved = lock(&self.reserved);
-        if let Some(r) = reserved.get_mut(id) {
-            *r = r.saturating_sub(tokens);
-            if *r == 0 {
-                reserved.remove(id);
+        }
+        if let Err(e) = self.charge_abandoned() {
+            eprintln!("warning: could not charge abandoned reservations: {e}");
+        }
+    }
+
+    /// Writes a request's audit row and settles its reservation. A row
+    /// without a key is written at most `UNAUTHENTICATED_ROWS_PER_MINUTE`
+    /// times a minute (a flood of bad keys must not grow the log without
+    /// bound); returns false when this one was left out.
+    pub fn settle(
+        &self,
+        entry: &mut AuditEntry,
+        reservation: Reservation,
+    ) -> crate::store::Result<bool> {
+        if entry.key_id.is_none() {
+            match self.unauthenticated_row() {
+                None => return Ok(false),
+                Some(0) => {}
+                Some(left_out) => entry.note = Some(format!(
+                    "{}; {left_out} rows of requests without a valid key left out before this one",
+                    entry.note.as_deref().unwrap_or("")
+                )),
             }
         }
+        lock(&self.store).settle(entry, reservation.id)?;
+        Ok(true)
     }
 
-    /// Writes one audit row.
-    pub fn audit(&self, entry: &AuditEntry) -> crate::store::Result<()> {
-        lock(&self.store).audit(entry)
+    /// Whether a row without a key may be written now, and how many were
+    /// left out since the last one written.
+    fn unauthenticated_row(&self) -> Option<u64> {
+        let mut log = lock(&self.unauthenticated);
+        let now = Instant::now();
+        if log
+            .window
+            .is_none_or(|w| now.duration_since(w) >= Duration::from_secs(60))
+        {
+            log.window = Some(now);
+            log.written = 0;
+        }
+        if log.written >= UNAUTHENTICATED_ROWS_PER_MINUTE {
+            log.suppressed += 1;
+            return None;
+        }
+        log.written += 1;
+        Some(std::mem::take(&mut log.suppressed))
     }
+}
+
+fn seconds_to_midnight(now: i64) -> u64 {
+    let day_ms = 86_400_000;
+    ((now - now.rem_euclid(day_ms) + day_ms - now) / 1000).max(1) as u64
+}
+
+fn quota_used(limit: u64, used: u64, retry_after_s: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limit_error",
+        format!(
+            "daily quota of {limit} tokens used ({used}, counting requests in flight); \
+             it resets at 00:00 UTC"
+        ),
+    )
+    .code("quota_exceeded")
+    .retry_after(retry_after_s)
 }

@@ -71,6 +71,9 @@ pub struct Metrics {
     pub queue_depth: AtomicI64,
     batch_rows: AtomicU64,
     pub ledger_records: AtomicU64,
+    /// Requests without a valid key, and those of them left out of the audit.
+    pub unauthenticated: AtomicU64,
+    pub unauthenticated_unaudited: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -84,6 +87,8 @@ impl Default for Metrics {
             queue_depth: AtomicI64::new(0),
             batch_rows: AtomicU64::new(0),
             ledger_records: AtomicU64::new(0),
+            unauthenticated: AtomicU64::new(0),
+            unauthenticated_unaudited: AtomicU64::new(0),
         }
     }
 }
@@ -149,6 +154,16 @@ impl Metrics {
                 "gpt2_ledger_records_total",
                 "Records written to the provenance ledger.",
                 &self.ledger_records,
+            ),
+            (
+                "gpt2_unauthenticated_requests_total",
+                "Requests without a valid API key (missing, malformed, unknown or revoked).",
+                &self.unauthenticated,
+            ),
+            (
+                "gpt2_unauthenticated_unaudited_total",
+                "Requests without a valid key beyond the audit log's per-minute allowance.",
+                &self.unauthenticated_unaudited,
             ),
         ];
         for (name, help, v) in counters {

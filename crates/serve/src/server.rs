@@ -30,6 +30,8 @@ pub enum ServeError {
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Ledger(#[from] gpt2_provenance::ledger::LedgerError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Io(String),
 }
@@ -67,10 +69,15 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         return Err(ServeError::Io("no model to serve".into()));
     }
     let store = config.state.store()?;
+    refuse_damaged(&config.state.keys_path(), store.quick_check())?;
     let key = config.state.watermark_key()?;
     let ledger_path = config.state.ledger_path();
     let ledger = Ledger::open(&ledger_path)?;
+    refuse_damaged(&ledger_path, ledger.quick_check())?;
     let ledger_reader = Ledger::open(&ledger_path)?;
+    for l in [&ledger, &ledger_reader] {
+        l.set_cache_kib(LEDGER_CACHE_KIB)?;
+    }
     let metrics = Arc::new(Metrics::default());
     let pool = Arc::new(
         rayon::ThreadPoolBuilder::new()
@@ -103,9 +110,16 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         engines.push(handle);
         models.push(ModelEntry { name, model, queue });
     }
+    let gate = Gate::new(store);
+    let abandoned = gate.charge_abandoned()?;
+    if abandoned > 0 {
+        eprintln!(
+            "charged {abandoned} reservations of requests whose server process died mid-request"
+        );
+    }
     let state = Arc::new(AppState {
         models,
-        gate: Gate::new(store),
+        gate,
         ledger_reader: Mutex::new(ledger_reader),
         recorder,
         metrics,
@@ -145,6 +159,28 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     }
     let _ = recorder_thread.join();
     result
+}
+
+/// Page cache of each of the server's ledger connections (KiB). Lookups
+/// and group commits touch few pages; the 128 MiB a bulk import uses would
+/// be resident memory held for nothing.
+const LEDGER_CACHE_KIB: i64 = 8 * 1024;
+
+/// Stops the server, naming the file, when SQLite finds it damaged:
+/// nothing is served on a state that cannot be trusted.
+fn refuse_damaged<E: std::fmt::Display>(
+    path: &std::path::Path,
+    problems: Result<Vec<String>, E>,
+) -> Result<(), ServeError> {
+    let problems = problems.map_err(|e| ServeError::Io(e.to_string()))?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ServeError::Io(format!(
+        "{} is damaged (SQLite quick_check: {}); restore it from a backup before serving",
+        path.display(),
+        problems.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+    )))
 }
 
 /// Accepts connections until the shutdown signal, then waits up to

@@ -80,8 +80,8 @@ impl StateDir {
         Ok(Store::open(&self.keys_path())?)
     }
 
-    /// The server's watermark key, created with the default parameters
-    /// (KGW, gamma 0.25, delta 2, h = 1) on first use.
+    /// The server's watermark key, created with [`SERVER_KEY_PARAMS`] on
+    /// first use (an existing key file is used as it is).
     pub fn watermark_key(&self) -> Result<WatermarkKey, StateError> {
         let path = self.watermark_key_path();
         let name = path.display().to_string();
@@ -89,13 +89,26 @@ impl StateDir {
             use rand::RngCore;
             let mut secret = [0u8; 32];
             rand::rng().fill_bytes(&mut secret);
-            let key = WatermarkKey::from_secret(secret, KeyParams::default());
+            let key = WatermarkKey::from_secret(secret, SERVER_KEY_PARAMS);
             write_new_secret(&path, key.to_json().as_bytes())?;
         }
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
         Ok(WatermarkKey::from_json(&text, &name)?)
     }
 }
+
+/// The server's watermark: KGW (gamma 0.25, delta 2) seeded by SelfHash
+/// over a window of four tokens. A context of one token (LeftHash, h = 1)
+/// gives only 50,257 green lists, which a detect key could learn and use to
+/// write text the server would call its own; a four-token window anchored
+/// by min-hash keeps detection sturdy under edits (docs/serve.md).
+pub const SERVER_KEY_PARAMS: KeyParams = KeyParams {
+    scheme: gpt2_provenance::watermark_key::Scheme::Kgw,
+    seeding: gpt2_provenance::watermark_key::Seeding::SelfHash,
+    gamma: 0.25,
+    delta: 2.0,
+    context_width: 4,
+};
 
 /// Creates `path` for a secret: never overwrites, owner-only permissions.
 fn write_new_secret(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
@@ -123,5 +136,6 @@ mod tests {
         let a = state.watermark_key().unwrap();
         let b = state.watermark_key().unwrap();
         assert_eq!(a.id, b.id);
+        assert_eq!((a.seeding, a.context_width), (SERVER_KEY_PARAMS.seeding, 4));
     }
 }

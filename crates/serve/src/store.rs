@@ -6,6 +6,15 @@
 //! file (SQLite in WAL mode, so readers never block the writer); the server
 //! reads a key's row on every request, which is what makes a revocation
 //! effective on the next request.
+//!
+//! Quotas and rates live here too, not in a process's memory, so that every
+//! `gpt2 serve` sharing a state directory enforces the same ones: a request
+//! is admitted by inserting a *reservation* (its most tokens) in the same
+//! transaction that counts the day's usage, the reservations in flight and
+//! the minute's requests; when it ends, one transaction writes its audit
+//! row, adds its tokens to the day's usage and settles the reservation. A
+//! reservation whose process died (`kill -9`) is charged in full by the
+//! next server that starts or admits a request on the directory.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
@@ -147,6 +156,90 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_key_time ON audit (key_id, time_ms);
 ";
 
+/// The schema this code writes (`PRAGMA user_version`): 0 had keys and
+/// audit only; 1 adds reservations and the daily usage counter.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA_V1: &str = "
+CREATE TABLE reservations (
+    id INTEGER PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    settled INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX reservations_key_time ON reservations (key_id, created_ms);
+CREATE INDEX reservations_open ON reservations (settled, key_id);
+CREATE TABLE usage (
+    key_id TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    tokens INTEGER NOT NULL,
+    PRIMARY KEY (key_id, day)
+) WITHOUT ROWID;
+INSERT INTO usage (key_id, day, tokens)
+    SELECT key_id, time_ms / 86400000, SUM(prompt_tokens + completion_tokens)
+    FROM audit WHERE key_id IS NOT NULL GROUP BY key_id, time_ms / 86400000;
+";
+
+const DAY_MS: i64 = 86_400_000;
+const MINUTE_MS: i64 = 60_000;
+
+/// What a request asks of its key's limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_day: Option<u64>,
+}
+
+/// The answer to an admission.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+    /// Admitted; the reservation to settle when the request ends.
+    Reserved(i64),
+    RateLimited { retry_after_s: u64 },
+    /// The day's usage plus the reservations in flight.
+    QuotaUsed { used: u64, retry_after_s: u64 },
+}
+
+/// The process that holds a reservation: its pid and its start time (in
+/// clock ticks since boot, from `/proc`), so that a reused pid is not
+/// mistaken for the holder.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Holder {
+    pub pid: u32,
+    pub start: i64,
+}
+
+impl Holder {
+    pub fn this_process() -> Holder {
+        let pid = std::process::id();
+        Holder {
+            pid,
+            start: process_start(pid).unwrap_or(0),
+        }
+    }
+
+    /// Whether the holder still runs. Where `/proc` says nothing (another
+    /// OS), every holder is taken to be alive: never charged twice.
+    fn is_alive(&self) -> bool {
+        if !Path::new("/proc/self/stat").exists() {
+            return true;
+        }
+        process_start(self.pid) == Some(self.start)
+    }
+}
+
+/// Field 22 of `/proc/PID/stat`: the process's start time.
+fn process_start(pid: u32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// SHA-256 of a key's secret, lowercase hex: all the database ever holds.
 pub fn hash_secret(secret: &str) -> String {
     Sha256::digest(secret.as_bytes())
@@ -186,15 +279,54 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
-        Ok(Store {
+        let store = Store {
             conn,
             path: path.to_path_buf(),
-        })
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Brings the schema to [`SCHEMA_VERSION`]; a newer one is refused.
+    fn migrate(&self) -> Result<()> {
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(self.err())?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Invalid(format!(
+                "{}: schema version {version} was written by a newer gpt2 (this one knows {SCHEMA_VERSION})",
+                self.path.display()
+            )));
+        }
+        if version < 1 {
+            self.conn
+                .execute_batch(&format!(
+                    "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
+                ))
+                .map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    /// SQLite's `quick_check`: the problems it finds (none: empty).
+    pub fn quick_check(&self) -> Result<Vec<String>> {
+        quick_check(&self.conn).map_err(self.err())
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         move |source| StoreError::Sqlite {
             path: self.path.display().to_string(),
+            source,
+        }
+    }
+
+    /// As `err`, owning the path (for use while the connection is borrowed
+    /// mutably by a transaction).
+    fn err_fn(&self) -> impl Fn(rusqlite::Error) -> StoreError {
+        let path = self.path.display().to_string();
+        move |source| StoreError::Sqlite {
+            path: path.clone(),
             source,
         }
     }
@@ -306,41 +438,153 @@ impl Store {
         Ok(())
     }
 
-    pub fn audit(&self, e: &AuditEntry) -> Result<()> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO audit (time_ms, key_id, endpoint, model, prompt_tokens, \
-                 completion_tokens, status, latency_ms, note) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    e.time_ms,
-                    e.key_id,
-                    e.endpoint,
-                    e.model,
-                    e.prompt_tokens as i64,
-                    e.completion_tokens as i64,
-                    e.status,
-                    e.latency_ms,
-                    e.note
-                ])
-            })
-            .map_err(self.err())?;
-        Ok(())
+    /// Writes a request's audit row, adds its tokens to its key's usage
+    /// for the day, and settles its reservation, in one transaction (so a
+    /// request's tokens are never counted twice, nor missed, by another
+    /// server's admission).
+    pub fn settle(&mut self, e: &AuditEntry, reservation: Option<i64>) -> Result<()> {
+        let err = self.err_fn();
+        let tx = self.conn.transaction().map_err(&err)?;
+        insert_audit(&tx, e).map_err(&err)?;
+        if let Some(key) = &e.key_id {
+            add_usage(&tx, key, e.time_ms, e.prompt_tokens + e.completion_tokens)
+                .map_err(&err)?;
+        }
+        if let Some(id) = reservation {
+            tx.prepare_cached("UPDATE reservations SET settled = 1 WHERE id = ?1")
+                .and_then(|mut s| s.execute([id]))
+                .map_err(&err)?;
+        }
+        tx.commit().map_err(&err)
     }
 
-    /// Tokens (prompt and completion) a key has used since `since_ms`.
-    pub fn tokens_used_since(&self, key_id: &str, since_ms: i64) -> Result<u64> {
-        let n: i64 = self
+    /// Writes an audit row that charges nothing (no key, or no tokens).
+    pub fn audit(&mut self, e: &AuditEntry) -> Result<()> {
+        self.settle(e, None)
+    }
+
+    /// Admits a request of at most `tokens` for `key_id` under `limits`,
+    /// atomically against every process sharing this database: a request
+    /// is refused once the minute's requests reach the rate, or once the
+    /// day's usage and the reservations in flight reach the quota (so the
+    /// quota is overshot by at most one request's own size).
+    pub fn admit(
+        &mut self,
+        key_id: &str,
+        endpoint: &str,
+        tokens: u64,
+        limits: Limits,
+        holder: Holder,
+        now: i64,
+    ) -> Result<Admission> {
+        let err = self.err_fn();
+        let tx = self
             .conn
-            .prepare_cached(
-                "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) FROM audit \
-                 WHERE key_id = ?1 AND time_ms >= ?2",
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        tx.prepare_cached("DELETE FROM reservations WHERE settled = 1 AND created_ms < ?1")
+            .and_then(|mut s| s.execute([now - MINUTE_MS]))
+            .map_err(&err)?;
+        if let Some(rpm) = limits.requests_per_minute {
+            let (count, oldest): (i64, Option<i64>) = tx
+                .prepare_cached(
+                    "SELECT COUNT(*), MIN(created_ms) FROM reservations \
+                     WHERE key_id = ?1 AND created_ms > ?2",
+                )
+                .and_then(|mut s| {
+                    s.query_row(params![key_id, now - MINUTE_MS], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                })
+                .map_err(&err)?;
+            if count >= rpm as i64 {
+                let wait = oldest.map(|t| t + MINUTE_MS - now).unwrap_or(MINUTE_MS);
+                return Ok(Admission::RateLimited {
+                    retry_after_s: (wait.max(0) as u64).div_ceil(1000).max(1),
+                });
+            }
+        }
+        if let Some(limit) = limits.tokens_per_day {
+            let used = used_today(&tx, key_id, now).map_err(&err)?;
+            if used >= limit {
+                let day_end = now - now.rem_euclid(DAY_MS) + DAY_MS;
+                return Ok(Admission::QuotaUsed {
+                    used,
+                    retry_after_s: ((day_end - now) / 1000).max(1) as u64,
+                });
+            }
+        }
+        tx.prepare_cached(
+            "INSERT INTO reservations (key_id, tokens, created_ms, pid, pid_start, endpoint) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                key_id,
+                tokens as i64,
+                now,
+                holder.pid,
+                holder.start,
+                endpoint
+            ])
+        })
+        .map_err(&err)?;
+        let id = tx.last_insert_rowid();
+        tx.commit().map_err(&err)?;
+        Ok(Admission::Reserved(id))
+    }
+
+    /// Tokens a key has used today (UTC) plus what its requests in flight
+    /// have reserved.
+    pub fn used_today(&self, key_id: &str, now: i64) -> Result<u64> {
+        used_today(&self.conn, key_id, now).map_err(self.err())
+    }
+
+    /// Charges in full, with an audit row each, the open reservations whose
+    /// process is gone (a server killed mid-request); returns how many.
+    pub fn charge_abandoned(&mut self) -> Result<usize> {
+        let err = self.err_fn();
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let open: Vec<(i64, String, i64, i64, u32, i64, String)> = tx
+            .prepare(
+                "SELECT id, key_id, tokens, created_ms, pid, pid_start, endpoint \
+                 FROM reservations WHERE settled = 0",
             )
-            .and_then(|mut s| s.query_row(params![key_id, since_ms], |r| r.get(0)))
-            .map_err(self.err())?;
-        Ok(n.max(0) as u64)
+            .and_then(|mut s| {
+                s.query_map([], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                })?
+                .collect()
+            })
+            .map_err(&err)?;
+        let mut charged = 0;
+        for (id, key, tokens, created, pid, start, endpoint) in open {
+            if (Holder { pid, start }).is_alive() {
+                continue;
+            }
+            let entry = AuditEntry {
+                time_ms: created,
+                key_id: Some(key.clone()),
+                endpoint,
+                prompt_tokens: tokens.max(0) as u64,
+                status: ABANDONED,
+                note: Some(format!(
+                    "the server process (pid {pid}) stopped before this request finished; \
+                     its reservation of {tokens} tokens is charged in full"
+                )),
+                ..AuditEntry::default()
+            };
+            insert_audit(&tx, &entry).map_err(&err)?;
+            add_usage(&tx, &key, created, tokens.max(0) as u64).map_err(&err)?;
+            tx.execute("UPDATE reservations SET settled = 1 WHERE id = ?1", [id])
+                .map_err(&err)?;
+            charged += 1;
+        }
+        tx.commit().map_err(&err)?;
+        Ok(charged)
     }
 
     /// The newest audit entries first, optionally of one key.
@@ -372,6 +616,55 @@ impl Store {
             .map_err(self.err())?;
         Ok(rows)
     }
+}
+
+/// The audit status of a request whose server died before it ended.
+pub const ABANDONED: u16 = 599;
+
+fn insert_audit(conn: &Connection, e: &AuditEntry) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "INSERT INTO audit (time_ms, key_id, endpoint, model, prompt_tokens, \
+         completion_tokens, status, latency_ms, note) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        e.time_ms,
+        e.key_id,
+        e.endpoint,
+        e.model,
+        e.prompt_tokens as i64,
+        e.completion_tokens as i64,
+        e.status,
+        e.latency_ms,
+        e.note
+    ])
+}
+
+fn add_usage(conn: &Connection, key_id: &str, time_ms: i64, tokens: u64) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "INSERT INTO usage (key_id, day, tokens) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (key_id, day) DO UPDATE SET tokens = tokens + excluded.tokens",
+    )?
+    .execute(params![key_id, time_ms.div_euclid(DAY_MS), tokens as i64])
+}
+
+fn used_today(conn: &Connection, key_id: &str, now: i64) -> rusqlite::Result<u64> {
+    let used: i64 = conn
+        .prepare_cached(
+            "SELECT COALESCE((SELECT tokens FROM usage WHERE key_id = ?1 AND day = ?2), 0) + \
+             COALESCE((SELECT SUM(tokens) FROM reservations WHERE settled = 0 AND key_id = ?1), 0)",
+        )?
+        .query_row(params![key_id, now.div_euclid(DAY_MS)], |r| r.get(0))?;
+    Ok(used.max(0) as u64)
+}
+
+/// `PRAGMA quick_check` on `conn`: its problems, or none.
+pub fn quick_check(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let lines = conn
+        .prepare("PRAGMA quick_check")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(if lines == ["ok"] { Vec::new() } else { lines })
 }
 
 #[cfg(test)]
@@ -411,7 +704,7 @@ mod tests {
     #[test]
     fn audit_counts_tokens_per_key() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("keys.sqlite")).unwrap();
+        let mut store = Store::open(&dir.path().join("keys.sqlite")).unwrap();
         for (key, t) in [("a", 5), ("a", 7), ("b", 100)] {
             store
                 .audit(&AuditEntry {
@@ -425,9 +718,100 @@ mod tests {
                 })
                 .unwrap();
         }
-        assert_eq!(store.tokens_used_since("a", 0).unwrap(), 14);
-        assert_eq!(store.tokens_used_since("a", 2000).unwrap(), 0);
+        assert_eq!(store.used_today("a", 2000).unwrap(), 14);
+        assert_eq!(store.used_today("a", DAY_MS + 1000).unwrap(), 0);
         assert_eq!(store.audit_log(Some("b"), 10).unwrap().len(), 1);
         assert_eq!(store.audit_log(None, 2).unwrap().len(), 2);
+    }
+
+    fn limits(rpm: Option<u32>, tpd: Option<u64>) -> Limits {
+        Limits {
+            requests_per_minute: rpm,
+            tokens_per_day: tpd,
+        }
+    }
+
+    #[test]
+    fn two_handles_on_one_file_share_reservations_and_rates() {
+        // Two Stores on one file stand for two server processes.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.sqlite");
+        let (mut a, mut b) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
+        let me = Holder::this_process();
+        let now = 10 * DAY_MS + 5;
+        let q = limits(None, Some(100));
+        let first = a.admit("k", "/v1/detect", 80, q, me, now).unwrap();
+        let Admission::Reserved(id) = first else { panic!("{first:?}") };
+        // 80 reserved of 100: the other process admits one more, then no more.
+        assert!(matches!(b.admit("k", "/v1/detect", 80, q, me, now).unwrap(), Admission::Reserved(_)));
+        let refused = a.admit("k", "/v1/detect", 1, q, me, now).unwrap();
+        assert!(matches!(refused, Admission::QuotaUsed { used: 160, .. }), "{refused:?}");
+        // Settling moves the tokens actually used from reserved to used.
+        let row = AuditEntry {
+            time_ms: now,
+            key_id: Some("k".into()),
+            endpoint: "/v1/detect".into(),
+            prompt_tokens: 30,
+            status: 200,
+            ..AuditEntry::default()
+        };
+        a.settle(&row, Some(id)).unwrap();
+        assert_eq!(b.used_today("k", now).unwrap(), 30 + 80);
+        let r = limits(Some(2), None);
+        for _ in 0..2 {
+            assert!(matches!(a.admit("r", "/", 0, r, me, now).unwrap(), Admission::Reserved(_)));
+        }
+        let limited = b.admit("r", "/", 0, r, me, now + 1000).unwrap();
+        assert_eq!(limited, Admission::RateLimited { retry_after_s: 59 });
+        assert!(matches!(b.admit("r", "/", 0, r, me, now + MINUTE_MS + 1).unwrap(), Admission::Reserved(_)));
+    }
+
+    #[test]
+    fn a_dead_processs_reservations_are_charged_in_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("keys.sqlite")).unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = Holder {
+            pid: child.id(),
+            start: process_start(child.id()).unwrap_or(1),
+        };
+        child.wait().unwrap();
+        let now = now_ms();
+        let q = limits(None, Some(1000));
+        store.admit("k", "/v1/completions", 300, q, dead, now).unwrap();
+        store.admit("k", "/v1/completions", 5, q, Holder::this_process(), now).unwrap();
+        assert_eq!(store.charge_abandoned().unwrap(), 1);
+        assert_eq!(store.charge_abandoned().unwrap(), 0);
+        // The live reservation stays open; the dead one became usage.
+        assert_eq!(store.used_today("k", now).unwrap(), 305);
+        let rows = store.audit_log(Some("k"), 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].status, rows[0].prompt_tokens), (ABANDONED, 300));
+    }
+
+    #[test]
+    fn an_old_database_is_migrated_and_a_newer_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.sqlite");
+        {
+            // Version 0: the audit table alone counted usage.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute(
+                "INSERT INTO audit (time_ms, key_id, endpoint, prompt_tokens, completion_tokens, \
+                 status, latency_ms) VALUES (?1, 'k', '/v1/completions', 7, 3, 200, 1.0)",
+                [5 * DAY_MS + 1],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.used_today("k", 5 * DAY_MS + 9).unwrap(), 10);
+        drop(store);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 9")
+            .unwrap();
+        let e = Store::open(&path).err().unwrap().to_string();
+        assert!(e.contains("schema version 9") && e.contains("newer"), "{e}");
     }
 }
