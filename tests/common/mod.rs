@@ -60,3 +60,4 @@ pub fn fails_with(o: Output, needles: &[&str]) {
         assert!(err.contains(n), "error {err:?} should mention {n:?}");
     }
 }
+pub mod server;

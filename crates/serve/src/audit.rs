@@ -91,11 +91,13 @@ impl RequestAudit {
         self.start.elapsed()
     }
 
-    /// Admits the request at its key's rate and quota, reserving `tokens`
-    /// until the row is written (see `Gate::admit`). Called once, before
-    /// the request computes anything.
-    pub fn admit(&mut self, key: &KeyInfo, tokens: u64) -> Result<(), ApiError> {
-        self.info.reservation = self.app.gate.admit(key, self.endpoint, tokens)?;
+    /// Admits the request at its key's rate and quota, reserving `most`
+    /// tokens until the row is written (see `Gate::admit`), and records its
+    /// `prompt_tokens`. Called once, before the request computes anything;
+    /// a refused request is charged nothing.
+    pub fn admit(&mut self, key: &KeyInfo, prompt_tokens: u64, most: u64) -> Result<(), ApiError> {
+        self.info.reservation = self.app.gate.admit(key, self.endpoint, most)?;
+        self.info.prompt_tokens = prompt_tokens;
         Ok(())
     }
 

@@ -154,9 +154,9 @@ async fn handle(
         info.add_note("scoring: echo with one watermarked token, not recorded in the ledger");
     }
     let prompts = tokenize(s, entry, &req)?;
-    info.prompt_tokens = prompts.iter().map(|p| p.len() as u64).sum();
-    let most = info.prompt_tokens + (prompts.len() * req.n * req.max_tokens) as u64;
-    audit.admit(&key, most)?;
+    let prompt_tokens: u64 = prompts.iter().map(|p| p.len() as u64).sum();
+    let most = prompt_tokens + (prompts.len() * req.n * req.max_tokens) as u64;
+    audit.admit(&key, prompt_tokens, most)?;
     s.metrics
         .tokens_in
         .fetch_add(audit.info.prompt_tokens, Ordering::Relaxed);

@@ -67,8 +67,7 @@ pub async fn detect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
         let entry = s.model(&key, req.model.as_deref())?;
         info.model = Some(entry.name.clone());
         let ids = tokens_of(&s, &req.text)?;
-        info.prompt_tokens = ids.len() as u64;
-        audit.admit(&key, ids.len() as u64)?;
+        audit.admit(&key, ids.len() as u64, ids.len() as u64)?;
         let model = entry.model.clone();
         let name = entry.name.clone();
         let scored = {
@@ -135,8 +134,8 @@ pub async fn watermark_detect(
             .tokenizer
             .encode(&req.prompt)
             .map_err(|e| ApiError::invalid(e.to_string()).param("prompt"))?;
-        info.prompt_tokens = (ids.len() + prompt.len()) as u64;
-        audit.admit(&key, (ids.len() + prompt.len()) as u64)?;
+        let size = (ids.len() + prompt.len()) as u64;
+        audit.admit(&key, size, size)?;
         let d = watermark_detect_tokens(&s.prf, &prompt, &ids, z);
         let mut body = json!(d);
         if !key.has_scope(Scope::Admin) {
@@ -170,8 +169,7 @@ pub async fn lookup(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
             .tokenizer
             .encode(&req.text)
             .map_err(|e| ApiError::invalid(e.to_string()).param("text"))?;
-        info.prompt_tokens = tokens.len() as u64;
-        audit.admit(&key, tokens.len() as u64)?;
+        audit.admit(&key, tokens.len() as u64, tokens.len() as u64)?;
         let text = req.text;
         let matches = s.compute(move |s, _| s.lookup(&text, min)).await??;
         Ok(axum::Json(json!({"matches": matches})).into_response())

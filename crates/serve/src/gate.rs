@@ -239,3 +239,17 @@ fn quota_used(limit: u64, used: u64, retry_after_s: u64) -> ApiError {
     .code("quota_exceeded")
     .retry_after(retry_after_s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_error_names_no_server_file() {
+        let detail = "/srv/state/ledger.sqlite: attempt to write a readonly database";
+        let e = internal("the ledger could not record the completion", detail);
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!e.message.contains("/srv") && !e.message.contains(".sqlite"), "{}", e.message);
+        assert!(e.message.contains("reference"), "{}", e.message);
+    }
+}
