@@ -10,7 +10,7 @@ prompt) of 32-token prompts cut from the held-out books (Alice, Oz).
 Human text: other passages of those books and WikiText-2 test paragraphs,
 cut to the generations' length. Reports, and writes DIR/results.json:
   - per watermark scheme (KGW delta 2 gamma 0.25 h 1 LeftHash; KGW
-    SelfHash h 3; Gumbel): TPR at z >= 4, observed FPR on human texts, the
+    SelfHash h 3 and h 4, the server's; Gumbel): TPR at z >= 4, observed FPR on human texts, the
     perplexity of the output under the model against unwatermarked output
     at the same settings, and TPR after 10/20/30% random token substitution;
   - detectors: AUROC and TPR at 1% FPR per statistic, generations at
@@ -121,6 +121,7 @@ def main():
     ppl_plain = mean_ppl([t["text"] for t in plain_k40], a.out)
 
     schemes = {"kgw_lefthash_h1": [], "kgw_selfhash_h3": ["--seeding", "self-hash", "--context", "3"],
+               "kgw_selfhash_h4": ["--seeding", "self-hash", "--context", "4"],
                "gumbel_h1": ["--scheme", "gumbel"], "gumbel_h4": ["--scheme", "gumbel", "--context", "4"]}
     for name, flags in schemes.items():
         if a.schemes and name not in a.schemes:

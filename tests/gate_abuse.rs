@@ -67,8 +67,11 @@ fn text_assembled_from_alternatives_is_watermarked() {
             .iter()
             .filter_map(|(t, lp)| Some((*by_text.get(t)?, lp.as_f64()?.exp())))
             .collect();
-        rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let mut u = (rng >> 11) as f64 / (1u64 << 53) as f64 * weights.iter().map(|w| w.1).sum::<f64>();
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let mut u =
+            (rng >> 11) as f64 / (1u64 << 53) as f64 * weights.iter().map(|w| w.1).sum::<f64>();
         let mut pick = weights[0].0;
         for &(t, w) in &weights {
             pick = t;
@@ -115,13 +118,20 @@ fn a_score_key_gets_lm_evals_numbers_and_no_more() {
     )
     .json();
     let lp = &v["choices"][0]["logprobs"];
-    assert_eq!(lp["token_logprobs"].as_array().unwrap().len(), ids.len() + 1);
+    assert_eq!(
+        lp["token_logprobs"].as_array().unwrap().len(),
+        ids.len() + 1
+    );
     for top in lp["top_logprobs"].as_array().unwrap() {
         assert!(top.as_object().unwrap().len() <= 1, "{top}");
     }
     assert_eq!(s.ledger().stats().unwrap().records, before);
     let rows = audit_rows(&s, Some(&id));
-    assert!(rows[0]["note"].as_str().unwrap().contains("not recorded"), "{}", rows[0]);
+    assert!(
+        rows[0]["note"].as_str().unwrap().contains("not recorded"),
+        "{}",
+        rows[0]
+    );
     // Without echo it is a generation, which a score key may not do.
     let r = complete(&s, &score, json!({"prompt": [ids], "max_tokens": 1}));
     assert_eq!(r.error(403)["error"]["code"], "insufficient_scope");
@@ -142,11 +152,16 @@ fn a_detect_key_gets_no_green_mask() {
     assert!(v["green_mask"].is_array(), "{v}");
     let key = std::fs::read_to_string(s.state.join("watermark.key")).unwrap();
     let key: Value = serde_json::from_str(&key).unwrap();
-    assert_eq!((key["seeding"].as_str(), key["context_width"].as_u64()), (Some("self_hash"), Some(4)));
+    assert_eq!(
+        (key["seeding"].as_str(), key["context_width"].as_u64()),
+        (Some("self_hash"), Some(4))
+    );
 }
 
 fn words(n: usize) -> String {
-    (0..n).map(|i| ["the ", "cat ", "sat ", "on ", "a ", "mat "][i % 6]).collect()
+    (0..n)
+        .map(|i| ["the ", "cat ", "sat ", "on ", "a ", "mat "][i % 6])
+        .collect()
 }
 
 /// Finding 3: every path that computes is admitted against the quota
@@ -159,7 +174,10 @@ fn detection_scoring_and_lookup_are_charged_against_the_quota() {
         ("/v1/detect", json!({"text": text})),
         ("/v1/watermark/detect", json!({"text": text})),
         ("/v1/provenance/lookup", json!({"text": text})),
-        ("/v1/completions", json!({"prompt": text, "echo": true, "max_tokens": 0, "logprobs": 1})),
+        (
+            "/v1/completions",
+            json!({"prompt": text, "echo": true, "max_tokens": 0, "logprobs": 1}),
+        ),
     ];
     for (path, body) in cases {
         let (id, key) = s.key("detect,score", "*", &["--tokens-per-day", "30"]);
@@ -172,7 +190,10 @@ fn detection_scoring_and_lookup_are_charged_against_the_quota() {
         let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         let served = statuses.iter().filter(|&&c| c == 200).count();
         assert_eq!(served, 1, "{path}: {statuses:?}");
-        assert!(statuses.iter().all(|&c| c == 200 || c == 429), "{path}: {statuses:?}");
+        assert!(
+            statuses.iter().all(|&c| c == 200 || c == 429),
+            "{path}: {statuses:?}"
+        );
         // Overshoot: at most the one request's own size.
         let used = charged(&audit_rows(&s, Some(&id)));
         assert!((100..=30 + 100).contains(&used), "{path}: charged {used}");
@@ -191,15 +212,27 @@ fn servers_sharing_a_state_share_one_quota() {
             let (url, key) = (servers[i % 3].url.clone(), key.clone());
             std::thread::spawn(move || {
                 let body = json!({"prompt": "Hello", "max_tokens": 40, "seed": i});
-                post(&url, "/v1/completions", Some(&key), body.to_string().as_bytes()).status
+                post(
+                    &url,
+                    "/v1/completions",
+                    Some(&key),
+                    body.to_string().as_bytes(),
+                )
+                .status
             })
         })
         .collect();
     let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    assert!(statuses.iter().all(|&c| c == 200 || c == 429), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|&c| c == 200 || c == 429),
+        "{statuses:?}"
+    );
     let used = charged(&audit_rows(&servers[0], Some(&id)));
     // One request is at most 1 + 40 tokens.
-    assert!(used <= 300 + 41, "charged {used} of a 300-token quota: {statuses:?}");
+    assert!(
+        used <= 300 + 41,
+        "charged {used} of a 300-token quota: {statuses:?}"
+    );
     assert!(used >= 300 - 41, "charged only {used}: {statuses:?}");
 }
 
@@ -258,7 +291,8 @@ fn a_damaged_database_stops_the_server_at_start() {
             let s = Server::start_on(&state, &[]);
             let key = s.admin();
             for i in 0..40 {
-                let body = json!({"prompt": words(60), "max_tokens": 4, "seed": i, "user": words(30)});
+                let body =
+                    json!({"prompt": words(60), "max_tokens": 4, "seed": i, "user": words(30)});
                 assert_eq!(complete(&s, &key, body).status, 200);
             }
         }
@@ -268,19 +302,33 @@ fn a_damaged_database_stops_the_server_at_start() {
         ok(run(&["ledger", "stats", "--state", state_arg]));
         let path = state.join(file);
         let mut bytes = std::fs::read(&path).unwrap();
-        assert!(bytes.len() > 6 * 4096, "{file} is only {} bytes", bytes.len());
+        assert!(
+            bytes.len() > 6 * 4096,
+            "{file} is only {} bytes",
+            bytes.len()
+        );
         // Garbage over the pages past the schema (rows and indexes).
         for b in &mut bytes[3 * 4096..5 * 4096] {
             *b = 0x5a;
         }
         std::fs::write(&path, bytes).unwrap();
-        let out = gpt2()
+        let mut child = gpt2()
             .args(["serve", "--addr", "127.0.0.1:0", "--state"])
             .arg(&state)
             .arg("--model")
             .arg(format!("tiny={}", tiny_model().display()))
-            .output()
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .unwrap();
+        let start = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("the server runs on a damaged {file}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
         let err = stderr(&out);
         assert!(!out.status.success(), "served on a damaged {file}: {err}");
         assert!(err.contains(file) && !err.contains("panicked"), "{err}");
@@ -305,13 +353,20 @@ fn the_audit_log_cannot_be_inflated() {
     assert!(unkeyed <= 61, "{unkeyed} rows for 150 bad keys");
     let admin = s.admin();
     let metrics = get(&s.url, "/metrics", Some(&admin)).body;
-    assert!(metrics.contains("gpt2_unauthenticated_requests_total 150"), "{metrics}");
+    assert!(
+        metrics.contains("gpt2_unauthenticated_requests_total 150"),
+        "{metrics}"
+    );
 
     let (id, key) = s.key("generate", "*", &[]);
     let big = "x".repeat(300_000);
     let r = complete(&s, &key, json!({"prompt": "a", "user": big}));
     assert_eq!(r.error(400)["error"]["param"], "user");
-    let r = complete(&s, &key, json!({"prompt": "a", "model": "m".repeat(100_000)}));
+    let r = complete(
+        &s,
+        &key,
+        json!({"prompt": "a", "model": "m".repeat(100_000)}),
+    );
     r.error(404);
     for row in audit_rows(&s, Some(&id)) {
         let note = row["note"].as_str().unwrap_or("");
@@ -332,6 +387,14 @@ fn the_audit_log_cannot_be_inflated() {
 fn trailing_data_is_refused() {
     let s = Server::start(&[]);
     let key = s.admin();
-    let r = post(&s.url, "/v1/completions", Some(&key), br#"{"prompt": "a"} trailing"#);
-    assert!(r.error(400)["error"]["message"].as_str().unwrap().contains("after"));
+    let r = post(
+        &s.url,
+        "/v1/completions",
+        Some(&key),
+        br#"{"prompt": "a"} trailing"#,
+    );
+    assert!(r.error(400)["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("after"));
 }

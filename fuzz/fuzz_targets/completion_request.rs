@@ -1,16 +1,30 @@
-//! The request parser of `POST /v1/completions` (and the other JSON
-//! bodies) on arbitrary bytes: it must return a value or an error, never
-//! panic, and every error must be a 4xx with a message.
+//! The JSON bodies a client sends (`POST /v1/completions`, `/v1/detect`,
+//! `/v1/watermark/detect`, `/v1/provenance/lookup`) on arbitrary bytes:
+//! each parse returns a value or an error, never panics, and every error
+//! is a 4xx with a message.
 #![no_main]
 
-use gpt2_serve::api::{parse_completion, parse_json, DetectRequest, LookupRequest};
+use gpt2_serve::api::{
+    parse_completion, parse_json, ApiError, DetectRequest, LookupRequest, WatermarkDetectRequest,
+};
 use libfuzzer_sys::fuzz_target;
+
+fn client_error(e: ApiError) {
+    assert!(e.status.is_client_error());
+    assert!(!e.message.is_empty());
+}
 
 fuzz_target!(|data: &[u8]| {
     if let Err(e) = parse_completion(data) {
-        assert!(e.status.is_client_error());
-        assert!(!e.message.is_empty());
+        client_error(e);
     }
-    let _ = parse_json::<DetectRequest>(data);
-    let _ = parse_json::<LookupRequest>(data);
+    if let Err(e) = parse_json::<DetectRequest>(data) {
+        client_error(e);
+    }
+    if let Err(e) = parse_json::<LookupRequest>(data) {
+        client_error(e);
+    }
+    if let Err(e) = parse_json::<WatermarkDetectRequest>(data) {
+        client_error(e);
+    }
 });

@@ -165,4 +165,3 @@ pub fn events(body: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
-

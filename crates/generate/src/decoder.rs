@@ -394,7 +394,11 @@ impl Seq {
     /// alternatives reveal nothing the sampler does not draw from.
     fn report(&mut self, raw: &[f32], pick: crate::sampling::Pick) -> TokenOut {
         let k = self.spec.top_logprobs;
-        let wm = self.spec.watermark.as_deref().filter(|w| w.max_bias() > 0.0);
+        let wm = self
+            .spec
+            .watermark
+            .as_deref()
+            .filter(|w| w.max_bias() > 0.0);
         let (Some(wm), true) = (wm, k > 0) else {
             let lse = pick_lse(raw, pick);
             let top = match k {
@@ -412,7 +416,11 @@ impl Seq {
         };
         self.biased.clear();
         self.biased.extend_from_slice(raw);
-        wm.bias(&self.history, crate::sampling::Tokens::All, &mut self.biased);
+        wm.bias(
+            &self.history,
+            crate::sampling::Tokens::All,
+            &mut self.biased,
+        );
         let lse = log_sum_exp(&self.biased);
         let b = &self.biased;
         TokenOut {

@@ -100,8 +100,11 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })?;
     // One JSON value is the whole body: anything after it (but
     // whitespace) is refused, not ignored.
-    de.end()
-        .map_err(|e| ApiError::invalid(format!("malformed JSON: data after the request object ({e})")))?;
+    de.end().map_err(|e| {
+        ApiError::invalid(format!(
+            "malformed JSON: data after the request object ({e})"
+        ))
+    })?;
     Ok(value)
 }
 
@@ -345,10 +348,20 @@ mod tests {
         assert!(e.message.contains("temperature"), "{}", e.message);
         assert!(parse_completion(br#"{"prompt": [[1, 2], [3]], "n": 2}"#).is_ok());
         let e = parse_completion(br#"{"prompt": "a"} trailing"#).unwrap_err();
-        assert!(e.message.contains("data after the request"), "{}", e.message);
+        assert!(
+            e.message.contains("data after the request"),
+            "{}",
+            e.message
+        );
         assert!(parse_completion(b"{\"prompt\": \"a\"} \n").is_ok());
         let long = format!(r#"{{"prompt": "a", "user": "{}"}}"#, "u".repeat(257));
-        assert_eq!(parse_completion(long.as_bytes()).unwrap_err().param.as_deref(), Some("user"));
+        assert_eq!(
+            parse_completion(long.as_bytes())
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("user")
+        );
         assert!(parse_completion(br#"{"prompt": "x", "echo": true, "max_tokens": 0}"#).is_ok());
     }
 }

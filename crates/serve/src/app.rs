@@ -143,15 +143,14 @@ impl AppState {
     ) -> Result<T, ApiError> {
         let cancel = Cancel::default();
         let _on_drop = CancelOnDrop(cancel.clone());
-        let permit = self
-            .scoring
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the server is shutting down")
-                    .retry_after(1)
-            })?;
+        let permit = self.scoring.clone().acquire_owned().await.map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "the server is shutting down",
+            )
+            .retry_after(1)
+        })?;
         let s = self.clone();
         tokio::task::spawn_blocking(move || {
             // Held until the work ends, even if the request is gone.

@@ -123,35 +123,11 @@ async fn handle(
     let req = api::parse_completion(&body)?;
     let entry = s.model(&key, req.model.as_deref())?;
     info.model = Some(entry.name.clone());
-    let mode = Mode::of(&req, &key);
-    s.gate.require_scope(&key, mode.scope())?;
-    if !req.watermark {
-        s.gate.require_scope(&key, Scope::Admin).map_err(|mut e| {
-            e.message = "only an admin key may ask for unwatermarked output".into();
-            e.param("watermark")
-        })?;
-        info.add_note("unwatermarked");
-    }
-    if req.echo && req.logprobs.unwrap_or(0) > MAX_PROMPT_ALTERNATIVES && !key.has_scope(Scope::Admin) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "permission_error",
-            format!(
-                "with echo, logprobs above {MAX_PROMPT_ALTERNATIVES} needs the admin scope: the \
-                 alternatives at prompt positions are the model's unwatermarked next-token \
-                 distribution (see docs/serve.md, \"What a key can learn\")"
-            ),
-        )
-        .param("logprobs")
-        .code("insufficient_scope"));
-    }
+    let mode = check_access(s, &key, &req, info)?;
     s.gate.check_quota(&key)?;
     if let Some(user) = &req.user {
         // The end user the key holder names, for the audit trail.
         info.add_note(&format!("user={user}"));
-    }
-    if mode == Mode::Loglikelihood {
-        info.add_note("scoring: echo with one watermarked token, not recorded in the ledger");
     }
     let prompts = tokenize(s, entry, &req)?;
     let prompt_tokens: u64 = prompts.iter().map(|p| p.len() as u64).sum();
@@ -196,17 +172,62 @@ async fn handle(
         .filter(|x| !x.text.is_empty() && ctx.records)
         .map(|x| record(&ctx, x))
         .collect();
-    let ids = s
-        .recorder
-        .record(records)
-        .await
-        .map_err(|e| internal("the ledger could not record the completion, so it is not returned", e))?;
+    let ids = s.recorder.record(records).await.map_err(|e| {
+        internal(
+            "the ledger could not record the completion, so it is not returned",
+            e,
+        )
+    })?;
     let mut ids = ids.into_iter();
     let ledger_ids: Vec<Option<i64>> = samples
         .iter()
-        .map(|x| if x.text.is_empty() || !ctx.records { None } else { ids.next() })
+        .map(|x| {
+            if x.text.is_empty() || !ctx.records {
+                None
+            } else {
+                ids.next()
+            }
+        })
         .collect();
     Ok(axum::Json(body_json(&ctx, &samples, &ledger_ids)).into_response())
+}
+
+/// The scope checks of a completion request: its mode's scope, `admin`
+/// for unwatermarked output and for more than one alternative per prompt
+/// position (docs/serve.md, "What a key can learn").
+fn check_access(
+    s: &AppState,
+    key: &crate::store::KeyInfo,
+    req: &Validated,
+    info: &mut crate::audit::AuditInfo,
+) -> Result<Mode, ApiError> {
+    let mode = Mode::of(req, key);
+    s.gate.require_scope(key, mode.scope())?;
+    if !req.watermark {
+        s.gate.require_scope(key, Scope::Admin).map_err(|mut e| {
+            e.message = "only an admin key may ask for unwatermarked output".into();
+            e.param("watermark")
+        })?;
+        info.add_note("unwatermarked");
+    }
+    let alternatives = req.logprobs.unwrap_or(0);
+    if req.echo && alternatives > MAX_PROMPT_ALTERNATIVES && !key.has_scope(Scope::Admin) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "permission_error",
+            format!(
+                "with echo, logprobs above {MAX_PROMPT_ALTERNATIVES} needs the admin scope: the \
+                 alternatives at prompt positions are the model's unwatermarked next-token \
+                 distribution (see docs/serve.md, \"What a key can learn\")"
+            ),
+        )
+        .param("logprobs")
+        .code("insufficient_scope"));
+    }
+    if mode == Mode::Loglikelihood {
+        info.add_note("scoring: echo with one watermarked token, not recorded in the ledger");
+    }
+    Ok(mode)
 }
 
 fn random_hex() -> String {
@@ -370,7 +391,12 @@ async fn collect(mut rx: UnboundedReceiver<Event>, total: usize) -> Result<Vec<S
                 }
             }
             Some(Event::Failed(m)) => return Err(internal("generation failed", m)),
-            None => return Err(internal("generation failed", "the engine stopped before finishing")),
+            None => {
+                return Err(internal(
+                    "generation failed",
+                    "the engine stopped before finishing",
+                ))
+            }
         }
     }
     Ok(samples)

@@ -131,9 +131,8 @@ impl Gate {
             requests_per_minute: key.requests_per_minute,
             tokens_per_day: key.tokens_per_day,
         };
-        if limits.requests_per_minute.is_none() && limits.tokens_per_day.is_none() {
-            return Ok(Reservation::default());
-        }
+        // Keys without limits reserve too: an open reservation is how a
+        // request cut off by a dead server still gets its audit row.
         self.reap_now_and_then();
         let now = now_ms();
         let answer = lock(&self.store)
@@ -191,10 +190,12 @@ impl Gate {
             match self.unauthenticated_row() {
                 None => return Ok(false),
                 Some(0) => {}
-                Some(left_out) => entry.note = Some(format!(
+                Some(left_out) => {
+                    entry.note = Some(format!(
                     "{}; {left_out} rows of requests without a valid key left out before this one",
                     entry.note.as_deref().unwrap_or("")
-                )),
+                ))
+                }
             }
         }
         lock(&self.store).settle(entry, reservation.id)?;
@@ -249,7 +250,11 @@ mod tests {
         let detail = "/srv/state/ledger.sqlite: attempt to write a readonly database";
         let e = internal("the ledger could not record the completion", detail);
         assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
-        assert!(!e.message.contains("/srv") && !e.message.contains(".sqlite"), "{}", e.message);
+        assert!(
+            !e.message.contains("/srv") && !e.message.contains(".sqlite"),
+            "{}",
+            e.message
+        );
         assert!(e.message.contains("reference"), "{}", e.message);
     }
 }

@@ -179,7 +179,12 @@ fn refuse_damaged<E: std::fmt::Display>(
     Err(ServeError::Io(format!(
         "{} is damaged (SQLite quick_check: {}); restore it from a backup before serving",
         path.display(),
-        problems.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+        problems
+            .iter()
+            .take(3)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
     )))
 }
 

@@ -199,9 +199,14 @@ pub struct Limits {
 pub enum Admission {
     /// Admitted; the reservation to settle when the request ends.
     Reserved(i64),
-    RateLimited { retry_after_s: u64 },
+    RateLimited {
+        retry_after_s: u64,
+    },
     /// The day's usage plus the reservations in flight.
-    QuotaUsed { used: u64, retry_after_s: u64 },
+    QuotaUsed {
+        used: u64,
+        retry_after_s: u64,
+    },
 }
 
 /// The process that holds a reservation: its pid and its start time (in
@@ -447,8 +452,7 @@ impl Store {
         let tx = self.conn.transaction().map_err(&err)?;
         insert_audit(&tx, e).map_err(&err)?;
         if let Some(key) = &e.key_id {
-            add_usage(&tx, key, e.time_ms, e.prompt_tokens + e.completion_tokens)
-                .map_err(&err)?;
+            add_usage(&tx, key, e.time_ms, e.prompt_tokens + e.completion_tokens).map_err(&err)?;
         }
         if let Some(id) = reservation {
             tx.prepare_cached("UPDATE reservations SET settled = 1 WHERE id = ?1")
@@ -555,7 +559,15 @@ impl Store {
             )
             .and_then(|mut s| {
                 s.query_map([], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
                 })?
                 .collect()
             })
@@ -640,7 +652,12 @@ fn insert_audit(conn: &Connection, e: &AuditEntry) -> rusqlite::Result<usize> {
     ])
 }
 
-fn add_usage(conn: &Connection, key_id: &str, time_ms: i64, tokens: u64) -> rusqlite::Result<usize> {
+fn add_usage(
+    conn: &Connection,
+    key_id: &str,
+    time_ms: i64,
+    tokens: u64,
+) -> rusqlite::Result<usize> {
     conn.prepare_cached(
         "INSERT INTO usage (key_id, day, tokens) VALUES (?1, ?2, ?3) \
          ON CONFLICT (key_id, day) DO UPDATE SET tokens = tokens + excluded.tokens",
@@ -741,11 +758,19 @@ mod tests {
         let now = 10 * DAY_MS + 5;
         let q = limits(None, Some(100));
         let first = a.admit("k", "/v1/detect", 80, q, me, now).unwrap();
-        let Admission::Reserved(id) = first else { panic!("{first:?}") };
+        let Admission::Reserved(id) = first else {
+            panic!("{first:?}")
+        };
         // 80 reserved of 100: the other process admits one more, then no more.
-        assert!(matches!(b.admit("k", "/v1/detect", 80, q, me, now).unwrap(), Admission::Reserved(_)));
+        assert!(matches!(
+            b.admit("k", "/v1/detect", 80, q, me, now).unwrap(),
+            Admission::Reserved(_)
+        ));
         let refused = a.admit("k", "/v1/detect", 1, q, me, now).unwrap();
-        assert!(matches!(refused, Admission::QuotaUsed { used: 160, .. }), "{refused:?}");
+        assert!(
+            matches!(refused, Admission::QuotaUsed { used: 160, .. }),
+            "{refused:?}"
+        );
         // Settling moves the tokens actually used from reserved to used.
         let row = AuditEntry {
             time_ms: now,
@@ -759,11 +784,17 @@ mod tests {
         assert_eq!(b.used_today("k", now).unwrap(), 30 + 80);
         let r = limits(Some(2), None);
         for _ in 0..2 {
-            assert!(matches!(a.admit("r", "/", 0, r, me, now).unwrap(), Admission::Reserved(_)));
+            assert!(matches!(
+                a.admit("r", "/", 0, r, me, now).unwrap(),
+                Admission::Reserved(_)
+            ));
         }
         let limited = b.admit("r", "/", 0, r, me, now + 1000).unwrap();
         assert_eq!(limited, Admission::RateLimited { retry_after_s: 59 });
-        assert!(matches!(b.admit("r", "/", 0, r, me, now + MINUTE_MS + 1).unwrap(), Admission::Reserved(_)));
+        assert!(matches!(
+            b.admit("r", "/", 0, r, me, now + MINUTE_MS + 1).unwrap(),
+            Admission::Reserved(_)
+        ));
     }
 
     #[test]
@@ -778,8 +809,12 @@ mod tests {
         child.wait().unwrap();
         let now = now_ms();
         let q = limits(None, Some(1000));
-        store.admit("k", "/v1/completions", 300, q, dead, now).unwrap();
-        store.admit("k", "/v1/completions", 5, q, Holder::this_process(), now).unwrap();
+        store
+            .admit("k", "/v1/completions", 300, q, dead, now)
+            .unwrap();
+        store
+            .admit("k", "/v1/completions", 5, q, Holder::this_process(), now)
+            .unwrap();
         assert_eq!(store.charge_abandoned().unwrap(), 1);
         assert_eq!(store.charge_abandoned().unwrap(), 0);
         // The live reservation stays open; the dead one became usage.

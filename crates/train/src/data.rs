@@ -57,6 +57,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
 /// every id against `vocab_size`.
 pub fn read_tokens(path: &Path, vocab_size: usize) -> Result<Vec<u16>, DataError> {
     let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
+    parse_tokens(path, &bytes, vocab_size)
+}
+
+/// As [`read_tokens`], on the file's bytes (`path` names it in errors).
+pub fn parse_tokens(path: &Path, bytes: &[u8], vocab_size: usize) -> Result<Vec<u16>, DataError> {
     if bytes.len() < HEADER || &bytes[..8] != MAGIC {
         return Err(format(
             path,
@@ -74,7 +79,7 @@ pub fn read_tokens(path: &Path, vocab_size: usize) -> Result<Vec<u16>, DataError
     count.copy_from_slice(&bytes[12..20]);
     let count = u64::from_le_bytes(count);
     let body = (bytes.len() - HEADER) as u64;
-    if body != 2 * count {
+    if count.checked_mul(2) != Some(body) {
         return Err(format(
             path,
             format!(

@@ -85,6 +85,18 @@ fn read_file(path: &Path, field: &str, docs: &mut Vec<Document>) -> Result<(), D
         path: path.display().to_string(),
         source: e,
     })?;
+    parse_documents(path, bytes, field, docs)
+}
+
+/// The documents of one file's bytes (`path` names it in errors and, by its
+/// extension, says whether it is JSONL).
+pub fn parse_documents(
+    path: &Path,
+    bytes: impl Into<Vec<u8>>,
+    field: &str,
+    docs: &mut Vec<Document>,
+) -> Result<(), DataError> {
+    let bytes: Vec<u8> = bytes.into();
     if bytes.contains(&0) {
         return Err(bad(path, "holds NUL bytes: not a text file"));
     }
