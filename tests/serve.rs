@@ -10,11 +10,8 @@ use common::server::*;
 use common::*;
 use gpt2_model::score::{Scorer, Windowing};
 use gpt2_model::{Model, Tokenizer};
-use gpt2_provenance::ledger::Ledger;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 #[test]

@@ -191,10 +191,13 @@ impl Gate {
                 None => return Ok(false),
                 Some(0) => {}
                 Some(left_out) => {
-                    entry.note = Some(format!(
-                    "{}; {left_out} rows of requests without a valid key left out before this one",
-                    entry.note.as_deref().unwrap_or("")
-                ))
+                    let said = format!(
+                        "{left_out} rows of requests without a valid key left out before this one"
+                    );
+                    entry.note = Some(match entry.note.take() {
+                        Some(n) => format!("{n}; {said}"),
+                        None => said,
+                    });
                 }
             }
         }
