@@ -161,3 +161,85 @@ fn siblings_share_one_prefill_and_leaving_frees_the_slot() {
     // A full decoder refuses more sequences than it has free slots.
     assert!(decoder.join(&prompt, specs).is_err());
 }
+
+/// A token's reported log-probability and alternatives are those of the
+/// distribution the sampler draws from: the model's logits plus the KGW
+/// bias, checked against the bias recomputed token by token from the
+/// keyed function (not the watermarker's cached green lists).
+#[test]
+fn reported_alternatives_are_the_watermarked_distribution() {
+    let model = Model::load_dir(&tiny_model()).unwrap();
+    let key = WatermarkKey::from_secret(
+        [9; 32],
+        KeyParams {
+            scheme: Scheme::Kgw,
+            seeding: Seeding::SelfHash,
+            context_width: 4,
+            ..KeyParams::default()
+        },
+    );
+    let prf = Prf::new(key.clone(), 50257);
+    let wm: Arc<dyn Watermark> = Arc::new(Watermarker::new(Prf::new(key, 50257)));
+    let prompt = Tokenizer::gpt2()
+        .encode("The king and the queen said")
+        .unwrap();
+    let spec = SeqSpec {
+        tag: 0,
+        max_tokens: 1,
+        sampling: sampling(1.0, 0, 1.0, 1.0),
+        seed: 5,
+        stream: 0,
+        stop: Arc::from(Vec::new()),
+        top_logprobs: 5,
+        watermark: Some(wm),
+        ignore_eos: true,
+    };
+    let mut decoder = Decoder::new(&model, 1);
+    decoder.join(&prompt, vec![spec]).unwrap();
+    let mut got = None;
+    while got.is_none() {
+        decoder
+            .step(&mut |e| {
+                if let Event::Token { token, .. } = e {
+                    got = Some(token.clone());
+                }
+            })
+            .unwrap();
+    }
+    let got = got.unwrap();
+    let mut cache = model.new_cache(1);
+    let mut scratch = gpt2_model::Scratch::default();
+    let raw = model
+        .next_token_logits(
+            &gpt2_model::Batch::single(0, &prompt),
+            &mut cache,
+            &mut scratch,
+        )
+        .unwrap()
+        .to_vec();
+    let context = &prompt[prompt.len() - 4..];
+    let biased: Vec<f64> = raw
+        .iter()
+        .enumerate()
+        .map(|(t, &l)| {
+            l as f64
+                + if prf.is_green(context, t as u32) {
+                    2.0
+                } else {
+                    0.0
+                }
+        })
+        .collect();
+    let max = biased.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let lse = max + biased.iter().map(|b| (b - max).exp()).sum::<f64>().ln();
+    let mut order: Vec<usize> = (0..biased.len()).collect();
+    order.sort_by(|a, b| biased[*b].total_cmp(&biased[*a]));
+    assert!((got.logprob as f64 - (biased[got.id as usize] - lse)).abs() < 1e-4);
+    assert_eq!(got.top.len(), 5);
+    for (&(id, lp), &want) in got.top.iter().zip(&order) {
+        assert_eq!(id as usize, want);
+        assert!((lp as f64 - (biased[want] - lse)).abs() < 1e-4, "{lp}");
+    }
+    // The bias is in play: the five most likely are green.
+    assert!(order[..5].iter().all(|&t| prf.is_green(context, t as u32)));
+}
