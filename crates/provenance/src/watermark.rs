@@ -105,6 +105,19 @@ impl Prf {
         }
     }
 
+    /// What the pseudo-random bits of `token` after `context` are a
+    /// function of: pairs with one identity get the same bits, so the
+    /// detector counts each identity once. With LeftHash that is the
+    /// context and the token; with SelfHash, the min-anchor of the window
+    /// and the token, so windows that share both are one draw, not several
+    /// (counting them apart made repetitive human text look watermarked).
+    fn draw_id(&self, context: &[u32], token: u32) -> (u128, u32) {
+        match self.step_key(context) {
+            StepKey::SelfMin(min) => (min.min(self.anchor(token)) as u128, token),
+            left => (left.id(), token),
+        }
+    }
+
     /// Whether `token` is green after `context` (KGW).
     pub fn is_green(&self, context: &[u32], token: u32) -> bool {
         self.green(self.step_key(context), token)
@@ -372,8 +385,8 @@ pub const MIN_SCORED_TOKENS: usize = 16;
 
 /// Tests `tokens` (the canonical encoding of the text) for the watermark;
 /// `prompt` supplies the context of the first tokens and is not scored.
-/// Each (context, token) pair counts once, so repeated phrases cannot
-/// inflate the score.
+/// Each pseudo-random draw counts once (see `Prf::draw_id`), so repeated
+/// phrases cannot inflate the score.
 pub fn detect(prf: &Prf, prompt: &[u32], tokens: &[u32], z_threshold: f64) -> Detection {
     let h = prf.key.context_width;
     let mut all = prompt.to_vec();
@@ -396,7 +409,7 @@ pub fn detect(prf: &Prf, prompt: &[u32], tokens: &[u32], z_threshold: f64) -> De
             }
         };
         mask.push(hit);
-        if seen.insert((context.to_vec(), token)) {
+        if seen.insert(prf.draw_id(context, token)) {
             scored += 1;
             hits += usize::from(hit);
             gumbel_sum += -(1.0 - r).ln();
@@ -702,5 +715,31 @@ mod tests {
         // Gamma(3, 1) at its mean.
         let want = (-3f64).exp() * (1.0 + 3.0 + 4.5);
         assert!((gamma_upper_tail(3, 3.0) - want).abs() < 1e-12);
+    }
+
+    #[test]
+    fn selfhash_counts_windows_sharing_their_anchor_once() {
+        let key = WatermarkKey::from_secret(
+            [5; 32],
+            KeyParams {
+                seeding: Seeding::SelfHash,
+                context_width: 2,
+                ..KeyParams::default()
+            },
+        );
+        let prf = Prf::new(key, 1000);
+        // `a` has the smallest anchor, so every window holding it draws
+        // from (anchor(a), candidate), whatever else is in the window.
+        let a = (0..1000u32).min_by_key(|&t| prf.anchor(t)).unwrap();
+        let t = if a == 7 { 8 } else { 7 };
+        let mut tokens = Vec::new();
+        for x in (100..150u32).filter(|&x| x != a && x != t) {
+            tokens.extend([a, x, t]);
+        }
+        let d = detect(&prf, &[], &tokens, 4.0);
+        // One draw per x (after [t, a]), one for every t, one for every a:
+        // not one per window (about three per x).
+        let xs = tokens.len() / 3;
+        assert!((xs..=xs + 2).contains(&d.tokens_scored), "{} draws", d.tokens_scored);
     }
 }
