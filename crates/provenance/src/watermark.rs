@@ -740,6 +740,10 @@ mod tests {
         // One draw per x (after [t, a]), one for every t, one for every a:
         // not one per window (about three per x).
         let xs = tokens.len() / 3;
-        assert!((xs..=xs + 2).contains(&d.tokens_scored), "{} draws", d.tokens_scored);
+        assert!(
+            (xs..=xs + 2).contains(&d.tokens_scored),
+            "{} draws",
+            d.tokens_scored
+        );
     }
 }
