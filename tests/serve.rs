@@ -917,3 +917,51 @@ fn sigterm_exits_within_the_drain_timeout_whatever_is_running() {
     // Both requests are audited, with what they were given.
     assert_eq!(audit_rows(&s, &id).len(), 2);
 }
+
+#[test]
+fn the_tokenizer_endpoints_speak_vllms_and_llama_cpps_shapes() {
+    let s = Server::start(&[]);
+    let (_, key) = s.key("score", "*", &[]);
+    let tok = Tokenizer::gpt2();
+    let text = "Hello world, it's GPT-2.<|endoftext|>";
+    let want = tok.encode_with_special(text).unwrap();
+    // lm-evaluation-harness's RemoteTokenizer (vLLM's shape).
+    let body = json!({"prompt": text, "add_special_tokens": false}).to_string();
+    let v = post(&s.url, "/tokenize", Some(&key), body.as_bytes()).json();
+    assert_eq!(v["tokens"], json!(want));
+    assert_eq!(*want.last().unwrap(), 50256);
+    assert_eq!(
+        (v["count"].as_u64(), v["max_model_len"].as_u64()),
+        (Some(want.len() as u64), Some(128))
+    );
+    let body = json!({"tokens": want}).to_string();
+    let v = post(&s.url, "/detokenize", Some(&key), body.as_bytes()).json();
+    assert_eq!(
+        (v["prompt"].as_str(), v["content"].as_str()),
+        (Some(text), Some(text))
+    );
+    let info = get(&s.url, "/tokenizer_info", Some(&key)).json();
+    assert_eq!(info["eos_token"], "<|endoftext|>");
+    // llama.cpp's shape.
+    let body = json!({"content": "Hi there", "with_pieces": true}).to_string();
+    let v = post(&s.url, "/tokenize", Some(&key), body.as_bytes()).json();
+    assert_eq!(v["tokens"][1]["piece"], " there");
+    // Bad input names the field; other scopes are refused.
+    let r = post(
+        &s.url,
+        "/detokenize",
+        Some(&key),
+        br#"{"tokens": [1, 99999]}"#,
+    );
+    assert_eq!(r.error(400)["error"]["param"], "tokens");
+    let r = post(
+        &s.url,
+        "/tokenize",
+        Some(&key),
+        br#"{"prompt": "a", "content": "b"}"#,
+    );
+    r.error(400);
+    let (_, generate) = s.key("generate", "*", &[]);
+    post(&s.url, "/tokenize", Some(&generate), br#"{"prompt": "a"}"#).error(403);
+    get(&s.url, "/tokenizer_info", None).error(401);
+}

@@ -326,6 +326,46 @@ pub struct LookupRequest {
     pub min_score: Option<f64>,
 }
 
+/// `POST /tokenize`, in vLLM's shape (`prompt`, `add_special_tokens`:
+/// what lm-evaluation-harness's `RemoteTokenizer` sends) or llama.cpp's
+/// (`content`, `add_special`, `with_pieces`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizeRequest {
+    pub model: Option<String>,
+    pub prompt: Option<String>,
+    pub content: Option<String>,
+    /// GPT-2 adds no special tokens either way; accepted for the clients.
+    pub add_special_tokens: Option<bool>,
+    pub add_special: Option<bool>,
+    /// llama.cpp: each token as `{"id", "piece"}` instead of an id.
+    pub with_pieces: Option<bool>,
+}
+
+impl TokenizeRequest {
+    /// The text, from whichever client's field holds it (exactly one).
+    pub fn text(&self) -> Result<&str, ApiError> {
+        match (&self.prompt, &self.content) {
+            (Some(t), None) | (None, Some(t)) => Ok(t),
+            (None, None) => {
+                Err(ApiError::invalid("send the text as `prompt` (or `content`)").param("prompt"))
+            }
+            (Some(_), Some(_)) => Err(ApiError::invalid(
+                "send either `prompt` or `content`, not both",
+            )
+            .param("content")),
+        }
+    }
+}
+
+/// `POST /detokenize` (vLLM's and llama.cpp's shape).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetokenizeRequest {
+    pub model: Option<String>,
+    pub tokens: Vec<u32>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

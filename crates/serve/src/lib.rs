@@ -30,6 +30,7 @@ pub mod server;
 pub mod sse;
 pub mod state;
 pub mod store;
+pub mod tokenize;
 
 pub use server::{run, ServeConfig, ServeError};
 pub use state::StateDir;

@@ -6,7 +6,7 @@ use crate::api::ApiError;
 use crate::app::AppState;
 use crate::audit::{observe, respond, AuditInfo};
 use crate::store::Scope;
-use crate::{completions, detect};
+use crate::{completions, detect, tokenize};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -97,6 +97,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/detect", post(detect::detect))
         .route("/v1/watermark/detect", post(detect::watermark_detect))
         .route("/v1/provenance/lookup", post(detect::lookup))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
+        .route("/tokenizer_info", get(tokenize::tokenizer_info))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)

@@ -19,6 +19,7 @@ use gpt2_model::{Model, Tokenizer};
 use gpt2_provenance::ledger::Ledger;
 use gpt2_provenance::roc::Thresholds;
 use gpt2_provenance::watermark::{Prf, Watermarker};
+use gpt2_provenance::watermark_key::Seeding;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,6 +72,13 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
     let store = config.state.store()?;
     refuse_damaged(&config.state.keys_path(), store.quick_check())?;
     let key = config.state.watermark_key()?;
+    if key.seeding == Seeding::LeftHash && key.context_width == 1 {
+        eprintln!(
+            "warning: {} seeds each step from one token (h = 1): a detect key could learn its \
+             green lists; new states use SelfHash over 4 tokens (docs/serve.md)",
+            config.state.watermark_key_path().display()
+        );
+    }
     let ledger_path = config.state.ledger_path();
     let ledger = Ledger::open(&ledger_path)?;
     refuse_damaged(&ledger_path, ledger.quick_check())?;
