@@ -71,6 +71,7 @@ fn cases() -> Vec<Case> {
                     stop: Arc::from(Vec::new()),
                     top_logprobs: (tag % 3) as usize,
                     watermark: w.clone(),
+                    adjust: Default::default(),
                     ignore_eos: tag.is_multiple_of(2),
                 },
             ));
@@ -192,6 +193,7 @@ fn reported_alternatives_are_the_watermarked_distribution() {
         stop: Arc::from(Vec::new()),
         top_logprobs: 5,
         watermark: Some(wm),
+        adjust: Default::default(),
         ignore_eos: true,
     };
     let mut decoder = Decoder::new(&model, 1);

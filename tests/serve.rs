@@ -349,7 +349,7 @@ fn bad_input_gets_a_4xx_json_error_never_a_crash() {
     send(b"{").error(400);
     send(b"").error(400);
     send(b"[]").error(400);
-    let e = send(br#"{"prompt": "a", "frequency_penalty": 1}"#).error(400);
+    let e = send(br#"{"prompt": "a", "tools": 1}"#).error(400);
     assert!(e["error"]["message"]
         .as_str()
         .unwrap()
@@ -964,4 +964,98 @@ fn the_tokenizer_endpoints_speak_vllms_and_llama_cpps_shapes() {
     let (_, generate) = s.key("generate", "*", &[]);
     post(&s.url, "/tokenize", Some(&generate), br#"{"prompt": "a"}"#).error(403);
     get(&s.url, "/tokenizer_info", None).error(401);
+}
+
+#[test]
+fn logit_bias_penalties_and_best_of_as_openai_defines_them() {
+    let s = Server::start(&[]);
+    let (_, key) = s.key("generate", "*", &[]);
+    // +100 on "." forces it, watermark or not.
+    let v = complete(
+        &s,
+        &key,
+        json!({"prompt": "Hello", "max_tokens": 5, "logit_bias": {"13": 100}, "seed": 1}),
+    )
+    .json();
+    assert_eq!(v["choices"][0]["text"], ".....");
+    // Penalties change the draw, and the same seed gives the same text.
+    let pen = json!({"prompt": "Hello", "max_tokens": 12, "seed": 3, "presence_penalty": 2,
+                     "frequency_penalty": 2, "logit_bias": {"13": 5}});
+    let a = complete(&s, &key, pen.clone()).json();
+    assert_eq!(
+        a["choices"][0]["text"],
+        complete(&s, &key, pen).json()["choices"][0]["text"]
+    );
+    let dots = a["choices"][0]["text"]
+        .as_str()
+        .unwrap()
+        .matches('.')
+        .count();
+    assert!(
+        dots <= 2,
+        "the penalties should stop the repeats: {}",
+        a["choices"][0]["text"]
+    );
+    // best_of 4, n 1: the sample of the four with the highest mean logprob.
+    let body = |n: usize, best: usize| json!({"prompt": "Once", "max_tokens": 8, "seed": 9, "n": n, "best_of": best, "logprobs": 1});
+    let all = complete(&s, &key, body(4, 4)).json();
+    let best = complete(&s, &key, body(1, 4)).json();
+    let mean = |c: &Value| {
+        let lp = c["logprobs"]["token_logprobs"].as_array().unwrap();
+        lp.iter().map(|x| x.as_f64().unwrap()).sum::<f64>() / lp.len() as f64
+    };
+    let choices = all["choices"].as_array().unwrap();
+    let top = choices
+        .iter()
+        .max_by(|a, b| mean(a).total_cmp(&mean(b)))
+        .unwrap();
+    assert_eq!(best["choices"].as_array().unwrap().len(), 1);
+    assert_eq!(best["choices"][0]["text"], top["text"]);
+    assert_eq!(
+        best["usage"]["completion_tokens"],
+        all["usage"]["completion_tokens"]
+    );
+    // Bad values name their field.
+    for (body, param) in [
+        (
+            json!({"prompt": "a", "logit_bias": {"99999": 1}}),
+            "logit_bias",
+        ),
+        (
+            json!({"prompt": "a", "logit_bias": {"12": 101}}),
+            "logit_bias",
+        ),
+        (json!({"prompt": "a", "logit_bias": {"x": 1}}), "logit_bias"),
+        (
+            json!({"prompt": "a", "presence_penalty": 3}),
+            "presence_penalty",
+        ),
+        (
+            json!({"prompt": "a", "frequency_penalty": -2.5}),
+            "frequency_penalty",
+        ),
+        (json!({"prompt": "a", "n": 3, "best_of": 2}), "best_of"),
+        (
+            json!({"prompt": "a", "best_of": 2, "stream": true}),
+            "best_of",
+        ),
+        (json!({"prompt": "a", "suffix": "b"}), "suffix"),
+    ] {
+        let r = complete(&s, &key, body.clone());
+        assert_eq!(r.error(400)["error"]["param"], param, "{body}");
+    }
+    // gpt2 generate takes the same options.
+    let out = ok(run(&[
+        "generate",
+        "Hello",
+        "--model",
+        tiny_model().to_str().unwrap(),
+        "--max-tokens",
+        "4",
+        "--logit-bias",
+        "13=100",
+        "--seed",
+        "1",
+    ]));
+    assert!(out.contains("Hello...."), "{out}");
 }

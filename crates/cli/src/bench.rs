@@ -155,6 +155,7 @@ fn time_round(model: &Model, prompt: &[u32], gen: usize, batch: usize) -> Result
             stop: stop.clone(),
             top_logprobs: 0,
             watermark: None,
+            adjust: Default::default(),
             ignore_eos: true,
         })
         .collect();

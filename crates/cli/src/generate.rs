@@ -1,6 +1,8 @@
 use crate::input::load_model;
 use anyhow::{ensure, Result};
-use gpt2_generate::{Completion, GenerateOptions, Generator, SamplingParams, Truncate};
+use gpt2_generate::{
+    Completion, GenerateOptions, Generator, LogitAdjust, SamplingParams, Truncate,
+};
 use gpt2_model::Tokenizer;
 use gpt2_provenance::ledger::{Ledger, NewRecord};
 use gpt2_provenance::watermark::{Prf, Watermarker};
@@ -28,6 +30,18 @@ pub struct Args {
     /// 1 = off.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     repetition_penalty: f32,
+    /// OpenAI's presence penalty, -2 to 2 (0 = off): subtracted once from
+    /// the logit of every token already generated.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    presence_penalty: f32,
+    /// OpenAI's frequency penalty, -2 to 2 (0 = off): subtracted per
+    /// occurrence of a token already generated.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    frequency_penalty: f32,
+    /// `ID=BIAS`: add BIAS (-100 to 100) to token ID's logit before
+    /// sampling (repeatable; -100 all but bans a token, 100 all but forces it).
+    #[arg(long, value_parser = parse_logit_bias, allow_hyphen_values = true)]
+    logit_bias: Vec<(u32, f32)>,
     /// Same seed and arguments give the same text (default: drawn at random,
     /// printed with --json).
     #[arg(long)]
@@ -79,7 +93,15 @@ pub fn run(a: Args) -> Result<()> {
         } else {
             Truncate::Error
         },
+        adjust: LogitAdjust {
+            bias: a.logit_bias.clone().into(),
+            presence_penalty: a.presence_penalty,
+            frequency_penalty: a.frequency_penalty,
+        },
     };
+    opts.adjust
+        .validate(tokenizer.vocab_size().min(model.config().vocab_size))
+        .map_err(|(_, m)| anyhow::Error::msg(m))?;
     // Open the ledger before generating, so a bad path fails fast.
     if let Some(path) = &a.ledger {
         Ledger::open(path)?;
@@ -173,4 +195,20 @@ fn record(path: &str, completions: &[Completion], a: &Args, key_id: Option<&str>
         .collect();
     ledger.record_batch(&records)?;
     Ok(())
+}
+
+/// `ID=BIAS` of `--logit-bias`.
+fn parse_logit_bias(s: &str) -> Result<(u32, f32), String> {
+    let (id, bias) = s
+        .split_once('=')
+        .ok_or_else(|| format!("--logit-bias takes ID=BIAS, got {s:?}"))?;
+    let id = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("--logit-bias: {id:?} is not a token id"))?;
+    let bias = bias
+        .trim()
+        .parse()
+        .map_err(|_| format!("--logit-bias: {bias:?} is not a number"))?;
+    Ok((id, bias))
 }

@@ -254,6 +254,7 @@ fn greedy_group(
             stop: no_stops.clone(),
             top_logprobs: 0,
             watermark: None,
+            adjust: Default::default(),
             ignore_eos: false,
         };
         decoder.join(ids, vec![spec])?;

@@ -9,6 +9,7 @@
 //! `gpt2 generate -n`, `gpt2 serve`, `gpt2 eval lambada-word` and
 //! `gpt2 bench` all drive this one loop: the per-token logic exists once.
 
+use crate::adjust::LogitAdjust;
 use crate::sampling::{Sampler, SamplingParams, Watermark};
 use crate::stop::{final_len, find_stop};
 use crate::utf8::Utf8Stream;
@@ -16,6 +17,7 @@ use crate::{Completion, FinishReason, GenerateError};
 use gpt2_model::score::top_k;
 use gpt2_model::{Batch, KvCache, Model, Scratch, Tokenizer, END_OF_TEXT};
 use rayon::prelude::*;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// How one sequence is sampled.
@@ -35,6 +37,8 @@ pub struct SeqSpec {
     /// Alternatives reported with each token (0: none).
     pub top_logprobs: usize,
     pub watermark: Option<Arc<dyn Watermark>>,
+    /// `logit_bias` and the presence and frequency penalties.
+    pub adjust: LogitAdjust,
     /// `<|endoftext|>` is an ordinary token (benchmarks: a fixed amount of
     /// work whatever the model writes).
     pub ignore_eos: bool,
@@ -42,8 +46,8 @@ pub struct SeqSpec {
 
 /// A generated token with its log-probability and the most likely
 /// alternatives, both under the distribution the sampler draws from: the
-/// model's, plus the watermark's bias where there is one (before
-/// temperature and filtering). Text assembled from the alternatives is
+/// model's logits after the sequence's `adjust`, plus the watermark's bias
+/// where there is one (before temperature and filtering). Text assembled from the alternatives is
 /// therefore as watermarked as text the sampler writes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenOut {
@@ -105,6 +109,10 @@ struct Seq {
     out: Option<TokenOut>,
     /// Scratch for the watermarked logits of a reported token.
     biased: Vec<f32>,
+    /// The logits after `spec.adjust`, and the generated tokens' counts it
+    /// needs.
+    adjusted: Vec<f32>,
+    counts: HashMap<u32, u32>,
     finish: Option<FinishReason>,
 }
 
@@ -213,6 +221,8 @@ impl<'m> Decoder<'m> {
                 phase: Phase::Prefill { group },
                 out: None,
                 biased: Vec::new(),
+                adjusted: Vec::new(),
+                counts: HashMap::new(),
                 finish: None,
             });
         }
@@ -356,16 +366,31 @@ impl Seq {
     /// decides whether the sequence is finished: at `<|endoftext|>`, a stop
     /// string, `max_tokens`, or a full slot.
     fn advance(&mut self, raw: &[f32], drawable: usize, tokenizer: &Tokenizer, capacity: usize) {
-        let pick = self
-            .sampler
-            .pick(raw, drawable, &self.history, self.spec.watermark.as_deref());
+        let mut adjusted = std::mem::take(&mut self.adjusted);
+        let logits = if self.spec.adjust.is_none() {
+            raw
+        } else {
+            adjusted.clear();
+            adjusted.extend_from_slice(raw);
+            self.spec.adjust.apply(&mut adjusted, &self.counts);
+            &adjusted[..]
+        };
+        let pick = self.sampler.pick(
+            logits,
+            drawable,
+            &self.history,
+            self.spec.watermark.as_deref(),
+        );
         self.out = None;
         if pick.token == END_OF_TEXT && !self.spec.ignore_eos {
+            self.adjusted = adjusted;
             self.utf8.finish(&mut self.text);
             self.finish = Some(FinishReason::Stop);
             return;
         }
-        self.out = Some(self.report(raw, pick));
+        self.out = Some(self.report(logits, pick));
+        self.adjusted = adjusted;
+        *self.counts.entry(pick.token).or_default() += 1;
         self.history.push(pick.token);
         self.logprobs.push(pick.logprob);
         self.sampler.observe(std::slice::from_ref(&pick.token));

@@ -6,11 +6,13 @@
 //! out as whole UTF-8 characters, holding back anything that could still
 //! become a stop string. [`Generator`] drives it for one prompt.
 
+pub mod adjust;
 pub mod decoder;
 pub mod sampling;
 pub mod stop;
 pub mod utf8;
 
+pub use adjust::LogitAdjust;
 pub use decoder::{Decoder, Event, SeqSpec, StepStats, TokenOut};
 pub use sampling::{Pick, Sampler, SamplingParams, Tokens, Watermark};
 
@@ -45,6 +47,8 @@ pub struct GenerateOptions {
     /// Number of independent samples.
     pub n: usize,
     pub truncate: Truncate,
+    /// `logit_bias` and the presence and frequency penalties.
+    pub adjust: LogitAdjust,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +142,7 @@ impl<'m> Generator<'m> {
                 stop: stop.clone(),
                 top_logprobs: 0,
                 watermark: self.watermark.clone(),
+                adjust: opts.adjust.clone(),
                 ignore_eos: false,
             })
             .collect();

@@ -148,6 +148,13 @@ pub struct CompletionRequest {
     pub top_k: Option<i64>,
     pub repetition_penalty: Option<f32>,
     pub watermark: Option<bool>,
+    /// Token id (as a string, as OpenAI's JSON has it) to a bias.
+    pub logit_bias: Option<std::collections::BTreeMap<String, f32>>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub best_of: Option<i64>,
+    /// Refused with a message of its own (GPT-2 has no insertion mode).
+    pub suffix: Option<serde_json::Value>,
 }
 
 /// `stream_options`: OpenAI's, with its one field.
@@ -186,6 +193,12 @@ pub struct Validated {
     /// Streams end with a usage chunk.
     pub include_usage: bool,
     pub watermark: bool,
+    /// `logit_bias` (ids checked against the model's vocabulary later) and
+    /// the penalties.
+    pub adjust: gpt2_generate::LogitAdjust,
+    /// Samples drawn per prompt, of which the `n` with the highest mean
+    /// log-probability are returned (`n` when not asked for).
+    pub best_of: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -212,6 +225,26 @@ fn validate(r: CompletionRequest) -> Result<Validated, ApiError> {
     let n = r.n.unwrap_or(1);
     if !(1..=128).contains(&n) {
         return Err(ApiError::invalid(format!("n must be 1 to 128, got {n}")).param("n"));
+    }
+    if r.suffix.is_some() {
+        return Err(ApiError::invalid(
+            "suffix is not supported: GPT-2 only continues a prompt (no insertion)",
+        )
+        .param("suffix"));
+    }
+    let adjust = logit_adjust(&r)?;
+    let best_of = r.best_of.unwrap_or(n);
+    if best_of < n {
+        return Err(
+            ApiError::invalid(format!("best_of ({best_of}) must be at least n ({n})"))
+                .param("best_of"),
+        );
+    }
+    if best_of > n && r.stream.unwrap_or(false) {
+        return Err(
+            ApiError::invalid("best_of above n cannot be streamed (as in OpenAI's API)")
+                .param("best_of"),
+        );
     }
     let logprobs = match r.logprobs {
         None => None,
@@ -262,13 +295,14 @@ fn validate(r: CompletionRequest) -> Result<Validated, ApiError> {
     if prompts.is_empty() {
         return Err(ApiError::invalid("prompt is an empty list").param("prompt"));
     }
-    if prompts.len() * n as usize > 128 {
+    if prompts.len() * best_of as usize > 128 {
         return Err(ApiError::invalid(format!(
-            "at most 128 completions per request; {} prompts x n = {n} asks for {}",
+            "at most 128 completions per request; {} prompts x {} = {best_of} asks for {}",
             prompts.len(),
-            prompts.len() * n as usize
+            if best_of > n { "best_of" } else { "n" },
+            prompts.len() * best_of as usize
         ))
-        .param("n"));
+        .param(if best_of > n { "best_of" } else { "n" }));
     }
     if let Some(u) = &r.user {
         let chars = u.chars().count();
@@ -296,7 +330,31 @@ fn validate(r: CompletionRequest) -> Result<Validated, ApiError> {
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         watermark: r.watermark.unwrap_or(true),
+        adjust,
+        best_of: best_of as usize,
     })
+}
+
+/// `logit_bias` and the penalties, in OpenAI's ranges; token ids are
+/// checked against the model's vocabulary once the model is known.
+fn logit_adjust(r: &CompletionRequest) -> Result<gpt2_generate::LogitAdjust, ApiError> {
+    let mut bias = Vec::new();
+    for (id, &b) in r.logit_bias.iter().flatten() {
+        let id: u32 = id.trim().parse().map_err(|_| {
+            ApiError::invalid(format!("logit_bias: {id:?} is not a token id")).param("logit_bias")
+        })?;
+        bias.push((id, b));
+    }
+    let adjust = gpt2_generate::LogitAdjust {
+        bias: bias.into(),
+        presence_penalty: r.presence_penalty.unwrap_or(0.0),
+        frequency_penalty: r.frequency_penalty.unwrap_or(0.0),
+    };
+    // Ranges only here (any id passes); `completions` checks the ids.
+    adjust
+        .validate(usize::MAX)
+        .map_err(|(param, m)| ApiError::invalid(m).param(param))?;
+    Ok(adjust)
 }
 
 /// `POST /v1/detect`: detector statistics and GLTR ranks of a text.

@@ -131,7 +131,7 @@ async fn handle(
     }
     let prompts = tokenize(s, entry, &req)?;
     let prompt_tokens: u64 = prompts.iter().map(|p| p.len() as u64).sum();
-    let most = prompt_tokens + (prompts.len() * req.n * req.max_tokens) as u64;
+    let most = prompt_tokens + (prompts.len() * req.best_of * req.max_tokens) as u64;
     audit.admit(&key, prompt_tokens, most)?;
     s.metrics
         .tokens_in
@@ -158,6 +158,7 @@ async fn handle(
             &ctx,
             &vec![Sample::default(); ctx.choices()],
             &[],
+            0,
         ))
         .into_response());
     }
@@ -165,8 +166,10 @@ async fn handle(
     if ctx.req.stream {
         return Ok(start_stream(s.clone(), ctx, rx, audit.hand_off()));
     }
-    let samples = collect(rx, ctx.choices()).await?;
+    let samples = collect(rx, ctx.prompts.len() * ctx.req.best_of).await?;
+    // Every sample drawn is charged, including those best_of leaves out.
     audit.info.completion_tokens = samples.iter().map(|x| x.ids.len() as u64).sum();
+    let samples = best_of(samples, ctx.req.best_of, ctx.req.n);
     let records: Vec<NewRecord> = samples
         .iter()
         .filter(|x| !x.text.is_empty() && ctx.records)
@@ -189,7 +192,8 @@ async fn handle(
             }
         })
         .collect();
-    Ok(axum::Json(body_json(&ctx, &samples, &ledger_ids)).into_response())
+    let generated = audit.info.completion_tokens as usize;
+    Ok(axum::Json(body_json(&ctx, &samples, &ledger_ids, generated)).into_response())
 }
 
 /// The scope checks of a completion request: its mode's scope, `admin`
@@ -246,6 +250,9 @@ fn tokenize(s: &AppState, entry: &ModelEntry, req: &Validated) -> Result<Vec<Vec
         .tokenizer
         .vocab_size()
         .min(entry.model.config().vocab_size);
+    req.adjust
+        .validate(vocab)
+        .map_err(|(param, m)| ApiError::invalid(m).param(param))?;
     let mut out = Vec::with_capacity(req.prompts.len());
     for p in &req.prompts {
         let ids = match p {
@@ -331,13 +338,14 @@ fn submit(
         .collect();
     let job = Job {
         prompts,
-        n: ctx.req.n,
+        n: ctx.req.best_of,
         max_tokens: ctx.req.max_tokens,
         sampling: ctx.req.sampling,
         seed: ctx.seed,
         stop: ctx.req.stop.clone().into(),
         logprobs: ctx.req.logprobs,
         watermark: ctx.req.watermark,
+        adjust: ctx.req.adjust.clone(),
         events: tx,
         progress: audit.progress.clone(),
     };
@@ -360,6 +368,32 @@ struct Sample {
     ids: Vec<u32>,
     tokens: Vec<TokenOut>,
     finish: Option<FinishReason>,
+}
+
+/// Of each prompt's `drawn` samples (in order), the `n` with the highest
+/// mean token log-probability, in the order they were drawn.
+fn best_of(samples: Vec<Sample>, drawn: usize, n: usize) -> Vec<Sample> {
+    if drawn == n {
+        return samples;
+    }
+    let mean = |x: &Sample| {
+        let lp: f32 = x.tokens.iter().map(|t| t.logprob).sum();
+        lp / x.tokens.len().max(1) as f32
+    };
+    let mut out = Vec::with_capacity(samples.len() / drawn * n);
+    let mut samples = samples.into_iter();
+    loop {
+        let group: Vec<Sample> = samples.by_ref().take(drawn).collect();
+        if group.is_empty() {
+            return out;
+        }
+        let mut order: Vec<usize> = (0..group.len()).collect();
+        order.sort_by(|&a, &b| mean(&group[b]).total_cmp(&mean(&group[a])).then(a.cmp(&b)));
+        let mut keep = order[..n.min(order.len())].to_vec();
+        keep.sort_unstable();
+        let mut group: Vec<Option<Sample>> = group.into_iter().map(Some).collect();
+        out.extend(keep.into_iter().filter_map(|i| group[i].take()));
+    }
 }
 
 async fn collect(mut rx: UnboundedReceiver<Event>, total: usize) -> Result<Vec<Sample>, ApiError> {
@@ -474,7 +508,14 @@ fn usage(ctx: &Context, completion_tokens: usize) -> Value {
     })
 }
 
-fn body_json(ctx: &Context, samples: &[Sample], ledger_ids: &[Option<i64>]) -> Value {
+/// The response body; `completion_tokens` counts every sample drawn (with
+/// `best_of`, more than those returned).
+fn body_json(
+    ctx: &Context,
+    samples: &[Sample],
+    ledger_ids: &[Option<i64>],
+    completion_tokens: usize,
+) -> Value {
     let tok = gpt2_model::Tokenizer::gpt2();
     let choices: Vec<Value> = samples
         .iter()
@@ -506,7 +547,7 @@ fn body_json(ctx: &Context, samples: &[Sample], ledger_ids: &[Option<i64>]) -> V
         "created": ctx.created,
         "model": ctx.model,
         "choices": choices,
-        "usage": usage(ctx, samples.iter().map(|x| x.ids.len()).sum()),
+        "usage": usage(ctx, completion_tokens),
         "provenance": {
             "watermark_key_id": ctx.watermark_key_id,
             "ledger_ids": ledger_ids,

@@ -38,6 +38,8 @@ pub struct Job {
     /// Per-token log-probabilities with this many alternatives.
     pub logprobs: Option<usize>,
     pub watermark: bool,
+    /// `logit_bias` and the presence and frequency penalties.
+    pub adjust: gpt2_generate::LogitAdjust,
     pub events: UnboundedSender<Event>,
     /// Tokens generated so far, for the request's audit row if its client
     /// leaves before the end.
@@ -289,6 +291,7 @@ impl Engine<'_> {
                     stop: run.job.stop.clone(),
                     top_logprobs: run.job.logprobs.unwrap_or(0),
                     watermark: run.job.watermark.then(|| self.watermark.clone()),
+                    adjust: run.job.adjust.clone(),
                     ignore_eos: false,
                 })
                 .collect();

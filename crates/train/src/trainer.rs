@@ -348,6 +348,7 @@ impl<'a> Trainer<'a> {
             stop: Vec::new(),
             n: 1,
             truncate: gpt2_generate::Truncate::Error,
+            adjust: Default::default(),
         };
         match g.generate(&[], &opts, &mut |_, _| {}) {
             Ok(c) => c.into_iter().next().map(|c| c.text).unwrap_or_default(),
