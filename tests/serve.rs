@@ -8,7 +8,7 @@ mod common;
 
 use common::server::*;
 use common::*;
-use gpt2_model::score::{Scorer, Windowing};
+use gpt2_model::score::{Scorer, Span};
 use gpt2_model::{Model, Tokenizer};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read};
@@ -314,12 +314,19 @@ fn echo_with_logprobs_gives_the_scorers_values() {
     assert_eq!(c["text"], prompt);
     let model = Model::load_dir(&tiny_model()).unwrap();
     let ids = Tokenizer::gpt2().encode(prompt).unwrap();
+    // Each token conditioned on the prompt before it; the first has none.
+    let span = Span {
+        input: ids[..ids.len() - 1].to_vec(),
+        targets: ids[1..].to_vec(),
+    };
     let want = Scorer::new(&model)
-        .score(&ids, Windowing::Rolling, 1)
-        .unwrap();
+        .score_spans(&[span], 1, &mut |_| {})
+        .unwrap()
+        .remove(0);
     let got = c["logprobs"]["token_logprobs"].as_array().unwrap();
-    assert_eq!(got.len(), want.len());
-    for (g, w) in got.iter().zip(&want) {
+    assert_eq!(got.len(), ids.len());
+    assert!(got[0].is_null() && c["logprobs"]["top_logprobs"][0].is_null());
+    for (g, w) in got[1..].iter().zip(&want) {
         assert!(
             (g.as_f64().unwrap() - w.logprob as f64).abs() < 1e-5,
             "{g} vs {}",

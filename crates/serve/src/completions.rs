@@ -20,7 +20,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use gpt2_generate::FinishReason;
-use gpt2_model::score::{Scorer, TokenScore, Windowing};
+use gpt2_model::score::{Scorer, Span, TokenScore};
 use gpt2_model::END_OF_TEXT;
 use gpt2_provenance::ledger::NewRecord;
 use serde_json::{json, Map, Value};
@@ -286,8 +286,12 @@ fn tokenize(s: &AppState, entry: &ModelEntry, req: &Validated) -> Result<Vec<Vec
     Ok(out)
 }
 
-/// The prompts' own log-probabilities (echo with logprobs), exactly as
-/// `Scorer` computes them: the first token conditioned on `<|endoftext|>`.
+/// The prompts' own log-probabilities (echo with logprobs): each token
+/// after the first, conditioned on the prompt before it, exactly as the
+/// model sees the prompt (no `<|endoftext|>` in front; the first token has
+/// none, null in the response, as OpenAI's and vLLM's). This is what
+/// lm-evaluation-harness's loglikelihood expects of an API model, and what
+/// `gpt2 eval lambada` computes.
 async fn score_prompts(
     s: &Arc<AppState>,
     entry: &ModelEntry,
@@ -303,12 +307,17 @@ async fn score_prompts(
             if cancel.is_cancelled() {
                 return Err("the client disconnected".to_string());
             }
-            out.push(if p.is_empty() {
+            out.push(if p.len() < 2 {
                 Vec::new()
             } else {
-                scorer
-                    .score(p, Windowing::Rolling, top_n)
-                    .map_err(|e| format!("scoring the prompt failed: {e}"))?
+                let span = Span {
+                    input: p[..p.len() - 1].to_vec(),
+                    targets: p[1..].to_vec(),
+                };
+                let mut scores = scorer
+                    .score_spans(&[span], top_n, &mut |_| {})
+                    .map_err(|e| format!("scoring the prompt failed: {e}"))?;
+                scores.pop().unwrap_or_default()
             });
         }
         Ok(out)
@@ -454,7 +463,8 @@ fn record(ctx: &Context, x: &Sample) -> NewRecord {
 #[derive(Default)]
 struct Logprobs {
     tokens: Vec<String>,
-    token_logprobs: Vec<f32>,
+    /// `None` (JSON null) for a prompt's first token, which has no context.
+    token_logprobs: Vec<Option<f32>>,
     top_logprobs: Vec<Value>,
     text_offset: Vec<usize>,
     /// Characters so far, for `text_offset`.
@@ -463,20 +473,35 @@ struct Logprobs {
 
 impl Logprobs {
     fn push(&mut self, tok: &gpt2_model::Tokenizer, id: u32, logprob: f32, top: &[(u32, f32)]) {
+        let mut m = Map::new();
+        for &(t, lp) in top {
+            m.entry(tok.token_text(t)).or_insert(json!(lp));
+        }
+        self.push_token(tok, id, Some(logprob), Value::Object(m));
+    }
+
+    fn push_token(
+        &mut self,
+        tok: &gpt2_model::Tokenizer,
+        id: u32,
+        logprob: Option<f32>,
+        top: Value,
+    ) {
         let text = tok.token_text(id);
         self.text_offset.push(self.offset);
         self.offset += text.chars().count();
         self.tokens.push(text);
         self.token_logprobs.push(logprob);
-        let mut m = Map::new();
-        for &(t, lp) in top {
-            m.entry(tok.token_text(t)).or_insert(json!(lp));
-        }
-        self.top_logprobs.push(Value::Object(m));
+        self.top_logprobs.push(top);
     }
 
-    fn prompt(tok: &gpt2_model::Tokenizer, scores: &[TokenScore]) -> Logprobs {
+    /// A prompt's tokens: the first with null (nothing precedes it), then
+    /// each one's `scores` (conditioned on the prompt before it).
+    fn prompt(tok: &gpt2_model::Tokenizer, prompt: &[u32], scores: &[TokenScore]) -> Logprobs {
         let mut l = Logprobs::default();
+        if let Some(&first) = prompt.first() {
+            l.push_token(tok, first, None, Value::Null);
+        }
         for sc in scores {
             l.push(tok, sc.id, sc.logprob, &sc.top);
         }
@@ -526,7 +551,7 @@ fn body_json(
             if ctx.req.echo {
                 text = prompt_text(ctx, i);
                 if let Some(sc) = ctx.prompt_scores.get(i / ctx.req.n) {
-                    lp = Logprobs::prompt(&tok, sc);
+                    lp = Logprobs::prompt(&tok, ctx.prompt_of(i), sc);
                 }
             }
             text.push_str(&x.text);
@@ -620,7 +645,7 @@ async fn stream(
             let lp = ctx
                 .prompt_scores
                 .get(i / ctx.req.n)
-                .map(|sc| Logprobs::prompt(&tok, sc));
+                .map(|sc| Logprobs::prompt(&tok, ctx.prompt_of(i), sc));
             let text = prompt_text(ctx, i);
             *off = lp.as_ref().map(|l| l.offset).unwrap_or(0);
             if tx
