@@ -284,7 +284,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
-        let store = Store {
+        let mut store = Store {
             conn,
             path: path.to_path_buf(),
         };
@@ -293,25 +293,28 @@ impl Store {
     }
 
     /// Brings the schema to [`SCHEMA_VERSION`]; a newer one is refused.
-    fn migrate(&self) -> Result<()> {
-        let version: i64 = self
+    fn migrate(&mut self) -> Result<()> {
+        let err = self.err_fn();
+        let path = self.path.display().to_string();
+        // Under the write lock, so that servers starting together on one
+        // directory migrate it once.
+        let tx = self
             .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(&err)?;
+        let version: i64 = tx
             .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(self.err())?;
+            .map_err(&err)?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::Invalid(format!(
-                "{}: schema version {version} was written by a newer gpt2 (this one knows {SCHEMA_VERSION})",
-                self.path.display()
+                "{path}: schema version {version} was written by a newer gpt2 (this one knows {SCHEMA_VERSION})"
             )));
         }
         if version < 1 {
-            self.conn
-                .execute_batch(&format!(
-                    "BEGIN IMMEDIATE; {SCHEMA_V1} PRAGMA user_version = 1; COMMIT;"
-                ))
-                .map_err(self.err())?;
+            tx.execute_batch(SCHEMA_V1).map_err(&err)?;
+            tx.pragma_update(None, "user_version", 1).map_err(&err)?;
         }
-        Ok(())
+        tx.commit().map_err(&err)
     }
 
     /// SQLite's `quick_check`: the problems it finds (none: empty).
@@ -848,5 +851,24 @@ mod tests {
             .unwrap();
         let e = Store::open(&path).err().unwrap().to_string();
         assert!(e.contains("schema version 9") && e.contains("newer"), "{e}");
+    }
+
+    #[test]
+    fn servers_opening_an_old_database_together_migrate_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(SCHEMA)
+            .unwrap();
+        let opens: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || Store::open(&path).map(|_| ()))
+            })
+            .collect();
+        for o in opens {
+            o.join().unwrap().unwrap();
+        }
     }
 }
