@@ -380,14 +380,19 @@ struct Sample {
 }
 
 /// Of each prompt's `drawn` samples (in order), the `n` with the highest
-/// mean token log-probability, in the order they were drawn.
+/// mean token log-probability (as reported), in the order they were drawn.
 fn best_of(samples: Vec<Sample>, drawn: usize, n: usize) -> Vec<Sample> {
     if drawn == n {
         return samples;
     }
+    // An empty sample (<|endoftext|> first) has no token to average, and
+    // its mean of nothing would otherwise beat every real one: it ranks last.
     let mean = |x: &Sample| {
         let lp: f32 = x.tokens.iter().map(|t| t.logprob).sum();
-        lp / x.tokens.len().max(1) as f32
+        match x.tokens.len() {
+            0 => f32::NEG_INFINITY,
+            n => lp / n as f32,
+        }
     };
     let mut out = Vec::with_capacity(samples.len() / drawn * n);
     let mut samples = samples.into_iter();
