@@ -61,3 +61,20 @@ pub fn fails_with(o: Output, needles: &[&str]) {
     }
 }
 pub mod server;
+
+/// The tiny model's log-probability of each token of `text` after the
+/// first, conditioned on the text before it (nothing in front): what the
+/// server's `echo` reports, computed by the scorer directly.
+pub fn tiny_echo_logprobs(text: &str) -> Vec<f32> {
+    use gpt2_model::score::{Scorer, Span};
+    let model = gpt2_model::Model::load_dir(&tiny_model()).unwrap();
+    let ids = gpt2_model::Tokenizer::gpt2().encode(text).unwrap();
+    let span = Span {
+        input: ids[..ids.len() - 1].to_vec(),
+        targets: ids[1..].to_vec(),
+    };
+    let scores = Scorer::new(&model)
+        .score_spans(&[span], 0, &mut |_| {})
+        .unwrap();
+    scores[0].iter().map(|t| t.logprob).collect()
+}

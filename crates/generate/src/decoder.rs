@@ -14,6 +14,7 @@ use crate::sampling::{Sampler, SamplingParams, Watermark};
 use crate::stop::{final_len, find_stop};
 use crate::utf8::Utf8Stream;
 use crate::{Completion, FinishReason, GenerateError};
+use gpt2_model::kernels::simd;
 use gpt2_model::score::top_k;
 use gpt2_model::{Batch, KvCache, Model, Scratch, Tokenizer, END_OF_TEXT};
 use rayon::prelude::*;
@@ -381,15 +382,14 @@ impl Seq {
             &self.history,
             self.spec.watermark.as_deref(),
         );
-        self.out = None;
-        if pick.token == END_OF_TEXT && !self.spec.ignore_eos {
-            self.adjusted = adjusted;
+        let ends = pick.token == END_OF_TEXT && !self.spec.ignore_eos;
+        self.out = (!ends).then(|| self.token_out(logits, pick));
+        self.adjusted = adjusted;
+        if ends {
             self.utf8.finish(&mut self.text);
             self.finish = Some(FinishReason::Stop);
             return;
         }
-        self.out = Some(self.report(logits, pick));
-        self.adjusted = adjusted;
         *self.counts.entry(pick.token).or_default() += 1;
         self.history.push(pick.token);
         self.logprobs.push(pick.logprob);
@@ -417,7 +417,7 @@ impl Seq {
     /// without a biasing watermark, that is the model's own numbers; with
     /// both, the log-probabilities of the biased logits, so that the
     /// alternatives reveal nothing the sampler does not draw from.
-    fn report(&mut self, raw: &[f32], pick: crate::sampling::Pick) -> TokenOut {
+    fn token_out(&mut self, raw: &[f32], pick: crate::sampling::Pick) -> TokenOut {
         let k = self.spec.top_logprobs;
         let wm = self
             .spec
@@ -446,23 +446,22 @@ impl Seq {
             crate::sampling::Tokens::All,
             &mut self.biased,
         );
-        let lse = log_sum_exp(&self.biased);
-        let b = &self.biased;
+        let b = &mut self.biased;
+        let picked = b[pick.token as usize];
+        let top: Vec<(u32, f32)> = top_k(b, k)
+            .into_iter()
+            .map(|i| (i, b[i as usize]))
+            .collect();
+        // The biased logits are not needed past here: their exps are summed
+        // in place, as the sampler's log-softmax does.
+        let max = simd::max(b);
+        let lse = max + simd::exp_shifted_sum(b, max).ln();
         TokenOut {
             id: pick.token,
-            logprob: b[pick.token as usize] - lse,
-            top: top_k(b, k)
-                .into_iter()
-                .map(|i| (i, b[i as usize] - lse))
-                .collect(),
+            logprob: picked - lse,
+            top: top.into_iter().map(|(i, l)| (i, l - lse)).collect(),
         }
     }
-}
-
-fn log_sum_exp(x: &[f32]) -> f32 {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f64 = x.iter().map(|&v| ((v - max) as f64).exp()).sum();
-    max + sum.ln() as f32
 }
 
 /// max + log-sum-exp of `raw`, recovered from a pick's log-probability.

@@ -194,6 +194,17 @@ impl Fingerprint {
     }
 }
 
+/// SQLite's `PRAGMA quick_check` or `integrity_check` on `conn`: the
+/// problems it reports, none (not SQLite's "ok") when the file is sound.
+/// The server checks its own key database with it too.
+pub fn sqlite_check(conn: &Connection, pragma: &str) -> rusqlite::Result<Vec<String>> {
+    let lines = conn
+        .prepare(&format!("PRAGMA {pragma}"))?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(if lines == ["ok"] { Vec::new() } else { lines })
+}
+
 /// The SQL that finds the records sharing any of a query's band keys.
 fn candidates_sql() -> String {
     let marks = vec!["?"; BANDS].join(", ");
@@ -522,16 +533,7 @@ impl Ledger {
     /// SQLite's `quick_check` (the page structure, not the ledger's own
     /// invariants, which `verify` checks): its problems, none when sound.
     pub fn quick_check(&self) -> Result<Vec<String>> {
-        let mut st = self
-            .conn
-            .prepare("PRAGMA quick_check")
-            .map_err(self.sqlite())?;
-        let lines = st
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(self.sqlite())?
-            .collect::<rusqlite::Result<Vec<String>>>()
-            .map_err(self.sqlite())?;
-        Ok(if lines == ["ok"] { Vec::new() } else { lines })
+        sqlite_check(&self.conn, "quick_check").map_err(self.sqlite())
     }
 
     /// Sets this connection's page cache (KiB). Bulk imports want a large
@@ -543,23 +545,11 @@ impl Ledger {
     }
 
     fn integrity_problems(&self) -> Result<Vec<String>> {
-        let mut st = self
-            .conn
-            .prepare("PRAGMA integrity_check")
-            .map_err(self.sqlite())?;
-        let lines = st
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(self.sqlite())?
-            .collect::<rusqlite::Result<Vec<String>>>()
-            .map_err(self.sqlite())?;
-        Ok(if lines == ["ok"] {
-            Vec::new()
-        } else {
-            lines
-                .into_iter()
-                .map(|l| format!("integrity_check: {l}"))
-                .collect()
-        })
+        let lines = sqlite_check(&self.conn, "integrity_check").map_err(self.sqlite())?;
+        Ok(lines
+            .into_iter()
+            .map(|l| format!("integrity_check: {l}"))
+            .collect())
     }
 
     /// One record's consistency: what is stored agrees with the text (when

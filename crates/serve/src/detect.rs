@@ -4,18 +4,17 @@
 //! All need the `detect` scope, and each is admitted at its key's rate and
 //! quota with its text's size in tokens before it computes.
 
-use crate::api::{parse_json, ApiError, DetectRequest, LookupRequest, WatermarkDetectRequest};
+use crate::api::{ApiError, DetectRequest, LookupRequest, WatermarkDetectRequest};
 use crate::app::AppState;
-use crate::audit::{AuditInfo, RequestAudit};
+use crate::audit::RequestAudit;
 use crate::gate::internal;
-use crate::store::{KeyInfo, Scope};
+use crate::store::Scope;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use gpt2_provenance::stats::{gltr_bucket, score_texts, statistics, Statistic};
 use gpt2_provenance::watermark::detect as watermark_detect_tokens;
-use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::sync::Arc;
 
@@ -25,21 +24,6 @@ pub const MAX_DETECT_TOKENS: usize = 4096;
 
 /// The false-positive rate whose calibrated threshold gives the verdict.
 const VERDICT_FPR: f64 = 0.01;
-
-async fn authorized<T: DeserializeOwned>(
-    s: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-    info: &mut AuditInfo,
-) -> Result<(KeyInfo, T), ApiError> {
-    let key = s.gate.authenticate(headers)?;
-    info.key_id = Some(key.id.clone());
-    let bytes = s.read_body(body).await?;
-    let req = parse_json(&bytes)?;
-    s.gate.require_scope(&key, Scope::Detect)?;
-    s.gate.check_quota(&key)?;
-    Ok((key, req))
-}
 
 fn tokens_of(s: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
     let ids = s
@@ -63,7 +47,8 @@ pub async fn detect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
     let mut audit = RequestAudit::new(s.clone(), "/v1/detect");
     let result = async {
         let info = &mut audit.info;
-        let (key, req): (_, DetectRequest) = authorized(&s, &headers, body, info).await?;
+        let (key, req): (_, DetectRequest) =
+            s.authorized(&headers, body, Scope::Detect, info).await?;
         let entry = s.model(&key, req.model.as_deref())?;
         info.model = Some(entry.name.clone());
         let ids = tokens_of(&s, &req.text)?;
@@ -122,7 +107,8 @@ pub async fn watermark_detect(
     let mut audit = RequestAudit::new(s.clone(), "/v1/watermark/detect");
     let result = async {
         let info = &mut audit.info;
-        let (key, req): (_, WatermarkDetectRequest) = authorized(&s, &headers, body, info).await?;
+        let (key, req): (_, WatermarkDetectRequest) =
+            s.authorized(&headers, body, Scope::Detect, info).await?;
         let z = req.z_threshold.unwrap_or(4.0);
         if !z.is_finite() {
             return Err(
@@ -155,7 +141,8 @@ pub async fn lookup(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
     let mut audit = RequestAudit::new(s.clone(), "/v1/provenance/lookup");
     let result = async {
         let info = &mut audit.info;
-        let (key, req): (_, LookupRequest) = authorized(&s, &headers, body, info).await?;
+        let (key, req): (_, LookupRequest) =
+            s.authorized(&headers, body, Scope::Detect, info).await?;
         let min = req
             .min_score
             .unwrap_or(gpt2_provenance::ledger::DEFAULT_MIN_SCORE);

@@ -5,7 +5,9 @@
 //! tokens before it computes, and settled when its audit row is written.
 
 use crate::api::ApiError;
-use crate::store::{now_ms, Admission, AuditEntry, Holder, KeyInfo, Limits, Scope, Store};
+use crate::store::{
+    now_ms, seconds_to_midnight, Admission, AuditEntry, Holder, KeyInfo, Limits, Scope, Store,
+};
 use axum::http::{header, HeaderMap, StatusCode};
 use std::fmt::Display;
 use std::sync::{Mutex, MutexGuard};
@@ -224,11 +226,6 @@ impl Gate {
         log.written += 1;
         Some(std::mem::take(&mut log.suppressed))
     }
-}
-
-fn seconds_to_midnight(now: i64) -> u64 {
-    let day_ms = 86_400_000;
-    ((now - now.rem_euclid(day_ms) + day_ms - now) / 1000).max(1) as u64
 }
 
 fn quota_used(limit: u64, used: u64, retry_after_s: u64) -> ApiError {

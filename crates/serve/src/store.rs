@@ -187,6 +187,12 @@ INSERT INTO usage (key_id, day, tokens)
 const DAY_MS: i64 = 86_400_000;
 const MINUTE_MS: i64 = 60_000;
 
+/// Seconds from `now` (Unix ms) to the next 00:00 UTC, when daily quotas
+/// reset; at least 1, for a `Retry-After`.
+pub fn seconds_to_midnight(now: i64) -> u64 {
+    ((DAY_MS - now.rem_euclid(DAY_MS)) / 1000).max(1) as u64
+}
+
 /// What a request asks of its key's limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -319,7 +325,7 @@ impl Store {
 
     /// SQLite's `quick_check`: the problems it finds (none: empty).
     pub fn quick_check(&self) -> Result<Vec<String>> {
-        quick_check(&self.conn).map_err(self.err())
+        gpt2_provenance::ledger::sqlite_check(&self.conn, "quick_check").map_err(self.err())
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -465,11 +471,6 @@ impl Store {
         tx.commit().map_err(&err)
     }
 
-    /// Writes an audit row that charges nothing (no key, or no tokens).
-    pub fn audit(&mut self, e: &AuditEntry) -> Result<()> {
-        self.settle(e, None)
-    }
-
     /// Admits a request of at most `tokens` for `key_id` under `limits`,
     /// atomically against every process sharing this database: a request
     /// is refused once the minute's requests reach the rate, or once the
@@ -514,10 +515,9 @@ impl Store {
         if let Some(limit) = limits.tokens_per_day {
             let used = used_today(&tx, key_id, now).map_err(&err)?;
             if used >= limit {
-                let day_end = now - now.rem_euclid(DAY_MS) + DAY_MS;
                 return Ok(Admission::QuotaUsed {
                     used,
-                    retry_after_s: ((day_end - now) / 1000).max(1) as u64,
+                    retry_after_s: seconds_to_midnight(now),
                 });
             }
         }
@@ -678,15 +678,6 @@ fn used_today(conn: &Connection, key_id: &str, now: i64) -> rusqlite::Result<u64
     Ok(used.max(0) as u64)
 }
 
-/// `PRAGMA quick_check` on `conn`: its problems, or none.
-pub fn quick_check(conn: &Connection) -> rusqlite::Result<Vec<String>> {
-    let lines = conn
-        .prepare("PRAGMA quick_check")?
-        .query_map([], |r| r.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<String>>>()?;
-    Ok(if lines == ["ok"] { Vec::new() } else { lines })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -727,15 +718,18 @@ mod tests {
         let mut store = Store::open(&dir.path().join("keys.sqlite")).unwrap();
         for (key, t) in [("a", 5), ("a", 7), ("b", 100)] {
             store
-                .audit(&AuditEntry {
-                    time_ms: 1000,
-                    key_id: Some(key.into()),
-                    endpoint: "/v1/completions".into(),
-                    prompt_tokens: t,
-                    completion_tokens: 1,
-                    status: 200,
-                    ..AuditEntry::default()
-                })
+                .settle(
+                    &AuditEntry {
+                        time_ms: 1000,
+                        key_id: Some(key.into()),
+                        endpoint: "/v1/completions".into(),
+                        prompt_tokens: t,
+                        completion_tokens: 1,
+                        status: 200,
+                        ..AuditEntry::default()
+                    },
+                    None,
+                )
                 .unwrap();
         }
         assert_eq!(store.used_today("a", 2000).unwrap(), 14);

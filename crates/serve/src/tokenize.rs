@@ -6,7 +6,7 @@
 //! All need the `score` scope. `<|endoftext|>` in a text is the special
 //! token, as Hugging Face's tokenizer (and so vLLM) encodes it.
 
-use crate::api::{parse_json, ApiError, DetokenizeRequest, TokenizeRequest};
+use crate::api::{ApiError, DetokenizeRequest, TokenizeRequest};
 use crate::app::AppState;
 use crate::audit::{respond, AuditInfo, RequestAudit};
 use crate::store::{KeyInfo, Scope};
@@ -19,19 +19,17 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::sync::Arc;
 
-/// The key (with `score`) and the body, admitted at the key's rate.
+/// The key (with `score`) and the body, admitted at the key's rate (no
+/// model runs, so no tokens are reserved).
 async fn authorized<T: DeserializeOwned>(
     s: &AppState,
     headers: &HeaderMap,
     body: Body,
     audit: &mut RequestAudit,
 ) -> Result<(KeyInfo, T), ApiError> {
-    let key = s.gate.authenticate(headers)?;
-    audit.info.key_id = Some(key.id.clone());
-    let bytes = s.read_body(body).await?;
-    let req = parse_json(&bytes)?;
-    s.gate.require_scope(&key, Scope::Score)?;
-    // Counted against the rate, not the token quota: no model runs.
+    let (key, req) = s
+        .authorized(headers, body, Scope::Score, &mut audit.info)
+        .await?;
     audit.admit(&key, 0, 0)?;
     Ok((key, req))
 }
