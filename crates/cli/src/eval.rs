@@ -43,6 +43,11 @@ pub struct EvalArgs {
 pub struct PerplexityArgs {
     /// Text file; `-` reads stdin.
     file: String,
+    /// Score in llama.cpp's `llama-perplexity -c N` windows instead: disjoint
+    /// chunks of N tokens, each scoring its second half (token perplexity
+    /// only; for comparing with llama.cpp).
+    #[arg(long, value_name = "N", conflicts_with = "stride")]
+    llama_chunks: Option<usize>,
     #[command(flatten)]
     common: Common,
 }
@@ -104,9 +109,15 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let text = read_text(Some(&a.file))?;
     let model = load_model(&a.common.model)?;
     let started = Instant::now();
-    let windowing = windowing(a.common.stride);
+    let windowing = match a.llama_chunks {
+        Some(ctx) => Windowing::LlamaPerplexity { ctx },
+        None => windowing(a.common.stride),
+    };
     let result = rolling::perplexity(&model, &a.file, &text, windowing, &mut Bar::default())?;
     let mut config = config(&a.common, &model, started, &result);
+    if let Some(ctx) = a.llama_chunks {
+        config["windows"] = json!(format!("llama-perplexity chunks of {ctx}"));
+    }
     config["data"] = json!(a.file);
     print(&result, config, a.common.json)
 }

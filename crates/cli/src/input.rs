@@ -38,6 +38,7 @@ static DEFAULT_WEIGHTS: &[u8] = include_bytes!("../../../models/default/model.sa
 pub fn load_model(spec: &str) -> Result<Model> {
     match resolve(spec)? {
         ModelSource::Dir(dir) => Ok(Model::load_dir(&dir)?),
+        ModelSource::Gguf(file) => Ok(Model::load_gguf(&file)?),
         ModelSource::Default => Ok(Model::from_memory(DEFAULT_CONFIG, DEFAULT_WEIGHTS)?),
     }
 }

@@ -1,10 +1,12 @@
 //! `gpt2 quantize IN OUT --to FORMAT`: rewrite a model's matrices as f16,
-//! bf16, q8_0 or q4_0 (or back to f32), and optionally measure what that
+//! bf16, q8_0 or q4_0 (or back to f32), as a checkpoint directory or, with
+//! `--gguf`, as a GGUF file llama.cpp loads; optionally measure what that
 //! costs on a text against the original.
 
 use crate::input::{load_model, read_text};
 use anyhow::{bail, Context, Result};
 use gpt2_model::convert::{convert, format_name, to_safetensors, weight_bytes};
+use gpt2_model::gguf::gpt2::to_gguf;
 use gpt2_model::packed::Format;
 use gpt2_model::score::{Scorer, Windowing};
 use gpt2_model::{Model, Tokenizer};
@@ -13,15 +15,20 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The model to convert: a checkpoint directory, a hub id, or `default`.
+    /// The model to convert: a checkpoint directory, a GGUF file, a hub id,
+    /// or `default`.
     input: String,
     /// Directory to write `config.json` and `model.safetensors` into
-    /// (created if missing).
+    /// (created if missing); with `--gguf`, the file to write.
     output: PathBuf,
     /// Storage of the token embedding and the layer matrices: f32, f16,
     /// bf16, q8_0 or q4_0.
     #[arg(long = "to")]
     to: String,
+    /// Write one GGUF file (llama.cpp's format, architecture `gpt2`) at OUT
+    /// instead of a checkpoint directory.
+    #[arg(long)]
+    gguf: bool,
     /// Replace a model already in OUT.
     #[arg(long)]
     force: bool,
@@ -44,31 +51,32 @@ fn parse_format(s: &str) -> Result<Option<Format>> {
 
 pub fn run(a: Args) -> Result<()> {
     let format = parse_format(&a.to)?;
-    check_output(&a.input, &a.output, a.force)?;
+    let written = if a.gguf {
+        a.output.clone()
+    } else {
+        a.output.join("model.safetensors")
+    };
+    check_output(&a.input, &a.output, &written, a.force)?;
     let model = load_model(&a.input)?;
     let converted = convert(model.weights(), format).map_err(anyhow::Error::msg)?;
-    let bytes = to_safetensors(&converted, &a.to).map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&a.output)
-        .with_context(|| format!("cannot create {}", a.output.display()))?;
-    let config_json = serde_json::to_string_pretty(&model.config().to_hf_json())?;
-    // The weights first: a config.json beside stale weights would load as a
-    // different model than it claims to be.
-    for (name, data) in [
-        ("model.safetensors", &bytes[..]),
-        ("config.json", config_json.as_bytes()),
-    ] {
-        let path = a.output.join(name);
-        gpt2_model::atomic::write_atomic(&path, data)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
-    let out = Model::load_dir(&a.output).context("the written model does not load back")?;
+    let file_bytes = if a.gguf {
+        let bytes = to_gguf(model.config(), &converted, &a.input).map_err(anyhow::Error::msg)?;
+        write(&a.output, &bytes)?;
+        bytes.len()
+    } else {
+        let bytes = to_safetensors(&converted, &a.to).map_err(anyhow::Error::msg)?;
+        write_checkpoint(&a.output, model.config(), &bytes)?;
+        bytes.len()
+    };
+    let out = load_model(&a.output.display().to_string())
+        .context("the written model does not load back")?;
     let mut report = json!({
         "input": a.input,
         "output": a.output,
         "format": format_name(out.weights()),
         "weight_bytes_before": weight_bytes(model.weights()),
         "weight_bytes_after": weight_bytes(out.weights()),
-        "file_bytes": bytes.len(),
+        "file_bytes": file_bytes,
     });
     if let Some(file) = &a.check {
         report["check"] = compare(&model, &out, file)?;
@@ -76,10 +84,23 @@ pub fn run(a: Args) -> Result<()> {
     print_report(&report, a.json)
 }
 
+fn write(path: &Path, data: &[u8]) -> Result<()> {
+    gpt2_model::atomic::write_atomic(path, data)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+fn write_checkpoint(dir: &Path, config: &gpt2_model::Config, weights: &[u8]) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let config_json = serde_json::to_string_pretty(&config.to_hf_json())?;
+    // The weights first: a config.json beside stale weights would load as a
+    // different model than it claims to be.
+    write(&dir.join("model.safetensors"), weights)?;
+    write(&dir.join("config.json"), config_json.as_bytes())
+}
+
 /// Refuses to overwrite a model (unless `--force`) or the input itself.
-fn check_output(input: &str, output: &Path, force: bool) -> Result<()> {
-    let existing = output.join("model.safetensors");
-    if existing.exists() && !force {
+fn check_output(input: &str, output: &Path, written: &Path, force: bool) -> Result<()> {
+    if written.exists() && !force {
         bail!(
             "{} already holds a model; pass --force to replace it",
             output.display()
@@ -90,7 +111,10 @@ fn check_output(input: &str, output: &Path, force: bool) -> Result<()> {
         _ => false,
     };
     if same(Path::new(input), output) {
-        bail!("the output directory is the input model; write the converted model elsewhere");
+        bail!("the output is the input model; write the converted model elsewhere");
+    }
+    if output.is_dir() && written == output {
+        bail!("{} is a directory; --gguf writes a file", output.display());
     }
     Ok(())
 }

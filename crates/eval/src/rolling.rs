@@ -83,8 +83,9 @@ pub fn score_documents(
     let mut spans = Vec::new();
     let mut totals = Totals::default();
     for d in docs {
-        totals.tokens += d.tokens.len();
-        spans.extend(scorer.text_spans(&d.tokens, windowing)?);
+        let doc_spans = scorer.text_spans(&d.tokens, windowing)?;
+        totals.tokens += doc_spans.iter().map(|s| s.targets.len()).sum::<usize>();
+        spans.extend(doc_spans);
         totals.words += d.words;
         totals.bytes += d.bytes;
         totals.chars += d.chars;
@@ -240,17 +241,27 @@ pub fn perplexity(
     }
     let doc = Document::new(text, text, words)?;
     let t = score_documents(model, &[doc], windowing, progress)?;
-    Ok(TaskResult {
-        task: "perplexity",
-        metrics: vec![
-            metric("token_perplexity", t.token_perplexity()),
+    let mut metrics = vec![metric("token_perplexity", t.token_perplexity())];
+    let mut notes = Vec::new();
+    if windowing.scores_every_token() {
+        metrics.extend([
             metric("word_perplexity", t.word_perplexity()),
             metric("byte_perplexity", t.byte_perplexity()),
             metric("bits_per_byte", t.bits_per_byte()),
-        ],
+        ]);
+    } else {
+        notes.push(format!(
+            "llama-perplexity's windows score {} tokens, part of the text: its token perplexity \
+             only (words and bytes would need the whole text scored)",
+            t.tokens
+        ));
+    }
+    Ok(TaskResult {
+        task: "perplexity",
+        metrics,
         original: 1,
         effective: 1,
         tokens: t.tokens,
-        notes: Vec::new(),
+        notes,
     })
 }

@@ -7,7 +7,7 @@
 //! read whole anyway).
 
 use crate::packed::{Format, PackedMatrix, BLOCK};
-use crate::weights::{Embedding, LayerWeights, Linear, Tensor, Weights};
+use crate::weights::{Embedding, LayerWeights, Linear, Param, Tensor, Weights};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::collections::HashMap;
@@ -102,38 +102,20 @@ fn packed_entries(name: &str, m: &PackedMatrix) -> Vec<Entry> {
     out
 }
 
-fn linear_entries(name: String, l: &Linear) -> Vec<Entry> {
-    match l {
-        Linear::Conv1D(t) => vec![f32_entry(name, t)],
-        Linear::Packed(m) => packed_entries(&name, m),
-    }
-}
-
 /// The bytes of a `model.safetensors` holding `weights`, with the storage
 /// format recorded in the metadata under [`FORMAT_KEY`].
 pub fn to_safetensors(weights: &Weights, format_name: &str) -> Result<Vec<u8>, String> {
-    let mut entries = match &weights.wte {
-        Embedding::F32(t) => vec![f32_entry("wte.weight".into(), t)],
-        Embedding::Packed(m) => packed_entries("wte.weight", m),
-    };
-    entries.push(f32_entry("wpe.weight".into(), &weights.wpe));
-    for (i, l) in weights.layers.iter().enumerate() {
-        let name = |n: &str| format!("h.{i}.{n}");
-        entries.push(f32_entry(name("ln_1.weight"), &l.ln_1_w));
-        entries.push(f32_entry(name("ln_1.bias"), &l.ln_1_b));
-        entries.extend(linear_entries(name("attn.c_attn.weight"), &l.attn_w));
-        entries.push(f32_entry(name("attn.c_attn.bias"), &l.attn_b));
-        entries.extend(linear_entries(name("attn.c_proj.weight"), &l.attn_proj_w));
-        entries.push(f32_entry(name("attn.c_proj.bias"), &l.attn_proj_b));
-        entries.push(f32_entry(name("ln_2.weight"), &l.ln_2_w));
-        entries.push(f32_entry(name("ln_2.bias"), &l.ln_2_b));
-        entries.extend(linear_entries(name("mlp.c_fc.weight"), &l.fc_w));
-        entries.push(f32_entry(name("mlp.c_fc.bias"), &l.fc_b));
-        entries.extend(linear_entries(name("mlp.c_proj.weight"), &l.fc_proj_w));
-        entries.push(f32_entry(name("mlp.c_proj.bias"), &l.fc_proj_b));
+    let mut entries = Vec::new();
+    for (name, param) in weights.params() {
+        match param {
+            Param::Tensor(t)
+            | Param::Linear(Linear::Conv1D(t))
+            | Param::Embedding(Embedding::F32(t)) => entries.push(f32_entry(name, t)),
+            Param::Linear(Linear::Packed(m)) | Param::Embedding(Embedding::Packed(m)) => {
+                entries.extend(packed_entries(&name, m))
+            }
+        }
     }
-    entries.push(f32_entry("ln_f.weight".into(), &weights.ln_f_w));
-    entries.push(f32_entry("ln_f.bias".into(), &weights.ln_f_b));
     let views = entries
         .iter()
         .map(|e| {

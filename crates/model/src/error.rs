@@ -25,6 +25,8 @@ pub enum ModelError {
     MissingTensor { path: PathBuf, tensor: String },
     #[error("{path}: {reason}")]
     ConfigMismatch { path: PathBuf, reason: String },
+    #[error("{path}: GGUF: {reason}")]
+    Gguf { path: PathBuf, reason: String },
     #[error("cannot resolve model `{spec}`: {reason}")]
     Resolve { spec: String, reason: String },
     #[error("token id {id} is out of range for a vocabulary of {vocab_size}")]

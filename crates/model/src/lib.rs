@@ -18,6 +18,7 @@ pub mod cache;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod gguf;
 pub mod hub;
 pub mod kernels;
 pub mod model;

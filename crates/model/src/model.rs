@@ -138,6 +138,12 @@ impl Model {
         Ok(Model { config, weights })
     }
 
+    /// Loads a llama.cpp GPT-2 GGUF file (see [`crate::gguf::gpt2`]).
+    pub fn load_gguf(path: &Path) -> Result<Model> {
+        let (config, weights) = crate::gguf::gpt2::load(path)?;
+        Ok(Model { config, weights })
+    }
+
     /// A model from a `config.json` and a `model.safetensors` held in memory
     /// (the default model built into the binary).
     pub fn from_memory(config_json: &str, weights: &[u8]) -> Result<Model> {

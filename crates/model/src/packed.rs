@@ -339,31 +339,34 @@ fn quantize_q4_block(x: &[f32]) -> ([u8; BLOCK / 2], f32) {
 }
 
 fn unpack_row(format: Format, bytes: &[u8], scales: &[f32], out: &mut [f32]) {
+    if !format.is_blocked() {
+        return unpack_halves(format, bytes, out);
+    }
+    let block_bytes = format.row_bytes(BLOCK);
+    for ((o, q), &d) in out
+        .chunks_exact_mut(BLOCK)
+        .zip(bytes.chunks_exact(block_bytes))
+        .zip(scales)
+    {
+        unpack_block(format, q, d, o);
+    }
+}
+
+/// One q8_0 or q4_0 block of 32 weights widened into `out`.
+pub(crate) fn unpack_block(format: Format, q: &[u8], d: f32, out: &mut [f32]) {
     match format {
-        Format::F16 | Format::Bf16 => unpack_halves(format, bytes, out),
         Format::Q8_0 => {
-            for ((o, q), &d) in out
-                .chunks_exact_mut(BLOCK)
-                .zip(bytes.chunks_exact(BLOCK))
-                .zip(scales)
-            {
-                for (o, &q) in o.iter_mut().zip(q) {
-                    *o = q as i8 as f32 * d;
-                }
+            for (o, &q) in out.iter_mut().zip(q) {
+                *o = q as i8 as f32 * d;
             }
         }
         Format::Q4_0 => {
-            for ((o, q), &d) in out
-                .chunks_exact_mut(BLOCK)
-                .zip(bytes.chunks_exact(BLOCK / 2))
-                .zip(scales)
-            {
-                for (i, &b) in q.iter().enumerate() {
-                    o[i] = ((b & 0x0F) as i32 - 8) as f32 * d;
-                    o[i + BLOCK / 2] = ((b >> 4) as i32 - 8) as f32 * d;
-                }
+            for (i, &b) in q.iter().enumerate() {
+                out[i] = ((b & 0x0F) as i32 - 8) as f32 * d;
+                out[i + BLOCK / 2] = ((b >> 4) as i32 - 8) as f32 * d;
             }
         }
+        Format::F16 | Format::Bf16 => unpack_halves(format, q, out),
     }
 }
 

@@ -85,6 +85,20 @@ pub enum Windowing {
     /// context length start every `stride` tokens, and each scores only the
     /// tokens no earlier window scored (the first scores all of its own).
     Sliding { stride: usize },
+    /// llama.cpp's `llama-perplexity -c CTX`: `[EOT] + tokens` cut into
+    /// disjoint chunks of `ctx` (a remainder is dropped), the first token of
+    /// each chunk replaced by `<|endoftext|>`, and only the last
+    /// `ctx - 1 - ctx / 2` positions of each chunk scored. It scores about
+    /// half of the tokens, so it is for comparing with llama.cpp, not for
+    /// a perplexity of the whole text.
+    LlamaPerplexity { ctx: usize },
+}
+
+impl Windowing {
+    /// Whether every token of the text is scored (once).
+    pub fn scores_every_token(self) -> bool {
+        !matches!(self, Windowing::LlamaPerplexity { .. })
+    }
 }
 
 /// One window: positions `start..end` of the sequence `[EOT] + tokens` are
@@ -96,7 +110,8 @@ pub struct Window {
     pub targets: usize,
 }
 
-/// The windows that score every token of a text of `n` tokens exactly once.
+/// The windows over a text of `n` tokens: every token scored exactly once,
+/// except with [`Windowing::LlamaPerplexity`].
 pub fn windows(n: usize, n_ctx: usize, windowing: Windowing) -> Result<Vec<Window>> {
     match windowing {
         Windowing::Rolling => Ok(rolling_windows(n, n_ctx)),
@@ -110,7 +125,34 @@ pub fn windows(n: usize, n_ctx: usize, windowing: Windowing) -> Result<Vec<Windo
             )))
         }
         Windowing::Sliding { stride } => Ok(sliding_windows(n, n_ctx, stride)),
+        Windowing::LlamaPerplexity { ctx } => llama_chunks(n, n_ctx, ctx),
     }
+}
+
+/// llama-perplexity's chunks over `[EOT] + tokens` (its `perplexity()` in
+/// tools/perplexity/perplexity.cpp, with one sequence per chunk).
+fn llama_chunks(n: usize, n_ctx: usize, ctx: usize) -> Result<Vec<Window>> {
+    if !(4..=n_ctx).contains(&ctx) {
+        return Err(ModelError::InvalidRequest(format!(
+            "llama-perplexity chunks must be between 4 and {n_ctx} (the context length) tokens, got {ctx}"
+        )));
+    }
+    if n + 1 < 2 * ctx {
+        return Err(ModelError::InvalidRequest(format!(
+            "llama-perplexity's windows need at least {} tokens (2 x {ctx}, counting the leading \
+             <|endoftext|>); the text has {}",
+            2 * ctx,
+            n + 1
+        )));
+    }
+    let scored = ctx - 1 - ctx / 2;
+    Ok((0..(n + 1) / ctx)
+        .map(|i| Window {
+            start: i * ctx,
+            end: i * ctx + ctx - 1,
+            targets: scored,
+        })
+        .collect())
 }
 
 /// lm-eval's `get_rolling_token_windows` with `context_len = 1`, followed by
@@ -190,11 +232,18 @@ impl<'m> Scorer<'m> {
         seq.push(self.prefix);
         seq.extend_from_slice(tokens);
         let n_ctx = self.model.config().n_ctx;
+        let restart = matches!(windowing, Windowing::LlamaPerplexity { .. });
         Ok(windows(tokens.len(), n_ctx, windowing)?
             .into_iter()
-            .map(|w| Span {
-                input: seq[w.start..w.end].to_vec(),
-                targets: seq[w.end + 1 - w.targets..=w.end].to_vec(),
+            .map(|w| {
+                let mut input = seq[w.start..w.end].to_vec();
+                if restart {
+                    input[0] = self.prefix;
+                }
+                Span {
+                    input,
+                    targets: seq[w.end + 1 - w.targets..=w.end].to_vec(),
+                }
             })
             .collect())
     }
@@ -442,6 +491,19 @@ mod tests {
             windows(10, 4, Windowing::Sliding { stride: 2 }).unwrap(),
             vec![w(0, 3, 3), w(2, 5, 2), w(4, 7, 2), w(6, 9, 2), w(8, 10, 1)]
         );
+    }
+
+    #[test]
+    fn llama_perplexity_chunks() {
+        // seq = [EOT] + 12 tokens, -c 6: chunks seq[0..6] and seq[6..12]
+        // (seq[12] dropped); each feeds 5 inputs and scores its last
+        // 6 - 1 - 3 = 2 positions.
+        assert_eq!(
+            windows(12, 8, Windowing::LlamaPerplexity { ctx: 6 }).unwrap(),
+            vec![w(0, 5, 2), w(6, 11, 2)]
+        );
+        assert!(windows(10, 8, Windowing::LlamaPerplexity { ctx: 6 }).is_err());
+        assert!(windows(100, 8, Windowing::LlamaPerplexity { ctx: 9 }).is_err());
     }
 
     #[test]

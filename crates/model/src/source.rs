@@ -1,5 +1,5 @@
-//! What `--model` may name: a checkpoint directory, `default` (the model
-//! built into the binary), or a Hugging Face hub id.
+//! What `--model` may name: a checkpoint directory, a GGUF file,
+//! `default` (the model built into the binary), or a Hugging Face hub id.
 
 use crate::error::{ModelError, Result};
 use crate::hub;
@@ -9,22 +9,26 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelSource {
     Dir(PathBuf),
+    Gguf(PathBuf),
     Default,
 }
 
 /// Resolves `spec` to a checkpoint directory (downloading a hub id into the
-/// cache when needed) or to the built-in default model.
+/// cache when needed), a GGUF file, or the built-in default model.
 pub fn resolve(spec: &str) -> Result<ModelSource> {
     let path = Path::new(spec);
     if path.is_dir() {
         return Ok(ModelSource::Dir(path.to_path_buf()));
     }
+    if path.is_file() && crate::gguf::gpt2::is_gguf_file(path) {
+        return Ok(ModelSource::Gguf(path.to_path_buf()));
+    }
     if path.exists() {
         return Err(ModelError::Resolve {
             spec: spec.into(),
-            reason:
-                "is a file; --model takes a checkpoint directory (config.json + model.safetensors)"
-                    .into(),
+            reason: "is neither a checkpoint directory (config.json + model.safetensors) \
+                     nor a GGUF file"
+                .into(),
         });
     }
     if spec == "default" {

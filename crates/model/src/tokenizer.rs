@@ -115,6 +115,41 @@ impl Tokenizer {
             .unwrap_or_default()
     }
 
+    /// GPT-2's vocabulary in id order, each token written in the byte-level
+    /// alphabet of `encoder.json` and GGUF files ("Ġthe" for " the").
+    pub fn byte_level_tokens(&self) -> &'static [String] {
+        static TABLE: OnceLock<Vec<String>> = OnceLock::new();
+        TABLE.get_or_init(|| {
+            (0..crate::config::GPT2_VOCAB_SIZE as u32)
+                .map(|id| match id {
+                    END_OF_TEXT => END_OF_TEXT_STR.to_string(),
+                    _ => byte_level(self.token_bytes(id).unwrap_or_default()),
+                })
+                .collect()
+        })
+    }
+
+    /// GPT-2's 50,000 merges in rank order ("Ġ t"), as `vocab.bpe` and GGUF
+    /// files hold them. Merge `i` makes token `256 + i`; its two halves are
+    /// where byte-pair merging that token's bytes, with only the merges
+    /// ranked before it, stops (how tiktoken's ranks are turned back into
+    /// merges).
+    pub fn merges(&self) -> &'static [String] {
+        static TABLE: OnceLock<Vec<String>> = OnceLock::new();
+        TABLE.get_or_init(|| {
+            let ranks: std::collections::HashMap<&[u8], u32> = (0..END_OF_TEXT)
+                .filter_map(|id| Some((self.token_bytes(id)?, id)))
+                .collect();
+            (256..END_OF_TEXT)
+                .map(|id| {
+                    let bytes = self.token_bytes(id).unwrap_or_default();
+                    let (a, b) = last_merge(bytes, &ranks, id);
+                    format!("{} {}", byte_level(a), byte_level(b))
+                })
+                .collect()
+        })
+    }
+
     pub fn is_special(&self, id: u32) -> bool {
         id == END_OF_TEXT
     }
@@ -125,6 +160,55 @@ impl Tokenizer {
         std::panic::catch_unwind(f)
             .map_err(|_| ModelError::Tokenizer("the BPE pre-tokenizer failed on this input".into()))
     }
+}
+
+/// Byte-pair merges `bytes` using the merges ranked below `rank`, and
+/// returns the two parts left (a token's bytes always end as two parts).
+fn last_merge<'b>(
+    bytes: &'b [u8],
+    ranks: &std::collections::HashMap<&[u8], u32>,
+    rank: u32,
+) -> (&'b [u8], &'b [u8]) {
+    let mut cuts: Vec<usize> = (0..=bytes.len()).collect();
+    while cuts.len() > 3 {
+        let best = (0..cuts.len() - 2)
+            .filter_map(|i| {
+                let r = *ranks.get(&bytes[cuts[i]..cuts[i + 2]])?;
+                (r < rank).then_some((r, i))
+            })
+            .min();
+        let Some((_, i)) = best else { break };
+        cuts.remove(i + 1);
+    }
+    let mid = cuts.get(1).copied().unwrap_or(0);
+    (&bytes[..mid], &bytes[mid..])
+}
+
+/// GPT-2's byte-to-character map (`bytes_to_unicode` in its encoder.py):
+/// printable bytes stand for themselves, the rest for the code points from
+/// 256 on, in byte order.
+fn byte_char(b: u8) -> char {
+    static TABLE: OnceLock<[char; 256]> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        let printable = |b: u8| matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        let mut table = ['\0'; 256];
+        let mut next = 256u32;
+        for b in 0..=255u8 {
+            table[b as usize] = if printable(b) {
+                char::from(b)
+            } else {
+                next += 1;
+                // invariant: 256..512 are all valid scalar values.
+                char::from_u32(next - 1).unwrap_or('\0')
+            };
+        }
+        table
+    })[b as usize]
+}
+
+/// Bytes written in GPT-2's byte-level alphabet.
+fn byte_level(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| byte_char(b)).collect()
 }
 
 /// The id of the token that is exactly the byte `b` (GPT-2's vocabulary has
@@ -165,6 +249,31 @@ mod tests {
         ] {
             let ids = t.encode(text).unwrap();
             assert_eq!(t.decode(&ids).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn byte_level_vocabulary_and_merges_are_gpt2s_files() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/bpe");
+        let (Ok(encoder), Ok(bpe)) = (
+            std::fs::read_to_string(dir.join("encoder.json")),
+            std::fs::read_to_string(dir.join("vocab.bpe")),
+        ) else {
+            println!("skipped: GPT-2's BPE files are not at {}", dir.display());
+            return;
+        };
+        let t = Tokenizer::gpt2();
+        let encoder: std::collections::HashMap<String, usize> =
+            serde_json::from_str(&encoder).unwrap();
+        let mut by_id = vec![String::new(); encoder.len()];
+        for (token, id) in encoder {
+            by_id[id] = token;
+        }
+        assert_eq!(t.byte_level_tokens(), &by_id[..]);
+        let merges: Vec<&str> = bpe.lines().skip(1).filter(|l| !l.is_empty()).collect();
+        assert_eq!(merges.len(), 50_000);
+        for (i, (ours, theirs)) in t.merges().iter().zip(&merges).enumerate() {
+            assert_eq!(ours, theirs, "merge {i}");
         }
     }
 

@@ -49,6 +49,23 @@ impl Tensor {
         }
     }
 
+    /// `shape`'s f32 values in place at `offset` of `map`; `None` when they
+    /// are not 4-byte aligned, run past the map, or the machine is not
+    /// little-endian (the caller then copies).
+    pub(crate) fn mapped(map: &Arc<Mmap>, offset: usize, shape: &[usize]) -> Option<Tensor> {
+        let len: usize = shape.iter().product();
+        let end = len.checked_mul(4)?.checked_add(offset)?;
+        let aligned = (map.as_ptr() as usize + offset).is_multiple_of(4);
+        (aligned && end <= map.len() && cfg!(target_endian = "little")).then(|| Tensor {
+            storage: Storage::Mapped {
+                map: Arc::clone(map),
+                offset,
+                len,
+            },
+            shape: shape.to_vec(),
+        })
+    }
+
     pub fn data(&self) -> &[f32] {
         match &self.storage {
             Storage::Owned(v) => v,
@@ -115,7 +132,7 @@ impl Linear {
 }
 
 /// `[rows, cols]` row-major into `[cols, rows]`.
-fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+pub(crate) fn transpose(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0f32; w.len()];
     for (i, row) in w.chunks_exact(cols.max(1)).enumerate() {
         for (j, &v) in row.iter().enumerate() {
@@ -200,6 +217,46 @@ pub struct Weights {
     pub ln_f_b: Tensor,
 }
 
+/// One parameter of [`Weights`], as [`Weights::params`] lists them.
+pub enum Param<'a> {
+    Tensor(&'a Tensor),
+    Linear(&'a Linear),
+    Embedding(&'a Embedding),
+}
+
+impl Weights {
+    /// Every parameter with its Hugging Face name (no `transformer.`
+    /// prefix), in checkpoint order: what the file writers walk.
+    pub fn params(&self) -> Vec<(String, Param<'_>)> {
+        let mut out = vec![
+            ("wte.weight".to_string(), Param::Embedding(&self.wte)),
+            ("wpe.weight".to_string(), Param::Tensor(&self.wpe)),
+        ];
+        for (i, l) in self.layers.iter().enumerate() {
+            let fields = [
+                Param::Tensor(&l.ln_1_w),
+                Param::Tensor(&l.ln_1_b),
+                Param::Linear(&l.attn_w),
+                Param::Tensor(&l.attn_b),
+                Param::Linear(&l.attn_proj_w),
+                Param::Tensor(&l.attn_proj_b),
+                Param::Tensor(&l.ln_2_w),
+                Param::Tensor(&l.ln_2_b),
+                Param::Linear(&l.fc_w),
+                Param::Tensor(&l.fc_b),
+                Param::Linear(&l.fc_proj_w),
+                Param::Tensor(&l.fc_proj_b),
+            ];
+            for (&(name, _, _), param) in LAYER_TENSORS.iter().zip(fields) {
+                out.push((format!("h.{i}.{name}"), param));
+            }
+        }
+        out.push(("ln_f.weight".to_string(), Param::Tensor(&self.ln_f_w)));
+        out.push(("ln_f.bias".to_string(), Param::Tensor(&self.ln_f_b)));
+        out
+    }
+}
+
 /// The tensor names of one layer, in `LayerWeights` field order, with their
 /// shapes as multiples of C.
 const LAYER_TENSORS: [(&str, usize, usize); 12] = [
@@ -281,34 +338,24 @@ struct Loader<'a> {
     config: &'a Config,
 }
 
-impl Loader<'_> {
-    /// Every tensor of the model, then the tied head's check.
-    fn load_all(&self) -> Result<Weights> {
-        let cfg = self.config;
-        let c = cfg.n_embd;
-        let wte = match self.packed("wte.weight", cfg.vocab_size, c)? {
-            Some(m) => Embedding::Packed(m),
-            None => Embedding::F32(self.tensor("wte.weight", &[cfg.vocab_size, c])?),
-        };
-        let weights = Weights {
-            wte,
-            wpe: self.tensor("wpe.weight", &[cfg.n_ctx, c])?,
-            layers: (0..cfg.n_layer)
-                .map(|i| self.layer(i))
-                .collect::<Result<_>>()?,
-            ln_f_w: self.tensor("ln_f.weight", &[c])?,
-            ln_f_b: self.tensor("ln_f.bias", &[c])?,
-        };
-        if let Embedding::F32(wte) = &weights.wte {
-            self.check_tied_head(wte)?;
-        }
-        Ok(weights)
-    }
+/// Where a checkpoint's tensors come from, asked for by their Hugging Face
+/// names (without the `transformer.` prefix) and shapes; each file format
+/// answers in its own layout.
+pub(crate) trait TensorSource {
+    /// An f32 tensor of exactly `shape`.
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
+    /// A layer matrix of Conv1D shape `[k, n]`.
+    fn linear(&self, name: &str, k: usize, n: usize) -> Result<Linear>;
+    /// The token embedding `[rows, cols]`.
+    fn embedding(&self, name: &str, rows: usize, cols: usize) -> Result<Embedding>;
+}
 
-    fn layer(&self, i: usize) -> Result<LayerWeights> {
-        let c = self.config.n_embd;
-        let vector = |name: &str, len: usize| self.tensor(&format!("h.{i}.{name}"), &[len]);
-        let matrix = |name: &str, k: usize, n: usize| self.linear(&format!("h.{i}.{name}"), k, n);
+/// GPT-2's weights for the shape `cfg`, read tensor by tensor from `src`.
+pub(crate) fn assemble(cfg: &Config, src: &impl TensorSource) -> Result<Weights> {
+    let c = cfg.n_embd;
+    let layer = |i: usize| -> Result<LayerWeights> {
+        let vector = |name: &str, len: usize| src.tensor(&format!("h.{i}.{name}"), &[len]);
+        let matrix = |name: &str, k: usize, n: usize| src.linear(&format!("h.{i}.{name}"), k, n);
         Ok(LayerWeights {
             ln_1_w: vector("ln_1.weight", c)?,
             ln_1_b: vector("ln_1.bias", c)?,
@@ -323,6 +370,27 @@ impl Loader<'_> {
             fc_proj_w: matrix("mlp.c_proj.weight", 4 * c, c)?,
             fc_proj_b: vector("mlp.c_proj.bias", c)?,
         })
+    };
+    Ok(Weights {
+        wte: src.embedding("wte.weight", cfg.vocab_size, c)?,
+        wpe: src.tensor("wpe.weight", &[cfg.n_ctx, c])?,
+        layers: (0..cfg.n_layer).map(layer).collect::<Result<_>>()?,
+        ln_f_w: src.tensor("ln_f.weight", &[c])?,
+        ln_f_b: src.tensor("ln_f.bias", &[c])?,
+    })
+}
+
+impl TensorSource for Loader<'_> {
+    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let full = format!("{}{}", self.prefix, name);
+        let view = self
+            .st
+            .tensor(&full)
+            .map_err(|_| ModelError::MissingTensor {
+                path: self.path.to_path_buf(),
+                tensor: full.clone(),
+            })?;
+        self.convert(&full, view, shape)
     }
 
     /// A Conv1D matrix `[k, n]`, stored as such or packed.
@@ -331,6 +399,24 @@ impl Loader<'_> {
             Some(m) => Linear::Packed(m),
             None => Linear::Conv1D(self.tensor(name, &[k, n])?),
         })
+    }
+
+    fn embedding(&self, name: &str, rows: usize, cols: usize) -> Result<Embedding> {
+        Ok(match self.packed(name, rows, cols)? {
+            Some(m) => Embedding::Packed(m),
+            None => Embedding::F32(self.tensor(name, &[rows, cols])?),
+        })
+    }
+}
+
+impl Loader<'_> {
+    /// Every tensor of the model, then the tied head's check.
+    fn load_all(&self) -> Result<Weights> {
+        let weights = assemble(self.config, self)?;
+        if let Embedding::F32(wte) = &weights.wte {
+            self.check_tied_head(wte)?;
+        }
+        Ok(weights)
     }
 
     /// `NAME.packed` (and `NAME.scales`) as a `[rows, cols]` packed matrix,
@@ -420,18 +506,6 @@ impl Loader<'_> {
         Ok(())
     }
 
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let full = format!("{}{}", self.prefix, name);
-        let view = self
-            .st
-            .tensor(&full)
-            .map_err(|_| ModelError::MissingTensor {
-                path: self.path.to_path_buf(),
-                tensor: full.clone(),
-            })?;
-        self.convert(&full, view, shape)
-    }
-
     fn convert(
         &self,
         name: &str,
@@ -452,20 +526,12 @@ impl Loader<'_> {
             )));
         }
         let bytes = view.data();
-        let len: usize = shape.iter().product();
         let data = match view.dtype() {
             Dtype::F32 => {
                 if let Some(map) = self.map {
                     let offset = bytes.as_ptr() as usize - map.as_ptr() as usize;
-                    if offset.is_multiple_of(4) && cfg!(target_endian = "little") {
-                        return Ok(Tensor {
-                            storage: Storage::Mapped {
-                                map: Arc::clone(map),
-                                offset,
-                                len,
-                            },
-                            shape: shape.to_vec(),
-                        });
+                    if let Some(t) = Tensor::mapped(map, offset, shape) {
+                        return Ok(t);
                     }
                 }
                 widen(bytes, |b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]), 4)
