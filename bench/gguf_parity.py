@@ -12,7 +12,8 @@ and a llama.cpp build with `llama-perplexity` (found under --peers).
 1. Each llama.cpp GGUF is scored token by token with `gpt2 score` and
    compared with the checkpoint it came from (f32 and f16 should agree to
    float rounding), and q8_0/q4_0 also with `gpt2 quantize`'s own q8_0/q4_0
-   of the same checkpoint.
+   of the same checkpoint. llama-quantize keeps a q4_0 file's tied
+   embedding at q6_K; its `--pure` q4_0 is the like-for-like comparison.
 2. `gpt2 quantize --gguf` exports the checkpoint at each format; llama.cpp's
    `llama-perplexity -c 256` on that file is compared with
    `gpt2 perplexity --llama-chunks 256` on the same file and text, the two
@@ -79,12 +80,20 @@ def main():
     result = {"text": f"first {a.chars} characters of Alice (held out from the default model's training)",
               "reference": hf, "llama_cpp_gguf_vs_checkpoint": {}, "llama_cpp_gguf_vs_our_quantization": {},
               "exported_gguf_perplexity": {}}
-    for f in FORMATS:
-        theirs = logprobs(os.path.join(a.peers, f"default-{f}.gguf"), text)
+    # llama-quantize's q4_0 keeps the tied embedding at q6_K; with --pure
+    # every matrix is q4_0, as in this project's q4_0.
+    quantize = glob.glob(os.path.join(os.path.dirname(llama), "llama-quantize"))[0]
+    pure = os.path.join(tmp, "default-q4_0-pure.gguf")
+    run(quantize, "--pure", os.path.join(a.peers, "default-f32.gguf"), pure, "q4_0")
+    files = {f: os.path.join(a.peers, f"default-{f}.gguf") for f in FORMATS}
+    files["q4_0 --pure"] = pure
+    for f, path in files.items():
+        theirs = logprobs(path, text)
         result["llama_cpp_gguf_vs_checkpoint"][f] = compare(reference, theirs)
-        if f in ("q8_0", "q4_0"):
-            ours_dir = os.path.join(tmp, f"ours-{f}")
-            run(GPT2, "quantize", hf, ours_dir, "--to", f)
+        if f.startswith("q"):
+            ours_dir = os.path.join(tmp, f"ours-{f[:4]}")
+            if not os.path.exists(ours_dir):
+                run(GPT2, "quantize", hf, ours_dir, "--to", f[:4])
             result["llama_cpp_gguf_vs_our_quantization"][f] = compare(logprobs(ours_dir, text), theirs)
     for f in FORMATS:
         exported = os.path.join(tmp, f"export-{f}.gguf")

@@ -54,7 +54,7 @@ pub struct PerplexityArgs {
 
 #[derive(clap::Args)]
 struct Common {
-    /// Checkpoint directory, hub id, or `default`.
+    /// Checkpoint directory, GGUF file, hub id, or `default`.
     #[arg(long, default_value = "default")]
     model: String,
     /// Hugging Face's sliding window: each window scores its last S tokens

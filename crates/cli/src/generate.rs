@@ -13,7 +13,7 @@ use std::io::Write;
 pub struct Args {
     /// The prompt (empty: unconditional samples).
     prompt: String,
-    /// Checkpoint directory, hub id, or `default`.
+    /// Checkpoint directory, GGUF file, hub id, or `default`.
     #[arg(long, default_value = "default")]
     model: String,
     #[arg(long, default_value_t = 64)]

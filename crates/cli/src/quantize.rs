@@ -100,6 +100,9 @@ fn write_checkpoint(dir: &Path, config: &gpt2_model::Config, weights: &[u8]) -> 
 
 /// Refuses to overwrite a model (unless `--force`) or the input itself.
 fn check_output(input: &str, output: &Path, written: &Path, force: bool) -> Result<()> {
+    if output.is_dir() && written == output {
+        bail!("{} is a directory; --gguf writes a file", output.display());
+    }
     if written.exists() && !force {
         bail!(
             "{} already holds a model; pass --force to replace it",
@@ -112,9 +115,6 @@ fn check_output(input: &str, output: &Path, written: &Path, force: bool) -> Resu
     };
     if same(Path::new(input), output) {
         bail!("the output is the input model; write the converted model elsewhere");
-    }
-    if output.is_dir() && written == output {
-        bail!("{} is a directory; --gguf writes a file", output.display());
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::io::Write;
 pub struct Args {
     /// Text file to score; `-` or nothing reads stdin.
     file: Option<String>,
-    /// Checkpoint directory, hub id, or `default`.
+    /// Checkpoint directory, GGUF file, hub id, or `default`.
     #[arg(long, default_value = "default")]
     model: String,
     /// Score long texts in Hugging Face's sliding windows, each scoring its

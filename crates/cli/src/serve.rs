@@ -17,9 +17,9 @@ pub struct Args {
     /// (created if missing).
     #[arg(long)]
     state: PathBuf,
-    /// A model to serve: `default`, a checkpoint directory or hub id, or
-    /// NAME=SPEC to choose its API name (repeatable; the first is the
-    /// default for requests without `model`).
+    /// A model to serve: `default`, a checkpoint directory, a GGUF file or a
+    /// hub id, or NAME=SPEC to choose its API name (repeatable; the first is
+    /// the default for requests without `model`).
     #[arg(long = "model", default_value = "default")]
     models: Vec<String>,
     /// Sequences decoded together per model (KV cache slots).
