@@ -96,7 +96,11 @@ impl Config {
                 self.n_embd, self.n_head
             )));
         }
-        if self.vocab_size > u32::MAX as usize || self.n_ctx > 1 << 20 || self.n_embd > 1 << 16 {
+        if self.vocab_size > u32::MAX as usize
+            || self.n_ctx > 1 << 20
+            || self.n_embd > 1 << 16
+            || self.n_layer > 1 << 12
+        {
             return Err(bad("shape is implausibly large".into()));
         }
         Ok(())

@@ -74,7 +74,20 @@ pub fn load(path: &Path) -> Result<(Config, Weights)> {
     let file = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
     // SAFETY: the map is read-only; a file changed on disk while it is
     // loaded is outside what any loader can defend against.
-    let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?);
+    let map = unsafe { Mmap::map(&file) }.map_err(|e| ModelError::io(path, e))?;
+    load_map(path, Arc::new(map))
+}
+
+/// A GGUF file held in memory, copied into an anonymous map (for fuzzing
+/// and tests); `name` stands for the file in error messages.
+pub fn from_bytes(name: &Path, bytes: &[u8]) -> Result<(Config, Weights)> {
+    let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| ModelError::io(name, e))?;
+    map[..bytes.len()].copy_from_slice(bytes);
+    let map = map.make_read_only().map_err(|e| ModelError::io(name, e))?;
+    load_map(name, Arc::new(map))
+}
+
+fn load_map(path: &Path, map: Arc<Mmap>) -> Result<(Config, Weights)> {
     let bad = |reason: String| ModelError::Gguf {
         path: path.to_path_buf(),
         reason,
@@ -82,6 +95,15 @@ pub fn load(path: &Path) -> Result<(Config, Weights)> {
     let header = parse(&map).map_err(bad)?;
     let config = config_of(&header).map_err(bad)?;
     config.validate(path)?;
+    // Names are checked against the full list, so a block count no file
+    // could hold is refused before that list is built.
+    if config.n_layer > header.tensors.len() {
+        return Err(bad(format!(
+            "gpt2.block_count is {}, but the file holds only {} tensors",
+            config.n_layer,
+            header.tensors.len()
+        )));
+    }
     let source = Source {
         path,
         map: &map,
