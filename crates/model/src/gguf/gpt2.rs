@@ -81,7 +81,8 @@ pub fn load(path: &Path) -> Result<(Config, Weights)> {
 /// A GGUF file held in memory, copied into an anonymous map (for fuzzing
 /// and tests); `name` stands for the file in error messages.
 pub fn from_bytes(name: &Path, bytes: &[u8]) -> Result<(Config, Weights)> {
-    let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| ModelError::io(name, e))?;
+    let mut map =
+        memmap2::MmapMut::map_anon(bytes.len().max(1)).map_err(|e| ModelError::io(name, e))?;
     map[..bytes.len()].copy_from_slice(bytes);
     let map = map.make_read_only().map_err(|e| ModelError::io(name, e))?;
     load_map(name, Arc::new(map))
