@@ -100,7 +100,7 @@ fn impossible_conversions_are_refused_by_name() {
             "f16",
             "--force",
         ]),
-        &["output directory is the input model"],
+        &["output is the input model"],
     );
     // f16 needs no blocks, so the tiny model converts.
     ok(run(&[

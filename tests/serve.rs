@@ -246,6 +246,7 @@ fn a_stream_matches_the_plain_response_and_ends_with_done() {
     let ev = events(&r.body);
     assert_eq!(ev.last().map(String::as_str), Some("[DONE]"));
     let mut texts = [String::new(), String::new()];
+    let mut ledger_ids = [None, None];
     let mut finishes = 0;
     for e in &ev[..ev.len() - 1] {
         let v: Value = serde_json::from_str(e).unwrap();
@@ -253,7 +254,10 @@ fn a_stream_matches_the_plain_response_and_ends_with_done() {
         for c in v["choices"].as_array().unwrap() {
             let i = c["index"].as_u64().unwrap() as usize;
             texts[i].push_str(c["text"].as_str().unwrap());
-            finishes += usize::from(c["finish_reason"].is_string());
+            if c["finish_reason"].is_string() {
+                finishes += 1;
+                ledger_ids[i] = v["provenance"]["ledger_id"].as_i64();
+            }
         }
     }
     assert_eq!(finishes, 2);
@@ -280,7 +284,19 @@ fn a_stream_matches_the_plain_response_and_ends_with_done() {
     let ledger = s.ledger();
     for (i, t) in texts.iter().enumerate() {
         assert_eq!(plain["choices"][i]["text"], t.as_str());
-        assert!(ledger.lookup(t).unwrap().iter().any(|m| m.exact));
+        // The last chunk names the record of the whole completion.
+        let exact: Vec<i64> = ledger
+            .lookup(t)
+            .unwrap()
+            .iter()
+            .filter(|m| m.exact)
+            .map(|m| m.record_id)
+            .collect();
+        assert!(
+            ledger_ids[i].is_some_and(|id| exact.contains(&id)),
+            "{:?} vs {exact:?}",
+            ledger_ids[i]
+        );
     }
     // `gpt2 ledger --state DIR` reads the server's ledger.
     let file = s.state.join("text.txt");

@@ -26,8 +26,8 @@ pub fn resolve(spec: &str) -> Result<ModelSource> {
     if path.exists() {
         return Err(ModelError::Resolve {
             spec: spec.into(),
-            reason: "is neither a checkpoint directory (config.json + model.safetensors) \
-                     nor a GGUF file"
+            reason: "is a file but not a GGUF file; --model takes a checkpoint directory \
+                     (config.json + model.safetensors) or a GGUF file"
                 .into(),
         });
     }

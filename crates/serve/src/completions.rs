@@ -642,6 +642,7 @@ async fn stream(
     let total = ctx.choices();
     let mut samples = vec![Sample::default(); total];
     let mut recorded = vec![0usize; total];
+    let mut ledger_ids: Vec<Option<i64>> = vec![None; total];
     let mut finished = 0;
     let mut offsets = vec![0usize; total];
     let mut last_flush = tokio::time::Instant::now() - STREAM_FLUSH;
@@ -728,23 +729,30 @@ async fn stream(
             });
             out.push(chunk(ctx, index, &text, lp.as_ref(), None));
         }
-        for (index, finish) in finishes {
-            // Provenance rides on each choice's last chunk, an extra field
-            // that standard clients ignore.
-            let mut c = chunk(ctx, index, "", None, Some(finish));
-            c["provenance"] = json!({"watermark_key_id": ctx.watermark_key_id, "seed": ctx.seed});
-            out.push(c);
-        }
         let fresh: Vec<usize> = (0..total)
             .filter(|&i| ctx.records && samples[i].text.len() > recorded[i])
             .collect();
         let records = fresh.iter().map(|&i| record(ctx, &samples[i])).collect();
-        if let Err(e) = s.recorder.record(records).await {
-            return fail(tx, info, &e).await;
-        }
+        let ids = match s.recorder.record(records).await {
+            Ok(ids) => ids,
+            Err(e) => return fail(tx, info, &e).await,
+        };
         last_flush = tokio::time::Instant::now();
-        for &i in &fresh {
+        for (&i, id) in fresh.iter().zip(ids) {
             recorded[i] = samples[i].text.len();
+            ledger_ids[i] = Some(id);
+        }
+        for (index, finish) in finishes {
+            // Provenance rides on each choice's last chunk, an extra field
+            // that standard clients ignore; its ledger record is the whole
+            // completion's.
+            let mut c = chunk(ctx, index, "", None, Some(finish));
+            c["provenance"] = json!({
+                "watermark_key_id": ctx.watermark_key_id,
+                "seed": ctx.seed,
+                "ledger_id": ledger_ids[index],
+            });
+            out.push(c);
         }
         info.completion_tokens = samples.iter().map(|x| x.ids.len() as u64).sum();
         for c in &out {
