@@ -1,7 +1,6 @@
 //! Reading the user's inputs: text files or stdin, and `--model`.
 
 use anyhow::{anyhow, Context, Result};
-use gpt2_model::source::{resolve, ModelSource};
 use gpt2_model::Model;
 use std::io::Read;
 
@@ -29,16 +28,7 @@ pub fn read_text(file: Option<&str>) -> Result<String> {
     })
 }
 
-/// The default model, trained by `gpt2 train` on the shared books and built
-/// into the binary (see models/default/README.md).
-const DEFAULT_CONFIG: &str = include_str!("../../../models/default/config.json");
-static DEFAULT_WEIGHTS: &[u8] = include_bytes!("../../../models/default/model.safetensors");
-
-/// Loads the model `--model` names.
+/// Loads the model `--model` names (see `gpt2_source::resolve`).
 pub fn load_model(spec: &str) -> Result<Model> {
-    match resolve(spec)? {
-        ModelSource::Dir(dir) => Ok(Model::load_dir(&dir)?),
-        ModelSource::Gguf(file) => Ok(Model::load_gguf(&file)?),
-        ModelSource::Default => Ok(Model::from_memory(DEFAULT_CONFIG, DEFAULT_WEIGHTS)?),
-    }
+    Ok(gpt2_source::load(spec)?)
 }

@@ -19,12 +19,10 @@ pub mod config;
 pub mod convert;
 pub mod error;
 pub mod gguf;
-pub mod hub;
 pub mod kernels;
 pub mod model;
 pub mod packed;
 pub mod score;
-pub mod source;
 pub mod tokenizer;
 pub mod weights;
 

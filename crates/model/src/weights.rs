@@ -31,7 +31,7 @@ pub struct Tensor {
 #[derive(Clone)]
 enum Storage {
     /// invariant: `offset` is 4-byte aligned within `map` and
-    /// `offset + 4 * len <= map.len()`; checked in `Tensor::from_view`.
+    /// `offset + 4 * len <= map.len()`; checked in `Tensor::mapped`.
     Mapped {
         map: Arc<Mmap>,
         offset: usize,

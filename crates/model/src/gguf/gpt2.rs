@@ -145,21 +145,26 @@ fn config_of(h: &Header) -> Result<Config, String> {
         n_layer: number("block_count")?,
         n_head: number("attention.head_count")?,
     };
-    if let Ok(ffn) = number("feed_forward_length") {
-        if ffn != 4 * config.n_embd {
+    if h.get(&format!("{ARCH}.feed_forward_length")).is_some() {
+        let ffn = number("feed_forward_length")?;
+        if Some(ffn) != config.n_embd.checked_mul(4) {
             return Err(format!(
-                "gpt2.feed_forward_length is {ffn}; GPT-2's MLP is 4 x embedding_length = {}",
-                4 * config.n_embd
+                "gpt2.feed_forward_length is {ffn}; GPT-2's MLP is 4 x embedding_length ({})",
+                config.n_embd
             ));
         }
     }
     let eps_key = format!("{ARCH}.attention.layer_norm_epsilon");
-    if let Some(eps) = h.get(&eps_key).and_then(Value::as_f64) {
+    if let Some(v) = h.get(&eps_key) {
         let want = LAYER_NORM_EPSILON as f64;
-        if (eps - want).abs() > want * 1e-3 {
-            return Err(format!(
-                "{eps_key} is {eps}; this implementation computes GPT-2's {want}"
-            ));
+        match v.as_f64() {
+            Some(eps) if (eps - want).abs() <= want * 1e-3 => {}
+            Some(eps) => {
+                return Err(format!(
+                    "{eps_key} is {eps}; this implementation computes GPT-2's {want}"
+                ))
+            }
+            None => return Err(format!("{eps_key} is {v:?}, not a float")),
         }
     }
     Ok(config)
@@ -432,7 +437,12 @@ pub fn to_gguf(config: &Config, weights: &Weights, name: &str) -> Result<Vec<u8>
         "gpt2.attention.layer_norm_epsilon",
         Value::F32(LAYER_NORM_EPSILON),
     );
-    let format = crate::convert::format_name(weights);
+    // The layer matrices' format names the file, as llama-quantize's does
+    // (whose q4_0 keeps the embedding at q6_K).
+    let format = weights
+        .layers
+        .first()
+        .map_or("f32", |l| l.attn_w.format_name());
     w.meta("general.file_type", Value::U32(file_type(format)));
     w.meta("general.quantization_version", Value::U32(2));
     write_tokenizer(&mut w, config.vocab_size)?;

@@ -14,8 +14,10 @@ pub use blocks::GgmlType;
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: usize = 32;
-/// Arrays nest in principle; nothing real nests deeper than this.
-const MAX_DEPTH: usize = 4;
+/// Metadata array elements a file may hold in all, so that a small file
+/// cannot ask for a large allocation (each element is a `Value` in memory;
+/// GPT-2's tokenizer is about 150,000).
+const MAX_ELEMENTS: usize = 1 << 23;
 
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,7 +153,11 @@ impl Header {
 
 /// Parses the header of a GGUF file held in `bytes`.
 pub fn parse(bytes: &[u8]) -> Result<Header, String> {
-    let mut r = Reader { bytes, at: 0 };
+    let mut r = Reader {
+        bytes,
+        at: 0,
+        elements: 0,
+    };
     if r.take(4).ok() != Some(&MAGIC[..]) {
         return Err("not a GGUF file (it does not start with `GGUF`)".into());
     }
@@ -159,7 +165,7 @@ pub fn parse(bytes: &[u8]) -> Result<Header, String> {
     match version {
         2 | 3 => {}
         1 => return Err("GGUF version 1 is not supported (versions 2 and 3 are)".into()),
-        v if v.swap_bytes() <= 3 => {
+        v if v != 0 && v.swap_bytes() <= 3 => {
             return Err("big-endian GGUF files are not supported".into());
         }
         v => {
@@ -171,11 +177,15 @@ pub fn parse(bytes: &[u8]) -> Result<Header, String> {
     let n_tensors = r.count("tensor count", 8 + 4 + 4 + 8)?;
     let n_kv = r.count("metadata count", 8 + 4 + 1)?;
     let mut metadata = Vec::with_capacity(n_kv);
+    let mut keys = std::collections::HashSet::new();
     for _ in 0..n_kv {
         let key = r.string()?;
+        if key.is_empty() || !keys.insert(key.clone()) {
+            return Err(format!("metadata key `{key}` is empty or given twice"));
+        }
         let kind = r.u32()?;
         let value = r
-            .value(kind, 0)
+            .value(kind, true)
             .map_err(|e| format!("metadata `{key}`: {e}"))?;
         metadata.push((key, value));
     }
@@ -183,10 +193,15 @@ pub fn parse(bytes: &[u8]) -> Result<Header, String> {
         None => DEFAULT_ALIGNMENT,
         Some((_, v)) => match v.as_u64() {
             Some(a) if a.is_power_of_two() && a <= 1 << 20 => a as usize,
-            _ => return Err(format!("general.alignment {v:?} is not a power of two")),
+            _ => {
+                return Err(format!(
+                    "general.alignment {v:?} is not a power of two up to 2^20"
+                ))
+            }
         },
     };
     let mut tensors = Vec::with_capacity(n_tensors);
+    let mut names = std::collections::HashSet::new();
     for _ in 0..n_tensors {
         let name = r.string()?;
         let n_dims = r.u32()?;
@@ -205,7 +220,7 @@ pub fn parse(bytes: &[u8]) -> Result<Header, String> {
                 "tensor `{name}`: data offset {offset} is not a multiple of the alignment {alignment}"
             ));
         }
-        if tensors.iter().any(|t: &TensorInfo| t.name == name) {
+        if !names.insert(name.clone()) {
             return Err(format!("tensor `{name}` is described twice"));
         }
         tensors.push(TensorInfo {
@@ -215,6 +230,7 @@ pub fn parse(bytes: &[u8]) -> Result<Header, String> {
             offset,
         });
     }
+    check_disjoint(&tensors)?;
     Ok(Header {
         version,
         metadata,
@@ -224,9 +240,33 @@ pub fn parse(bytes: &[u8]) -> Result<Header, String> {
     })
 }
 
+/// No two tensors share bytes (llama.cpp requires them packed in order):
+/// otherwise a small file could stand for any number of large tensors,
+/// each copied at load. Tensors of a type this reader cannot size are
+/// never read, so they are left out.
+fn check_disjoint(tensors: &[TensorInfo]) -> Result<(), String> {
+    let mut spans: Vec<(u64, u64, &str)> = tensors
+        .iter()
+        .filter_map(|t| {
+            let len = t.ggml_type.bytes_for(&t.dims).ok()?;
+            Some((t.offset, t.offset.saturating_add(len), t.name.as_str()))
+        })
+        .collect();
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        let ((_, end, a), (start, _, b)) = (pair[0], pair[1]);
+        if start < end {
+            return Err(format!("tensors `{a}` and `{b}` overlap in the file"));
+        }
+    }
+    Ok(())
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
+    /// Array elements read so far (bounded by [`MAX_ELEMENTS`]).
+    elements: usize,
 }
 
 impl<'a> Reader<'a> {
@@ -278,7 +318,9 @@ impl<'a> Reader<'a> {
             .map_err(|_| format!("the string at byte {at} is not UTF-8"))
     }
 
-    fn value(&mut self, kind: u32, depth: usize) -> Result<Value, String> {
+    /// A value of type `kind`; arrays only at the top (`top`), as in
+    /// llama.cpp, which refuses arrays of arrays.
+    fn value(&mut self, kind: u32, top: bool) -> Result<Value, String> {
         Ok(match kind {
             0 => Value::U8(self.array::<1>()?[0]),
             1 => Value::I8(i8::from_le_bytes(self.array()?)),
@@ -293,15 +335,24 @@ impl<'a> Reader<'a> {
                 b => return Err(format!("boolean byte {b} is neither 0 nor 1")),
             },
             8 => Value::Str(self.string()?),
-            9 if depth < MAX_DEPTH => {
+            9 if top => {
                 let inner = self.u32()?;
+                if inner == 9 || inner > 12 {
+                    return Err(format!("array element type {inner} is not a scalar type"));
+                }
                 let n = self.count("array length", 1)?;
+                self.elements += n;
+                if self.elements > MAX_ELEMENTS {
+                    return Err(format!(
+                        "the arrays hold more than {MAX_ELEMENTS} elements in all"
+                    ));
+                }
                 let items = (0..n)
-                    .map(|_| self.value(inner, depth + 1))
+                    .map(|_| self.value(inner, false))
                     .collect::<Result<_, _>>()?;
                 Value::Array(items)
             }
-            9 => return Err(format!("arrays nest deeper than {MAX_DEPTH}")),
+            9 => return Err("an array of arrays".into()),
             10 => Value::U64(self.u64()?),
             11 => Value::I64(i64::from_le_bytes(self.array()?)),
             12 => Value::F64(f64::from_le_bytes(self.array()?)),
@@ -318,8 +369,13 @@ pub struct Writer {
 }
 
 impl Writer {
+    /// Adds a metadata entry. Arrays must hold one scalar type (what the
+    /// callers build). `general.alignment` is dropped: this writer always
+    /// aligns to 32, the default.
     pub fn meta(&mut self, key: &str, value: Value) {
-        self.metadata.push((key.to_string(), value));
+        if key != "general.alignment" {
+            self.metadata.push((key.to_string(), value));
+        }
     }
 
     /// Adds a tensor of row-major `shape` whose ggml data is `data`.
@@ -378,6 +434,8 @@ impl Writer {
             out.resize(data_start + t.offset as usize, 0);
             out.extend_from_slice(data);
         }
+        // llama.cpp reads the data section whole, padding included.
+        out.resize(out.len().next_multiple_of(DEFAULT_ALIGNMENT), 0);
         out
     }
 }
@@ -450,6 +508,40 @@ mod tests {
         let m = h.tensor("m").unwrap();
         assert_eq!(m.offset % 32, 0);
         assert_eq!(h.tensor_bytes(&bytes, m).unwrap().len(), 8);
+    }
+
+    /// A file written field by field, for headers the writer never makes.
+    fn raw(kvs: &[(&str, Value)], tensors: &[(&str, u64)]) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+        for (k, v) in kvs {
+            put_string(&mut out, k);
+            out.extend_from_slice(&v.type_id().to_le_bytes());
+            put_value(&mut out, v);
+        }
+        for (name, offset) in tensors {
+            put_string(&mut out, name);
+            out.extend_from_slice(&1u32.to_le_bytes());
+            out.extend_from_slice(&64u64.to_le_bytes());
+            out.extend_from_slice(&GgmlType::F32.id().to_le_bytes());
+            out.extend_from_slice(&offset.to_le_bytes());
+        }
+        out.resize(out.len().next_multiple_of(32) + 1024, 0);
+        out
+    }
+
+    #[test]
+    fn headers_llama_cpp_refuses_are_refused() {
+        let n = || Value::U32(1);
+        let overlap = raw(&[], &[("a", 0), ("b", 128)]);
+        assert!(parse(&overlap).unwrap_err().contains("`a` and `b` overlap"));
+        assert!(parse(&raw(&[], &[("a", 0), ("b", 256)])).is_ok());
+        let twice = raw(&[("k", n()), ("k", n())], &[]);
+        assert!(parse(&twice).unwrap_err().contains("given twice"));
+        let nested = raw(&[("k", Value::Array(vec![Value::Array(vec![])]))], &[]);
+        assert!(parse(&nested).unwrap_err().contains("not a scalar type"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Resolving `--model`: a checkpoint directory, or a Hugging Face hub id
-//! found in (or downloaded into) the standard hub cache.
+//! A Hugging Face hub id found in (or downloaded into) the standard hub
+//! cache.
 //!
 //! Cache layout, as `huggingface_hub` writes it:
 //! `$HF_HUB_CACHE` (default `$HF_HOME/hub`, `$HF_HOME` default
@@ -16,8 +16,8 @@
 //! `https://huggingface.co`), `$HF_TOKEN` is sent when set, and
 //! `HF_HUB_OFFLINE=1` forbids the network.
 
-use crate::atomic::write_atomic;
-use crate::error::{ModelError, Result};
+use gpt2_model::atomic::write_atomic;
+use gpt2_model::{ModelError, Result};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
