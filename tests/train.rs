@@ -121,7 +121,7 @@ fn prepare_rejects_bad_input() {
             "--out",
             o,
         ]),
-        &["bad.jsonl", "line 2", "text"],
+        &["bad.jsonl:2", "expected a string field \"text\""],
     );
     let good = f("good.txt", b"Some words.");
     fails_with(

@@ -9,6 +9,6 @@ use std::path::Path;
 fuzz_target!(|data: &[u8]| {
     for name in ["fuzz.jsonl", "fuzz.txt"] {
         let mut docs = Vec::new();
-        let _ = gpt2_train::prepare::parse_documents(Path::new(name), data, "text", &mut docs);
+        let _ = gpt2_corpus::parse_documents(Path::new(name), data, "text", &mut docs);
     }
 });

@@ -3,10 +3,10 @@
 
 use crate::input::load_model;
 use anyhow::{bail, ensure, Context, Result};
+use gpt2_corpus::collect_documents;
 use gpt2_model::{Model, Tokenizer};
 use gpt2_provenance::roc::{auroc, bootstrap_ci, tpr_at_fpr, Thresholds};
 use gpt2_provenance::stats::{binoculars, score_texts, statistics, Statistic, Statistics};
-use gpt2_train::prepare::collect_documents;
 use serde_json::json;
 use std::path::PathBuf;
 

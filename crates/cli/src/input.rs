@@ -1,6 +1,6 @@
 //! Reading the user's inputs: text files or stdin, and `--model`.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use gpt2_model::Model;
 use std::io::Read;
 
@@ -20,12 +20,7 @@ pub fn read_text(file: Option<&str>) -> Result<String> {
             std::fs::read(path).with_context(|| format!("reading {path}"))?,
         ),
     };
-    String::from_utf8(bytes).map_err(|e| {
-        anyhow!(
-            "{name}: not valid UTF-8 (first invalid byte at offset {})",
-            e.utf8_error().valid_up_to()
-        )
-    })
+    Ok(gpt2_corpus::text_of(&name, bytes)?)
 }
 
 /// Loads the model `--model` names (see `gpt2_source::resolve`).

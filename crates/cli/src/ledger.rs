@@ -3,12 +3,13 @@
 
 use crate::input::read_text;
 use anyhow::{anyhow, bail, ensure, Context, Result};
+use gpt2_corpus::JsonLines;
 use gpt2_model::Tokenizer;
 use gpt2_provenance::ledger::{Ledger, Match, NewRecord, Record, DEFAULT_MIN_SCORE};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -189,104 +190,46 @@ fn add(a: AddArgs) -> Result<()> {
     Ok(())
 }
 
-/// The lines of a JSONL file as (line number, object); blank lines are
-/// skipped, anything else that is not a JSON object is an error naming the
-/// line.
-struct JsonLines {
-    name: String,
-    reader: BufReader<std::fs::File>,
-    line: usize,
-    bytes: u64,
+/// The lines of a JSONL file (`gpt2_corpus` reads them, one at a time).
+type Lines = JsonLines<std::io::BufReader<std::fs::File>>;
+
+/// The string field `field` of line `line` (required, non-empty).
+fn text(lines: &Lines, line: usize, v: &Value, field: &str) -> Result<String> {
+    let text = lines.text(line, v, field)?;
+    ensure!(!text.is_empty(), "{}: the text is empty", lines.place(line));
+    Ok(text.to_string())
 }
 
-impl JsonLines {
-    fn open(path: &PathBuf) -> Result<JsonLines> {
-        let name = path.display().to_string();
-        let f = std::fs::File::open(path).with_context(|| format!("reading {name}"))?;
-        Ok(JsonLines {
-            name,
-            reader: BufReader::new(f),
-            line: 0,
-            bytes: 0,
+/// An optional string field: absent or null is `None`.
+fn optional(lines: &Lines, line: usize, v: &Value, field: &str) -> Result<Option<String>> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => bail!("{}: field {field:?} must be a string", lines.place(line)),
+    }
+}
+
+/// Optional `tokens`: an array of token ids.
+fn tokens(lines: &Lines, line: usize, v: &Value) -> Result<Option<Vec<u32>>> {
+    let Some(t) = v.get("tokens") else {
+        return Ok(None);
+    };
+    let bad = || {
+        anyhow!(
+            "{}: \"tokens\" must be an array of token ids",
+            lines.place(line)
+        )
+    };
+    let items = t.as_array().ok_or_else(bad)?;
+    items
+        .iter()
+        .map(|x| {
+            x.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(bad)
         })
-    }
-
-    fn next_object(&mut self) -> Result<Option<(usize, Value)>> {
-        loop {
-            let mut buf = Vec::new();
-            let n = self
-                .reader
-                .read_until(b'\n', &mut buf)
-                .with_context(|| format!("reading {}", self.name))?;
-            if n == 0 {
-                return Ok(None);
-            }
-            self.line += 1;
-            self.bytes += n as u64;
-            let line = String::from_utf8(buf).map_err(|e| {
-                anyhow!(
-                    "{}:{}: not valid UTF-8 (byte {} of the line)",
-                    self.name,
-                    self.line,
-                    e.utf8_error().valid_up_to() + 1
-                )
-            })?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let value: Value = serde_json::from_str(&line)
-                .map_err(|e| anyhow!("{}:{}: not valid JSON: {e}", self.name, self.line))?;
-            ensure!(
-                value.is_object(),
-                "{}:{}: expected a JSON object",
-                self.name,
-                self.line
-            );
-            return Ok(Some((self.line, value)));
-        }
-    }
-
-    /// The string field `field` of `v` (required, non-empty).
-    fn text(&self, line: usize, v: &Value, field: &str) -> Result<String> {
-        let text = v
-            .get(field)
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("{}:{line}: expected a string field {field:?}", self.name))?;
-        ensure!(!text.is_empty(), "{}:{line}: the text is empty", self.name);
-        Ok(text.to_string())
-    }
-
-    /// An optional string field: absent or null is `None`.
-    fn optional(&self, line: usize, v: &Value, field: &str) -> Result<Option<String>> {
-        match v.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => bail!("{}:{line}: field {field:?} must be a string", self.name),
-        }
-    }
-
-    /// Optional `tokens`: an array of token ids.
-    fn tokens(&self, line: usize, v: &Value) -> Result<Option<Vec<u32>>> {
-        let Some(t) = v.get("tokens") else {
-            return Ok(None);
-        };
-        let bad = || {
-            anyhow!(
-                "{}:{line}: \"tokens\" must be an array of token ids",
-                self.name
-            )
-        };
-        let items = t.as_array().ok_or_else(bad)?;
-        items
-            .iter()
-            .map(|x| {
-                x.as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .ok_or_else(bad)
-            })
-            .collect::<Result<Vec<u32>>>()
-            .map(Some)
-    }
+        .collect::<Result<Vec<u32>>>()
+        .map(Some)
 }
 
 /// A progress bar over the input's bytes; hidden when stderr is not a
@@ -325,7 +268,7 @@ fn import(a: ImportArgs) -> Result<()> {
             first_id = first_id.or(ids.first().copied());
             last_id = ids.last().copied().or(last_id);
             batch.clear();
-            progress.set_position(lines.bytes);
+            progress.set_position(lines.bytes_read());
         }
         if next.is_none() {
             break;
@@ -344,30 +287,25 @@ fn import(a: ImportArgs) -> Result<()> {
 }
 
 fn new_record(
-    lines: &JsonLines,
+    lines: &Lines,
     line: usize,
     v: &Value,
     a: &ImportArgs,
     tokenizer: &Tokenizer,
 ) -> Result<NewRecord> {
-    let text = lines.text(line, v, &a.field)?;
-    let tokens = match lines.tokens(line, v)? {
+    let text = text(lines, line, v, &a.field)?;
+    let tokens = match tokens(lines, line, v)? {
         Some(t) => t,
         None => tokenizer
             .encode(&text)
-            .with_context(|| format!("{}:{line}: tokenizing", lines.name))?,
+            .with_context(|| format!("{}: tokenizing", lines.place(line)))?,
     };
     Ok(NewRecord {
         tokens,
-        watermark_key_id: lines
-            .optional(line, v, "watermark_key_id")?
+        watermark_key_id: optional(lines, line, v, "watermark_key_id")?
             .or_else(|| a.origin.key_id.clone()),
-        caller: lines
-            .optional(line, v, "caller")?
-            .or_else(|| a.origin.caller.clone()),
-        model: lines
-            .optional(line, v, "model")?
-            .or_else(|| a.origin.model.clone()),
+        caller: optional(lines, line, v, "caller")?.or_else(|| a.origin.caller.clone()),
+        model: optional(lines, line, v, "model")?.or_else(|| a.origin.model.clone()),
         text,
     })
 }
@@ -411,12 +349,12 @@ fn lookup(a: LookupArgs) -> Result<()> {
 
 /// `lookup --jsonl`: one JSON line per input line, with the time the lookup
 /// itself took (for latency measurements without process start-up).
-fn lookup_lines(a: &LookupArgs, jsonl: &PathBuf) -> Result<()> {
+fn lookup_lines(a: &LookupArgs, jsonl: &Path) -> Result<()> {
     let ledger = open_existing(&a.db.path())?;
     let mut lines = JsonLines::open(jsonl)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     while let Some((line, v)) = lines.next_object()? {
-        let text = lines.text(line, &v, &a.field)?;
+        let text = text(&lines, line, &v, &a.field)?;
         let started = Instant::now();
         let matches = ledger.lookup_with(&text, a.min_score)?;
         let seconds = started.elapsed().as_secs_f64();

@@ -2,10 +2,11 @@
 
 use crate::input::load_model;
 use anyhow::{anyhow, bail, Context, Result};
+use gpt2_corpus::collect_documents;
 use gpt2_model::Config;
 use gpt2_train::checkpoint::{write_model, Precision};
 use gpt2_train::data::read_tokens;
-use gpt2_train::prepare::{collect_documents, split, unwrap_paragraphs, write_split};
+use gpt2_train::prepare::{split, unwrap_paragraphs, write_split};
 use gpt2_train::{params_from_weights, Observer, StepReport, TrainModel, TrainOptions, Trainer};
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};

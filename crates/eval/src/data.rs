@@ -18,21 +18,11 @@ pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// The text of `path`; invalid UTF-8 is an error naming line and column.
+/// The text of `path`, which must not be empty; invalid UTF-8 is an error
+/// naming line and column.
 pub fn read_text(path: &Path) -> Result<String> {
-    let name = path.display().to_string();
     let bytes = read_bytes(path)?;
-    String::from_utf8(bytes).map_err(|e| {
-        let bad = e.utf8_error().valid_up_to();
-        let before = &e.as_bytes()[..bad];
-        let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
-        let column = 1 + before.iter().rev().take_while(|&&b| b != b'\n').count();
-        EvalError::data(
-            &name,
-            line,
-            format!("not valid UTF-8 (byte {column} of the line, offset {bad})"),
-        )
-    })
+    Ok(gpt2_corpus::text_of(&path.display().to_string(), bytes)?)
 }
 
 /// One LAMBADA passage and the line it came from.
@@ -47,25 +37,15 @@ pub struct Passage {
 pub fn lambada_passages(path: &Path) -> Result<Vec<Passage>> {
     let name = path.display().to_string();
     let text = read_text(path)?;
+    let mut lines = gpt2_corpus::JsonLines::new(&name, text.as_bytes());
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let value: serde_json::Value = serde_json::from_str(line)
-            .map_err(|e| EvalError::data(&name, i + 1, format!("not valid JSON: {e}")))?;
-        let passage = value.get("text").and_then(|t| t.as_str()).ok_or_else(|| {
-            EvalError::data(
-                &name,
-                i + 1,
-                "expected an object with a string field \"text\"",
-            )
-        })?;
+    while let Some((line, v)) = lines.next_object()? {
+        let passage = lines.text(line, &v, "text")?;
         if passage.trim().is_empty() {
-            return Err(EvalError::data(&name, i + 1, "the passage is empty"));
+            return Err(EvalError::data(&name, line, "the passage is empty"));
         }
         out.push(Passage {
-            line: i + 1,
+            line,
             text: passage.to_string(),
         });
     }

@@ -17,6 +17,8 @@ pub enum EvalError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    Corpus(#[from] gpt2_corpus::CorpusError),
+    #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
     Generate(#[from] gpt2_generate::GenerateError),

@@ -1,53 +1,12 @@
-//! `gpt2 prepare`: text files, folders of them, or JSONL with a string
-//! field (`text` for training) become documents; each document is `<|endoftext|>` followed by its
-//! tokens; whole documents go to the training or the validation file.
+//! `gpt2 prepare`: the documents `gpt2_corpus` reads (text files, folders
+//! of them, JSONL with a `text` field) become `<|endoftext|>` followed by
+//! their tokens; whole documents go to the training or the validation file.
 
 use crate::data::{write_atomic, write_tokens, DataError};
+use gpt2_corpus::Document;
 use gpt2_model::{Tokenizer, END_OF_TEXT};
 use serde_json::json;
-use std::path::{Path, PathBuf};
-
-pub struct Document {
-    /// The file (and line, for JSONL) it came from.
-    pub name: String,
-    pub text: String,
-}
-
-fn bad(path: &Path, reason: impl Into<String>) -> DataError {
-    DataError::Format {
-        path: path.display().to_string(),
-        reason: reason.into(),
-    }
-}
-
-/// Every document under `inputs`, in a stable order (folders sorted): a
-/// file is one document, a `.jsonl` file one per line (its string `field`),
-/// a folder one per file. `gpt2 detect` reads its texts the same way.
-pub fn collect_documents(inputs: &[PathBuf], field: &str) -> Result<Vec<Document>, DataError> {
-    let mut docs = Vec::new();
-    for input in inputs {
-        if input.is_dir() {
-            let mut files: Vec<PathBuf> = std::fs::read_dir(input)
-                .map_err(|e| DataError::Io {
-                    path: input.display().to_string(),
-                    source: e,
-                })?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file())
-                .collect();
-            files.sort();
-            if files.is_empty() {
-                return Err(bad(input, "folder holds no files"));
-            }
-            for f in files {
-                read_file(&f, field, &mut docs)?;
-            }
-        } else {
-            read_file(input, field, &mut docs)?;
-        }
-    }
-    Ok(docs)
-}
+use std::path::Path;
 
 /// Joins the hard-wrapped lines of each paragraph (paragraphs end at blank
 /// lines) into one line with single spaces, as text on the web is written.
@@ -78,69 +37,6 @@ pub fn unwrap_paragraphs(text: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-fn read_file(path: &Path, field: &str, docs: &mut Vec<Document>) -> Result<(), DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::Io {
-        path: path.display().to_string(),
-        source: e,
-    })?;
-    parse_documents(path, bytes, field, docs)
-}
-
-/// The documents of one file's bytes (`path` names it in errors and, by its
-/// extension, says whether it is JSONL).
-pub fn parse_documents(
-    path: &Path,
-    bytes: impl Into<Vec<u8>>,
-    field: &str,
-    docs: &mut Vec<Document>,
-) -> Result<(), DataError> {
-    let bytes: Vec<u8> = bytes.into();
-    if bytes.contains(&0) {
-        return Err(bad(path, "holds NUL bytes: not a text file"));
-    }
-    let text = String::from_utf8(bytes).map_err(|e| {
-        bad(
-            path,
-            format!(
-                "not valid UTF-8 (first invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            ),
-        )
-    })?;
-    if text.trim().is_empty() {
-        return Err(bad(path, "is empty"));
-    }
-    if path.extension().is_some_and(|e| e == "jsonl") {
-        for (i, line) in text
-            .lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-        {
-            let n = i + 1;
-            let at_line = |reason: String| DataError::Format {
-                path: format!("{}:{n}", path.display()),
-                reason,
-            };
-            let v: serde_json::Value = serde_json::from_str(line)
-                .map_err(|e| at_line(format!("line {n} is not valid JSON: {e}")))?;
-            let t = v
-                .get(field)
-                .and_then(|t| t.as_str())
-                .ok_or_else(|| at_line(format!("line {n} has no string field {field:?}")))?;
-            docs.push(Document {
-                name: format!("{}:{}", path.display(), i + 1),
-                text: t.to_string(),
-            });
-        }
-    } else {
-        docs.push(Document {
-            name: path.display().to_string(),
-            text,
-        });
-    }
-    Ok(())
 }
 
 pub struct Split {
