@@ -4,9 +4,10 @@
 use crate::input::load_model;
 use anyhow::{bail, ensure, Context, Result};
 use gpt2_corpus::collect_documents;
+use gpt2_model::score::{Scorer, Windowing};
 use gpt2_model::{Model, Tokenizer};
 use gpt2_provenance::roc::{auroc, bootstrap_ci, tpr_at_fpr, Thresholds};
-use gpt2_provenance::stats::{binoculars, score_texts, statistics, Statistic, Statistics};
+use gpt2_provenance::stats::{binoculars, statistics, Statistic, Statistics};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -114,7 +115,7 @@ fn measure(paths: &[String], opts: &Opts) -> Result<Vec<(String, usize, Statisti
         ids.push(t);
     }
     let model = load_model(&opts.model)?;
-    let scores = score_texts(&model, &ids)?;
+    let scores = Scorer::new(&model).score_texts(&ids, Windowing::Rolling, 0, &mut |_| {})?;
     let pair = binocular_models(opts)?;
     let mut out = Vec::with_capacity(named.len());
     for (((name, _), s), t) in named.into_iter().zip(scores).zip(&ids) {

@@ -13,7 +13,7 @@ use crate::detokenize::{self, python_split_count, word_count};
 use crate::error::{EvalError, Result};
 use crate::report::{Metric, TaskResult};
 use crate::Progress;
-use gpt2_model::score::{Scorer, Windowing};
+use gpt2_model::score::{scored_tokens, Scorer, Windowing};
 use gpt2_model::{Model, Tokenizer};
 use std::f64::consts::LN_2;
 use std::path::Path;
@@ -79,19 +79,18 @@ pub fn score_documents(
     windowing: Windowing,
     progress: &mut dyn Progress,
 ) -> Result<Totals> {
-    let mut scorer = Scorer::new(model);
-    let mut spans = Vec::new();
+    let n_ctx = model.config().n_ctx;
     let mut totals = Totals::default();
     for d in docs {
-        let doc_spans = scorer.text_spans(&d.tokens, windowing)?;
-        totals.tokens += doc_spans.iter().map(|s| s.targets.len()).sum::<usize>();
-        spans.extend(doc_spans);
+        totals.tokens += scored_tokens(d.tokens.len(), n_ctx, windowing)?;
         totals.words += d.words;
         totals.bytes += d.bytes;
         totals.chars += d.chars;
     }
     progress.start(totals.tokens, "tokens");
-    let scores = scorer.score_spans(&spans, 0, &mut |n| progress.advance(n))?;
+    let texts: Vec<&[u32]> = docs.iter().map(|d| &d.tokens[..]).collect();
+    let scores =
+        Scorer::new(model).score_texts(&texts, windowing, 0, &mut |n| progress.advance(n))?;
     progress.finish();
     // Summed in f64 in document order, as the reference sums per document.
     totals.loglik = scores.iter().flatten().map(|s| s.logprob as f64).sum();

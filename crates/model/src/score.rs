@@ -155,6 +155,14 @@ fn llama_chunks(n: usize, n_ctx: usize, ctx: usize) -> Result<Vec<Window>> {
         .collect())
 }
 
+/// How many of a text's `n` tokens `windowing` scores.
+pub fn scored_tokens(n: usize, n_ctx: usize, windowing: Windowing) -> Result<usize> {
+    Ok(windows(n, n_ctx, windowing)?
+        .iter()
+        .map(|w| w.targets)
+        .sum())
+}
+
 /// lm-eval's `get_rolling_token_windows` with `context_len = 1`, followed by
 /// `make_disjoint_window`, in positions of `[EOT] + tokens`.
 fn rolling_windows(n: usize, n_ctx: usize) -> Vec<Window> {
@@ -220,9 +228,33 @@ impl<'m> Scorer<'m> {
         windowing: Windowing,
         top_n: usize,
     ) -> Result<Vec<TokenScore>> {
-        let spans = self.text_spans(tokens, windowing)?;
-        let scored = self.score_spans(&spans, top_n, &mut |_| {})?;
-        Ok(scored.into_iter().flatten().collect())
+        let mut one = self.score_texts(&[tokens], windowing, top_n, &mut |_| {})?;
+        Ok(one.pop().unwrap_or_default())
+    }
+
+    /// Scores many texts in `windowing`'s windows, the windows of all of
+    /// them sharing forward passes; one score list per text, in order.
+    /// `progress` hears the number of tokens each batch scored.
+    pub fn score_texts<T: AsRef<[u32]>>(
+        &mut self,
+        texts: &[T],
+        windowing: Windowing,
+        top_n: usize,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Vec<TokenScore>>> {
+        let mut spans = Vec::new();
+        let mut owner = Vec::new();
+        for (i, tokens) in texts.iter().enumerate() {
+            let s = self.text_spans(tokens.as_ref(), windowing)?;
+            owner.extend(std::iter::repeat_n(i, s.len()));
+            spans.extend(s);
+        }
+        let scored = self.score_spans(&spans, top_n, progress)?;
+        let mut out = vec![Vec::new(); texts.len()];
+        for (i, s) in owner.into_iter().zip(scored) {
+            out[i].extend(s);
+        }
+        Ok(out)
     }
 
     /// The spans that score every token of `tokens` once, the first one

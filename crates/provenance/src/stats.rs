@@ -131,25 +131,6 @@ pub fn statistics(scores: &[TokenScore]) -> Statistics {
     }
 }
 
-/// Scores many texts' tokens in shared forward passes; one score list per
-/// text, in order.
-pub fn score_texts(model: &Model, texts: &[Vec<u32>]) -> Result<Vec<Vec<TokenScore>>, ModelError> {
-    let mut scorer = Scorer::new(model);
-    let mut spans = Vec::new();
-    let mut owner = Vec::new();
-    for (i, tokens) in texts.iter().enumerate() {
-        let s = scorer.text_spans(tokens, Windowing::Rolling)?;
-        owner.extend(std::iter::repeat_n(i, s.len()));
-        spans.extend(s);
-    }
-    let scored = scorer.score_spans(&spans, 0, &mut |_| {})?;
-    let mut out = vec![Vec::new(); texts.len()];
-    for (i, s) in owner.into_iter().zip(scored) {
-        out[i].extend(s);
-    }
-    Ok(out)
-}
-
 /// Binoculars' score as its reference code computes it: the performer's
 /// log-perplexity of the text over the cross-entropy of the observer's
 /// predicted distribution against the performer's log-probabilities,

@@ -13,7 +13,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use gpt2_provenance::stats::{gltr_bucket, score_texts, statistics, Statistic};
+use gpt2_model::score::{Scorer, Windowing};
+use gpt2_provenance::stats::{gltr_bucket, statistics, Statistic};
 use gpt2_provenance::watermark::detect as watermark_detect_tokens;
 use serde_json::json;
 use std::sync::Arc;
@@ -57,7 +58,10 @@ pub async fn detect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
         let name = entry.name.clone();
         let scored = {
             let ids = ids.clone();
-            s.compute(move |_, _| score_texts(&model, &[ids])).await?
+            s.compute(move |_, _| {
+                Scorer::new(&model).score_texts(&[ids], Windowing::Rolling, 0, &mut |_| {})
+            })
+            .await?
         }
         .map_err(|e| internal("scoring the text failed", e))?;
         let scores = scored.into_iter().next().unwrap_or_default();
