@@ -23,6 +23,7 @@ pub mod kernels;
 pub mod model;
 pub mod packed;
 pub mod score;
+pub mod storage;
 pub mod tokenizer;
 pub mod weights;
 

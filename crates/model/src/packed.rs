@@ -13,10 +13,8 @@
 //! element `i + 16` in its high nibble; an element is `(nibble - 8) * scale`
 //! (llama.cpp's `block_q4_0`).
 
-use crate::weights::Tensor;
-use memmap2::Mmap;
+use crate::storage::Storage;
 use safetensors::Dtype;
-use std::sync::Arc;
 
 /// Weights per quantization block.
 pub const BLOCK: usize = 32;
@@ -93,35 +91,14 @@ impl Format {
     }
 }
 
-/// Read-only bytes, either a view into a memory-mapped file or owned.
-#[derive(Clone)]
-pub(crate) enum Bytes {
-    /// invariant: `offset + len <= map.len()`; checked where it is built.
-    Mapped {
-        map: Arc<Mmap>,
-        offset: usize,
-        len: usize,
-    },
-    Owned(Arc<Vec<u8>>),
-}
-
-impl Bytes {
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            Bytes::Owned(v) => v,
-            Bytes::Mapped { map, offset, len } => &map[*offset..*offset + *len],
-        }
-    }
-}
-
 #[derive(Clone)]
 pub struct PackedMatrix {
     format: Format,
     rows: usize,
     cols: usize,
-    data: Bytes,
+    data: Storage<u8>,
     /// `[rows, cols / 32]` for blocked formats, empty otherwise.
-    scales: Tensor,
+    scales: Storage<f32>,
 }
 
 impl PackedMatrix {
@@ -146,13 +123,12 @@ impl PackedMatrix {
         for row in w.chunks_exact(cols.max(1)) {
             pack_row(format, row, &mut data, &mut scales);
         }
-        let n_scales = scales.len();
         Ok(PackedMatrix {
             format,
             rows,
             cols,
-            data: Bytes::Owned(Arc::new(data)),
-            scales: Tensor::from_vec(scales, vec![n_scales]),
+            data: Storage::owned(data),
+            scales: Storage::owned(scales),
         })
     }
 
@@ -162,8 +138,8 @@ impl PackedMatrix {
         format: Format,
         rows: usize,
         cols: usize,
-        data: Bytes,
-        scales: Tensor,
+        data: Storage<u8>,
+        scales: Storage<f32>,
     ) -> Result<PackedMatrix, String> {
         check_shape(format, rows, cols)?;
         let want = rows * format.row_bytes(cols);
@@ -178,10 +154,10 @@ impl PackedMatrix {
         } else {
             0
         };
-        if scales.data().len() != want_scales {
+        if scales.as_slice().len() != want_scales {
             return Err(format!(
                 "{} scales, expected {want_scales}",
-                scales.data().len()
+                scales.as_slice().len()
             ));
         }
         Ok(PackedMatrix {
@@ -212,7 +188,7 @@ impl PackedMatrix {
 
     /// Per-block scales, `[rows, cols / 32]` (empty for f16 and bf16).
     pub fn scales(&self) -> &[f32] {
-        self.scales.data()
+        self.scales.as_slice()
     }
 
     /// The packed bytes of row `j`.
@@ -237,7 +213,7 @@ impl PackedMatrix {
 
     /// True when the packed data is read in place from the checkpoint file.
     pub fn is_mapped(&self) -> bool {
-        matches!(self.data, Bytes::Mapped { .. })
+        self.data.is_mapped()
     }
 
     /// Row `j` widened to f32 into `out` (`cols` long).

@@ -14,7 +14,8 @@
 
 use crate::config::Config;
 use crate::error::{ModelError, Result};
-use crate::packed::{Bytes, Format, PackedMatrix, BLOCK};
+use crate::packed::{Format, PackedMatrix, BLOCK};
+use crate::storage::Storage;
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 use std::borrow::Cow;
@@ -24,57 +25,31 @@ use std::sync::Arc;
 /// A read-only f32 tensor, either a view into a memory-mapped file or owned.
 #[derive(Clone)]
 pub struct Tensor {
-    storage: Storage,
+    storage: Storage<f32>,
     shape: Vec<usize>,
-}
-
-#[derive(Clone)]
-enum Storage {
-    /// invariant: `offset` is 4-byte aligned within `map` and
-    /// `offset + 4 * len <= map.len()`; checked in `Tensor::mapped`.
-    Mapped {
-        map: Arc<Mmap>,
-        offset: usize,
-        len: usize,
-    },
-    Owned(Arc<Vec<f32>>),
 }
 
 impl Tensor {
     pub fn from_vec(data: Vec<f32>, shape: Vec<usize>) -> Tensor {
         debug_assert_eq!(data.len(), shape.iter().product::<usize>());
         Tensor {
-            storage: Storage::Owned(Arc::new(data)),
+            storage: Storage::owned(data),
             shape,
         }
     }
 
-    /// `shape`'s f32 values in place at `offset` of `map`; `None` when they
-    /// are not 4-byte aligned, run past the map, or the machine is not
-    /// little-endian (the caller then copies).
+    /// `shape`'s f32 values in place at `offset` of `map`, if they can be
+    /// read there (see [`Storage::mapped`]).
     pub(crate) fn mapped(map: &Arc<Mmap>, offset: usize, shape: &[usize]) -> Option<Tensor> {
-        let len: usize = shape.iter().product();
-        let end = len.checked_mul(4)?.checked_add(offset)?;
-        let aligned = (map.as_ptr() as usize + offset).is_multiple_of(4);
-        (aligned && end <= map.len() && cfg!(target_endian = "little")).then(|| Tensor {
-            storage: Storage::Mapped {
-                map: Arc::clone(map),
-                offset,
-                len,
-            },
+        let len = shape.iter().product();
+        Some(Tensor {
+            storage: Storage::mapped(map, offset, len)?,
             shape: shape.to_vec(),
         })
     }
 
     pub fn data(&self) -> &[f32] {
-        match &self.storage {
-            Storage::Owned(v) => v,
-            Storage::Mapped { map, offset, len } => {
-                // SAFETY: see the invariant on `Storage::Mapped`; the map is
-                // read-only and outlives the borrow through `self`.
-                unsafe { std::slice::from_raw_parts(map.as_ptr().add(*offset) as *const f32, *len) }
-            }
-        }
+        self.storage.as_slice()
     }
 
     pub fn shape(&self) -> &[usize] {
@@ -83,7 +58,7 @@ impl Tensor {
 
     /// True when the data is read in place from the checkpoint file.
     pub fn is_mapped(&self) -> bool {
-        matches!(self.storage, Storage::Mapped { .. })
+        self.storage.is_mapped()
     }
 }
 
@@ -448,18 +423,19 @@ impl Loader<'_> {
             )));
         }
         let bytes = view.data();
-        let data = match self.map {
-            Some(map) => Bytes::Mapped {
-                map: Arc::clone(map),
-                offset: bytes.as_ptr() as usize - map.as_ptr() as usize,
-                len: bytes.len(),
-            },
-            None => Bytes::Owned(Arc::new(bytes.to_vec())),
-        };
+        let mapped = self.map.and_then(|map| {
+            Storage::mapped(
+                map,
+                bytes.as_ptr() as usize - map.as_ptr() as usize,
+                bytes.len(),
+            )
+        });
+        let data = mapped.unwrap_or_else(|| Storage::owned(bytes.to_vec()));
         let scales = if format.is_blocked() {
             self.tensor(&format!("{name}.scales"), &[rows, cols / BLOCK])?
+                .storage
         } else {
-            Tensor::from_vec(Vec::new(), vec![0])
+            Storage::owned(Vec::new())
         };
         PackedMatrix::from_parts(format, rows, cols, data, scales)
             .map(Some)

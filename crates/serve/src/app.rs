@@ -2,21 +2,19 @@
 //! ledger (a writer thread and a read connection), the watermark, the
 //! compute pool, and the request-body limits.
 
-use crate::api::{parse_json, ApiError};
-use crate::audit::AuditInfo;
+use crate::api::ApiError;
 use crate::engine::Queue;
 use crate::gate::{internal, lock, Gate};
 use crate::metrics::Metrics;
 use crate::recorder::Recorder;
-use crate::store::{KeyInfo, Scope};
+use crate::store::KeyInfo;
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use futures_util::StreamExt;
 use gpt2_model::{Model, Tokenizer};
 use gpt2_provenance::ledger::Ledger;
 use gpt2_provenance::roc::Thresholds;
 use gpt2_provenance::watermark::Prf;
-use serde::de::DeserializeOwned;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -134,26 +132,6 @@ impl AppState {
                 )
                 .code("body_timeout")
             })?
-    }
-
-    /// What every endpoint with a JSON body but completions checks first:
-    /// the key (401), the body (413, 408, 400), the scope (403), and a key
-    /// whose day is already used up (429). The endpoint then admits the
-    /// request with its size (`RequestAudit::admit`).
-    pub async fn authorized<T: DeserializeOwned>(
-        &self,
-        headers: &HeaderMap,
-        body: Body,
-        scope: Scope,
-        info: &mut AuditInfo,
-    ) -> Result<(KeyInfo, T), ApiError> {
-        let key = self.gate.authenticate(headers)?;
-        info.key_id = Some(key.id.clone());
-        let bytes = self.read_body(body).await?;
-        let req = parse_json(&bytes)?;
-        self.gate.require_scope(&key, scope)?;
-        self.gate.check_quota(&key)?;
-        Ok((key, req))
     }
 
     /// Runs `f` on the compute pool, beside the engine, at most a few at

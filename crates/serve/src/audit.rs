@@ -8,13 +8,16 @@
 //! reservation is released. Light requests leave an [`AuditInfo`] on the
 //! response for the `observe` middleware instead.
 
-use crate::api::ApiError;
+use crate::api::{parse_json, ApiError};
 use crate::app::AppState;
 use crate::gate::Reservation;
-use crate::store::{now_ms, AuditEntry, KeyInfo};
+use crate::store::{now_ms, AuditEntry, KeyInfo, Scope};
+use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,6 +92,26 @@ impl RequestAudit {
 
     pub fn elapsed(&self) -> Duration {
         self.start.elapsed()
+    }
+
+    /// What every endpoint with a JSON body but completions checks first:
+    /// the key (401), the body (413, 408, 400), the scope (403), and a key
+    /// whose day is already used up (429). The endpoint then admits the
+    /// request with its size ([`RequestAudit::admit`]).
+    pub async fn authorized<T: DeserializeOwned>(
+        &mut self,
+        headers: &HeaderMap,
+        body: Body,
+        scope: Scope,
+    ) -> Result<(KeyInfo, T), ApiError> {
+        let gate = &self.app.gate;
+        let key = gate.authenticate(headers)?;
+        self.info.key_id = Some(key.id.clone());
+        let bytes = self.app.read_body(body).await?;
+        let req = parse_json(&bytes)?;
+        gate.require_scope(&key, scope)?;
+        gate.check_quota(&key)?;
+        Ok((key, req))
     }
 
     /// Admits the request at its key's rate and quota, reserving `most`

@@ -47,9 +47,9 @@ fn tokens_of(s: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
 pub async fn detect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let mut audit = RequestAudit::new(s.clone(), "/v1/detect");
     let result = async {
-        let info = &mut audit.info;
         let (key, req): (_, DetectRequest) =
-            s.authorized(&headers, body, Scope::Detect, info).await?;
+            audit.authorized(&headers, body, Scope::Detect).await?;
+        let info = &mut audit.info;
         let entry = s.model(&key, req.model.as_deref())?;
         info.model = Some(entry.name.clone());
         let ids = tokens_of(&s, &req.text)?;
@@ -110,9 +110,8 @@ pub async fn watermark_detect(
 ) -> Response {
     let mut audit = RequestAudit::new(s.clone(), "/v1/watermark/detect");
     let result = async {
-        let info = &mut audit.info;
         let (key, req): (_, WatermarkDetectRequest) =
-            s.authorized(&headers, body, Scope::Detect, info).await?;
+            audit.authorized(&headers, body, Scope::Detect).await?;
         let z = req.z_threshold.unwrap_or(4.0);
         if !z.is_finite() {
             return Err(
@@ -144,9 +143,8 @@ pub async fn watermark_detect(
 pub async fn lookup(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let mut audit = RequestAudit::new(s.clone(), "/v1/provenance/lookup");
     let result = async {
-        let info = &mut audit.info;
         let (key, req): (_, LookupRequest) =
-            s.authorized(&headers, body, Scope::Detect, info).await?;
+            audit.authorized(&headers, body, Scope::Detect).await?;
         let min = req
             .min_score
             .unwrap_or(gpt2_provenance::ledger::DEFAULT_MIN_SCORE);

@@ -22,14 +22,11 @@ use std::sync::Arc;
 /// The key (with `score`) and the body, admitted at the key's rate (no
 /// model runs, so no tokens are reserved).
 async fn authorized<T: DeserializeOwned>(
-    s: &AppState,
     headers: &HeaderMap,
     body: Body,
     audit: &mut RequestAudit,
 ) -> Result<(KeyInfo, T), ApiError> {
-    let (key, req) = s
-        .authorized(headers, body, Scope::Score, &mut audit.info)
-        .await?;
+    let (key, req) = audit.authorized(headers, body, Scope::Score).await?;
     audit.admit(&key, 0, 0)?;
     Ok((key, req))
 }
@@ -41,7 +38,7 @@ fn n_ctx(s: &AppState, key: &KeyInfo, model: Option<&str>) -> Result<usize, ApiE
 pub async fn tokenize(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let mut audit = RequestAudit::new(s.clone(), "/tokenize");
     let result = async {
-        let (key, req): (_, TokenizeRequest) = authorized(&s, &headers, body, &mut audit).await?;
+        let (key, req): (_, TokenizeRequest) = authorized(&headers, body, &mut audit).await?;
         let max_model_len = n_ctx(&s, &key, req.model.as_deref())?;
         let ids = s
             .tokenizer
@@ -73,7 +70,7 @@ pub async fn detokenize(
 ) -> Response {
     let mut audit = RequestAudit::new(s.clone(), "/detokenize");
     let result = async {
-        let (key, req): (_, DetokenizeRequest) = authorized(&s, &headers, body, &mut audit).await?;
+        let (key, req): (_, DetokenizeRequest) = authorized(&headers, body, &mut audit).await?;
         n_ctx(&s, &key, req.model.as_deref())?;
         let text = s
             .tokenizer

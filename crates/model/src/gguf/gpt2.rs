@@ -17,7 +17,8 @@
 use super::{blocks, parse, GgmlType, Header, TensorInfo, Value, Writer};
 use crate::config::{Config, END_OF_TEXT, GPT2_VOCAB_SIZE, LAYER_NORM_EPSILON};
 use crate::error::{ModelError, Result};
-use crate::packed::{Bytes, PackedMatrix};
+use crate::packed::PackedMatrix;
+use crate::storage::Storage;
 use crate::weights::{
     assemble, tensor_shapes, transpose, Embedding, Linear, Param, Tensor, TensorSource, Weights,
 };
@@ -335,18 +336,12 @@ impl Source<'_> {
         let format = info.ggml_type.packed_format()?;
         let (data, scales) = if format.is_blocked() {
             let (data, scales) = blocks::split_blocks(info.ggml_type, bytes);
-            let n = scales.len();
-            (
-                Bytes::Owned(Arc::new(data)),
-                Tensor::from_vec(scales, vec![n]),
-            )
+            (Storage::owned(data), Storage::owned(scales))
         } else {
-            let data = Bytes::Mapped {
-                map: Arc::clone(self.map),
-                offset: self.offset(bytes),
-                len: bytes.len(),
-            };
-            (data, Tensor::from_vec(Vec::new(), vec![0]))
+            // `bytes` lies inside the map (Header::tensor_bytes checked it).
+            let data = Storage::mapped(self.map, self.offset(bytes), bytes.len())
+                .unwrap_or_else(|| Storage::owned(bytes.to_vec()));
+            (data, Storage::owned(Vec::new()))
         };
         Some(
             PackedMatrix::from_parts(format, rows, cols, data, scales)
