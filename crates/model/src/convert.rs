@@ -67,11 +67,11 @@ pub fn convert(weights: &Weights, format: Option<Format>) -> Result<Weights, Str
 }
 
 /// One tensor to write: name, dtype, shape, little-endian bytes.
-struct Entry {
-    name: String,
-    dtype: Dtype,
-    shape: Vec<usize>,
-    bytes: Vec<u8>,
+pub struct Entry {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub bytes: Vec<u8>,
 }
 
 fn f32_entry(name: String, t: &Tensor) -> Entry {
@@ -108,14 +108,21 @@ pub fn to_safetensors(weights: &Weights, format_name: &str) -> Result<Vec<u8>, S
     let mut entries = Vec::new();
     for (name, param) in weights.params() {
         match param {
-            Param::Tensor(t)
-            | Param::Linear(Linear::Conv1D(t))
+            Param::Vector(t)
+            | Param::Matrix(Linear::Conv1D(t))
             | Param::Embedding(Embedding::F32(t)) => entries.push(f32_entry(name, t)),
-            Param::Linear(Linear::Packed(m)) | Param::Embedding(Embedding::Packed(m)) => {
+            Param::Matrix(Linear::Packed(m)) | Param::Embedding(Embedding::Packed(m)) => {
                 entries.extend(packed_entries(&name, m))
             }
         }
     }
+    write_safetensors(&entries, &[(FORMAT_KEY, format_name)])
+}
+
+/// The bytes of a safetensors file holding `entries`, its metadata
+/// `format: pt` (what `transformers` expects) and `extra`: the one writer
+/// of the project's safetensors files.
+pub fn write_safetensors(entries: &[Entry], extra: &[(&str, &str)]) -> Result<Vec<u8>, String> {
     let views = entries
         .iter()
         .map(|e| {
@@ -124,10 +131,8 @@ pub fn to_safetensors(weights: &Weights, format_name: &str) -> Result<Vec<u8>, S
                 .map_err(|err| format!("{}: {err}", e.name))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let metadata = HashMap::from([
-        ("format".to_string(), "pt".to_string()),
-        (FORMAT_KEY.to_string(), format_name.to_string()),
-    ]);
+    let mut metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
 }
 

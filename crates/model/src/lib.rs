@@ -20,6 +20,7 @@ pub mod convert;
 pub mod error;
 pub mod gguf;
 pub mod kernels;
+pub mod layout;
 pub mod model;
 pub mod packed;
 pub mod score;

@@ -14,6 +14,7 @@
 
 use crate::config::Config;
 use crate::error::{ModelError, Result};
+use crate::layout::{self, Gpt2, Layer, Source};
 use crate::packed::{Format, PackedMatrix, BLOCK};
 use crate::storage::Storage;
 use memmap2::Mmap;
@@ -154,25 +155,13 @@ impl Embedding {
 }
 
 /// The weights of one transformer block, names as in the checkpoint.
-#[derive(Clone)]
-pub struct LayerWeights {
-    pub ln_1_w: Tensor,
-    pub ln_1_b: Tensor,
-    /// [C, 3C]: the query, key and value projections side by side.
-    pub attn_w: Linear,
-    pub attn_b: Tensor,
-    /// [C, C]
-    pub attn_proj_w: Linear,
-    pub attn_proj_b: Tensor,
-    pub ln_2_w: Tensor,
-    pub ln_2_b: Tensor,
-    /// [C, 4C]
-    pub fc_w: Linear,
-    pub fc_b: Tensor,
-    /// [4C, C]
-    pub fc_proj_w: Linear,
-    pub fc_proj_b: Tensor,
-}
+pub type LayerWeights = Layer<Tensor, Linear>;
+
+/// A loaded model's weights.
+pub type Weights = Gpt2<Tensor, Linear, Embedding>;
+
+/// One entry of [`Gpt2::params`] of [`Weights`].
+pub type Param<'a> = layout::Param<&'a Tensor, &'a Linear, &'a Embedding>;
 
 impl LayerWeights {
     /// The four matrices, in checkpoint order.
@@ -180,74 +169,6 @@ impl LayerWeights {
         [&self.attn_w, &self.attn_proj_w, &self.fc_w, &self.fc_proj_w]
     }
 }
-
-#[derive(Clone)]
-pub struct Weights {
-    /// [V, C]; also the LM head.
-    pub wte: Embedding,
-    /// [n_ctx, C]
-    pub wpe: Tensor,
-    pub layers: Vec<LayerWeights>,
-    pub ln_f_w: Tensor,
-    pub ln_f_b: Tensor,
-}
-
-/// One parameter of [`Weights`], as [`Weights::params`] lists them.
-pub enum Param<'a> {
-    Tensor(&'a Tensor),
-    Linear(&'a Linear),
-    Embedding(&'a Embedding),
-}
-
-impl Weights {
-    /// Every parameter with its Hugging Face name (no `transformer.`
-    /// prefix), in checkpoint order: what the file writers walk.
-    pub fn params(&self) -> Vec<(String, Param<'_>)> {
-        let mut out = vec![
-            ("wte.weight".to_string(), Param::Embedding(&self.wte)),
-            ("wpe.weight".to_string(), Param::Tensor(&self.wpe)),
-        ];
-        for (i, l) in self.layers.iter().enumerate() {
-            let fields = [
-                Param::Tensor(&l.ln_1_w),
-                Param::Tensor(&l.ln_1_b),
-                Param::Linear(&l.attn_w),
-                Param::Tensor(&l.attn_b),
-                Param::Linear(&l.attn_proj_w),
-                Param::Tensor(&l.attn_proj_b),
-                Param::Tensor(&l.ln_2_w),
-                Param::Tensor(&l.ln_2_b),
-                Param::Linear(&l.fc_w),
-                Param::Tensor(&l.fc_b),
-                Param::Linear(&l.fc_proj_w),
-                Param::Tensor(&l.fc_proj_b),
-            ];
-            for (&(name, _, _), param) in LAYER_TENSORS.iter().zip(fields) {
-                out.push((format!("h.{i}.{name}"), param));
-            }
-        }
-        out.push(("ln_f.weight".to_string(), Param::Tensor(&self.ln_f_w)));
-        out.push(("ln_f.bias".to_string(), Param::Tensor(&self.ln_f_b)));
-        out
-    }
-}
-
-/// The tensor names of one layer, in `LayerWeights` field order, with their
-/// shapes as multiples of C.
-const LAYER_TENSORS: [(&str, usize, usize); 12] = [
-    ("ln_1.weight", 0, 1),
-    ("ln_1.bias", 0, 1),
-    ("attn.c_attn.weight", 1, 3),
-    ("attn.c_attn.bias", 0, 3),
-    ("attn.c_proj.weight", 1, 1),
-    ("attn.c_proj.bias", 0, 1),
-    ("ln_2.weight", 0, 1),
-    ("ln_2.bias", 0, 1),
-    ("mlp.c_fc.weight", 1, 4),
-    ("mlp.c_fc.bias", 0, 4),
-    ("mlp.c_proj.weight", 4, 1),
-    ("mlp.c_proj.bias", 0, 1),
-];
 
 /// Buffers that old checkpoints store beside the parameters (the causal mask);
 /// they carry no information.
@@ -283,7 +204,7 @@ impl Weights {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
-        let loader = Loader {
+        let mut loader = Loader {
             path,
             map,
             st: &st,
@@ -313,49 +234,28 @@ struct Loader<'a> {
     config: &'a Config,
 }
 
-/// Where a checkpoint's tensors come from, asked for by their Hugging Face
-/// names (without the `transformer.` prefix) and shapes; each file format
-/// answers in its own layout.
-pub(crate) trait TensorSource {
-    /// An f32 tensor of exactly `shape`.
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor>;
-    /// A layer matrix of Conv1D shape `[k, n]`.
-    fn linear(&self, name: &str, k: usize, n: usize) -> Result<Linear>;
-    /// The token embedding `[rows, cols]`.
-    fn embedding(&self, name: &str, rows: usize, cols: usize) -> Result<Embedding>;
-}
+impl Source for Loader<'_> {
+    type Vector = Tensor;
+    type Matrix = Linear;
+    type Embedding = Embedding;
 
-/// GPT-2's weights for the shape `cfg`, read tensor by tensor from `src`.
-pub(crate) fn assemble(cfg: &Config, src: &impl TensorSource) -> Result<Weights> {
-    let c = cfg.n_embd;
-    let layer = |i: usize| -> Result<LayerWeights> {
-        let vector = |name: &str, len: usize| src.tensor(&format!("h.{i}.{name}"), &[len]);
-        let matrix = |name: &str, k: usize, n: usize| src.linear(&format!("h.{i}.{name}"), k, n);
-        Ok(LayerWeights {
-            ln_1_w: vector("ln_1.weight", c)?,
-            ln_1_b: vector("ln_1.bias", c)?,
-            attn_w: matrix("attn.c_attn.weight", c, 3 * c)?,
-            attn_b: vector("attn.c_attn.bias", 3 * c)?,
-            attn_proj_w: matrix("attn.c_proj.weight", c, c)?,
-            attn_proj_b: vector("attn.c_proj.bias", c)?,
-            ln_2_w: vector("ln_2.weight", c)?,
-            ln_2_b: vector("ln_2.bias", c)?,
-            fc_w: matrix("mlp.c_fc.weight", c, 4 * c)?,
-            fc_b: vector("mlp.c_fc.bias", 4 * c)?,
-            fc_proj_w: matrix("mlp.c_proj.weight", 4 * c, c)?,
-            fc_proj_b: vector("mlp.c_proj.bias", c)?,
+    fn vector(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.tensor(name, shape)
+    }
+
+    fn matrix(&mut self, name: &str, k: usize, n: usize) -> Result<Linear> {
+        self.linear(name, k, n)
+    }
+
+    fn embedding(&mut self, name: &str, rows: usize, cols: usize) -> Result<Embedding> {
+        Ok(match self.packed(name, rows, cols)? {
+            Some(m) => Embedding::Packed(m),
+            None => Embedding::F32(self.tensor(name, &[rows, cols])?),
         })
-    };
-    Ok(Weights {
-        wte: src.embedding("wte.weight", cfg.vocab_size, c)?,
-        wpe: src.tensor("wpe.weight", &[cfg.n_ctx, c])?,
-        layers: (0..cfg.n_layer).map(layer).collect::<Result<_>>()?,
-        ln_f_w: src.tensor("ln_f.weight", &[c])?,
-        ln_f_b: src.tensor("ln_f.bias", &[c])?,
-    })
+    }
 }
 
-impl TensorSource for Loader<'_> {
+impl Loader<'_> {
     fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let full = format!("{}{}", self.prefix, name);
         let view = self
@@ -375,19 +275,12 @@ impl TensorSource for Loader<'_> {
             None => Linear::Conv1D(self.tensor(name, &[k, n])?),
         })
     }
-
-    fn embedding(&self, name: &str, rows: usize, cols: usize) -> Result<Embedding> {
-        Ok(match self.packed(name, rows, cols)? {
-            Some(m) => Embedding::Packed(m),
-            None => Embedding::F32(self.tensor(name, &[rows, cols])?),
-        })
-    }
 }
 
 impl Loader<'_> {
     /// Every tensor of the model, then the tied head's check.
-    fn load_all(&self) -> Result<Weights> {
-        let weights = assemble(self.config, self)?;
+    fn load_all(&mut self) -> Result<Weights> {
+        let weights = Weights::build(self.config, self)?;
         if let Embedding::F32(wte) = &weights.wte {
             self.check_tied_head(wte)?;
         }
@@ -579,42 +472,4 @@ impl CheckpointFiles {
     }
 }
 
-/// Every tensor a checkpoint of this shape holds, with its shape, in the
-/// order of the layers (the names without the `transformer.` prefix; the
-/// tied LM head is not listed).
-pub fn tensor_shapes(config: &Config) -> Vec<(String, Vec<usize>)> {
-    let c = config.n_embd;
-    let mut out = vec![
-        ("wte.weight".to_string(), vec![config.vocab_size, c]),
-        ("wpe.weight".to_string(), vec![config.n_ctx, c]),
-    ];
-    for i in 0..config.n_layer {
-        out.extend(LAYER_TENSORS.iter().map(|&(name, rows, cols)| {
-            let shape = if rows == 0 {
-                vec![cols * c]
-            } else {
-                vec![rows * c, cols * c]
-            };
-            (format!("h.{i}.{name}"), shape)
-        }));
-    }
-    out.push(("ln_f.weight".to_string(), vec![c]));
-    out.push(("ln_f.bias".to_string(), vec![c]));
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tensor_shapes_count_every_parameter() {
-        for config in [Config::GPT2, Config::GPT2_MEDIUM] {
-            let total: usize = tensor_shapes(&config)
-                .iter()
-                .map(|(_, s)| s.iter().product::<usize>())
-                .sum();
-            assert_eq!(total, config.num_parameters());
-        }
-    }
-}
+pub use crate::layout::tensor_shapes;

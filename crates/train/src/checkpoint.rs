@@ -11,9 +11,9 @@
 
 use crate::adamw::AdamW;
 use crate::data::{write_atomic, DataError};
-use gpt2_model::weights::tensor_shapes;
+use gpt2_model::convert::{write_safetensors, Entry};
+use gpt2_model::layout::tensor_shapes;
 use gpt2_model::Config;
-use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use std::path::{Path, PathBuf};
 
@@ -43,10 +43,13 @@ pub fn write_model(
     let config_json = serde_json::to_string_pretty(&config.to_hf_json())
         .map_err(|e| io(dir, std::io::Error::other(e)))?;
     write_atomic(&dir.join("config.json"), config_json.as_bytes())?;
-    let shapes = tensor_shapes(config);
+    let dtype = match precision {
+        Precision::F32 => Dtype::F32,
+        Precision::F16 => Dtype::F16,
+    };
     let mut at = 0;
-    let mut buffers = Vec::with_capacity(shapes.len());
-    for (name, shape) in &shapes {
+    let mut entries = Vec::new();
+    for (name, shape) in tensor_shapes(config) {
         let n: usize = shape.iter().product();
         let data = &params[at..at + n];
         at += n;
@@ -57,30 +60,14 @@ pub fn write_model(
                 .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
                 .collect(),
         };
-        buffers.push((name.clone(), shape.clone(), bytes));
+        entries.push(Entry {
+            name,
+            dtype,
+            shape,
+            bytes,
+        });
     }
-    let dtype = if precision == Precision::F32 {
-        Dtype::F32
-    } else {
-        Dtype::F16
-    };
-    let views: Vec<(String, TensorView)> = buffers
-        .iter()
-        .map(|(n, s, b)| {
-            (
-                n.clone(),
-                TensorView::new(dtype, s.clone(), b)
-                    .expect("invariant: sizes come from the shapes"),
-            )
-        })
-        .collect();
-    let metadata = Some(
-        [("format".to_string(), "pt".to_string())]
-            .into_iter()
-            .collect(),
-    );
-    let bytes =
-        safetensors::serialize(views, metadata).map_err(|e| io(dir, std::io::Error::other(e)))?;
+    let bytes = write_safetensors(&entries, &[]).map_err(|e| io(dir, std::io::Error::other(e)))?;
     write_atomic(&dir.join("model.safetensors"), &bytes)
 }
 

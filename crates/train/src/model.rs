@@ -5,7 +5,8 @@
 use crate::kernels::*;
 use crate::params::{views, views_mut};
 use gpt2_model::config::LAYER_NORM_EPSILON;
-use gpt2_model::weights::Weights;
+use gpt2_model::layout::Source;
+use gpt2_model::weights::{Embedding, Linear, Param, Tensor, Weights};
 use gpt2_model::Config;
 
 /// What one layer's backward pass needs from its forward pass.
@@ -79,60 +80,51 @@ pub struct TrainModel {
     d: ActGrads,
 }
 
+/// Copies of consecutive pieces of a flat parameter buffer as inference
+/// tensors, in the order [`Weights::build`] asks for them.
+struct Copies<'a>(&'a [f32]);
+
+impl Copies<'_> {
+    fn take(&mut self, shape: Vec<usize>) -> Tensor {
+        let (head, rest) = self.0.split_at(shape.iter().product());
+        self.0 = rest;
+        Tensor::from_vec(head.to_vec(), shape)
+    }
+}
+
+impl Source for Copies<'_> {
+    type Vector = Tensor;
+    type Matrix = Linear;
+    type Embedding = Embedding;
+    fn vector(&mut self, _: &str, shape: &[usize]) -> gpt2_model::Result<Tensor> {
+        Ok(self.take(shape.to_vec()))
+    }
+    fn matrix(&mut self, _: &str, k: usize, n: usize) -> gpt2_model::Result<Linear> {
+        Ok(Linear::Conv1D(self.take(vec![k, n])))
+    }
+    fn embedding(&mut self, _: &str, rows: usize, cols: usize) -> gpt2_model::Result<Embedding> {
+        Ok(Embedding::F32(self.take(vec![rows, cols])))
+    }
+}
+
 /// Inference weights holding a copy of `params` (for sampling during training).
 pub fn weights_from_params(config: &Config, params: &[f32]) -> Weights {
-    use gpt2_model::weights::{Embedding, LayerWeights, Tensor};
-    let p = views(params, config);
-    let t = |s: &[f32], shape: Vec<usize>| Tensor::from_vec(s.to_vec(), shape);
-    let c = config.n_embd;
-    Weights {
-        wte: Embedding::F32(t(p.wte, vec![config.vocab_size, c])),
-        wpe: t(p.wpe, vec![config.n_ctx, c]),
-        layers: p
-            .layers
-            .iter()
-            .map(|l| LayerWeights {
-                ln_1_w: t(l.ln_1_w, vec![c]),
-                ln_1_b: t(l.ln_1_b, vec![c]),
-                attn_w: t(l.attn_w, vec![c, 3 * c]).into(),
-                attn_b: t(l.attn_b, vec![3 * c]),
-                attn_proj_w: t(l.attn_proj_w, vec![c, c]).into(),
-                attn_proj_b: t(l.attn_proj_b, vec![c]),
-                ln_2_w: t(l.ln_2_w, vec![c]),
-                ln_2_b: t(l.ln_2_b, vec![c]),
-                fc_w: t(l.fc_w, vec![c, 4 * c]).into(),
-                fc_b: t(l.fc_b, vec![4 * c]),
-                fc_proj_w: t(l.fc_proj_w, vec![4 * c, c]).into(),
-                fc_proj_b: t(l.fc_proj_b, vec![c]),
-            })
-            .collect(),
-        ln_f_w: t(p.ln_f_w, vec![c]),
-        ln_f_b: t(p.ln_f_b, vec![c]),
-    }
+    // invariant: Copies never fails; `params` holds `config.num_parameters()`
+    // floats (split_at checks it).
+    Weights::build(config, &mut Copies(params)).unwrap_or_else(|_| unreachable!())
 }
 
 /// The parameters of loaded weights, flattened in checkpoint order (packed
 /// matrices widened back to f32).
 pub fn params_from_weights(w: &Weights) -> Vec<f32> {
     let mut out = Vec::new();
-    out.extend_from_slice(&w.wte.to_f32());
-    out.extend_from_slice(w.wpe.data());
-    for l in &w.layers {
-        out.extend_from_slice(l.ln_1_w.data());
-        out.extend_from_slice(l.ln_1_b.data());
-        out.extend_from_slice(&l.attn_w.to_conv1d());
-        out.extend_from_slice(l.attn_b.data());
-        out.extend_from_slice(&l.attn_proj_w.to_conv1d());
-        out.extend_from_slice(l.attn_proj_b.data());
-        out.extend_from_slice(l.ln_2_w.data());
-        out.extend_from_slice(l.ln_2_b.data());
-        out.extend_from_slice(&l.fc_w.to_conv1d());
-        out.extend_from_slice(l.fc_b.data());
-        out.extend_from_slice(&l.fc_proj_w.to_conv1d());
-        out.extend_from_slice(l.fc_proj_b.data());
+    for (_, param) in w.params() {
+        match param {
+            Param::Vector(t) => out.extend_from_slice(t.data()),
+            Param::Matrix(l) => out.extend_from_slice(&l.to_conv1d()),
+            Param::Embedding(e) => out.extend_from_slice(&e.to_f32()),
+        }
     }
-    out.extend_from_slice(w.ln_f_w.data());
-    out.extend_from_slice(w.ln_f_b.data());
     out
 }
 

@@ -2,39 +2,14 @@
 //! flat buffer, llm.c style, in the checkpoint's tensor order and layout
 //! (Conv1D matrices in x out), with named views into it.
 
-use gpt2_model::weights::tensor_shapes;
-use gpt2_model::Config;
+use gpt2_model::layout::{tensor_shapes, Gpt2, Source};
+use gpt2_model::{Config, Result};
 
-/// One transformer block's tensors, in checkpoint order.
-pub struct Layer<S> {
-    pub ln_1_w: S,
-    pub ln_1_b: S,
-    /// [C, 3C]
-    pub attn_w: S,
-    pub attn_b: S,
-    /// [C, C]
-    pub attn_proj_w: S,
-    pub attn_proj_b: S,
-    pub ln_2_w: S,
-    pub ln_2_b: S,
-    /// [C, 4C]
-    pub fc_w: S,
-    pub fc_b: S,
-    /// [4C, C]
-    pub fc_proj_w: S,
-    pub fc_proj_b: S,
-}
+/// One transformer block's views, in checkpoint order.
+pub type Layer<S> = gpt2_model::layout::Layer<S, S>;
 
 /// Views of a flat buffer: `S` is `&[f32]` or `&mut [f32]`.
-pub struct Params<S> {
-    /// [V, C], also the LM head.
-    pub wte: S,
-    /// [n_ctx, C]
-    pub wpe: S,
-    pub layers: Vec<Layer<S>>,
-    pub ln_f_w: S,
-    pub ln_f_b: S,
-}
+pub type Params<S> = Gpt2<S, S, S>;
 
 /// The sizes of every tensor, in buffer order.
 pub fn sizes(config: &Config) -> Vec<usize> {
@@ -53,57 +28,58 @@ pub fn decayed(config: &Config) -> Vec<bool> {
         .collect()
 }
 
-fn assemble<S>(mut parts: impl Iterator<Item = S>, n_layer: usize) -> Params<S> {
-    let mut next = || {
-        parts
-            .next()
-            .expect("invariant: one slice per tensor of the layout")
-    };
-    let wte = next();
-    let wpe = next();
-    let layers = (0..n_layer)
-        .map(|_| Layer {
-            ln_1_w: next(),
-            ln_1_b: next(),
-            attn_w: next(),
-            attn_b: next(),
-            attn_proj_w: next(),
-            attn_proj_b: next(),
-            ln_2_w: next(),
-            ln_2_b: next(),
-            fc_w: next(),
-            fc_b: next(),
-            fc_proj_w: next(),
-            fc_proj_b: next(),
-        })
-        .collect();
-    Params {
-        wte,
-        wpe,
-        layers,
-        ln_f_w: next(),
-        ln_f_b: next(),
+/// Hands out consecutive pieces of a flat buffer in the order
+/// [`Gpt2::build`] asks for them, which is the buffer's order.
+struct Pieces<B>(B);
+
+/// Splits `n` elements off the front of a buffer view.
+trait SplitFront: Sized {
+    fn split_front(&mut self, n: usize) -> Self;
+}
+
+impl SplitFront for &[f32] {
+    fn split_front(&mut self, n: usize) -> Self {
+        let (head, tail) = self.split_at(n);
+        *self = tail;
+        head
     }
+}
+
+impl SplitFront for &mut [f32] {
+    fn split_front(&mut self, n: usize) -> Self {
+        let (head, tail) = std::mem::take(self).split_at_mut(n);
+        *self = tail;
+        head
+    }
+}
+
+impl<B: SplitFront> Source for Pieces<B> {
+    type Vector = B;
+    type Matrix = B;
+    type Embedding = B;
+    fn vector(&mut self, _: &str, shape: &[usize]) -> Result<B> {
+        Ok(self.0.split_front(shape.iter().product()))
+    }
+    fn matrix(&mut self, _: &str, k: usize, n: usize) -> Result<B> {
+        Ok(self.0.split_front(k * n))
+    }
+    fn embedding(&mut self, _: &str, rows: usize, cols: usize) -> Result<B> {
+        Ok(self.0.split_front(rows * cols))
+    }
+}
+
+fn pieces<B: SplitFront>(buf: B, config: &Config) -> Params<B> {
+    // invariant: Pieces never fails, and the callers' buffers hold
+    // `config.num_parameters()` floats (split_at checks it).
+    Gpt2::build(config, &mut Pieces(buf)).unwrap_or_else(|_| unreachable!())
 }
 
 /// Read-only views of `buf`, which holds `config.num_parameters()` floats.
 pub fn views<'a>(buf: &'a [f32], config: &Config) -> Params<&'a [f32]> {
-    let mut rest = buf;
-    let parts = sizes(config).into_iter().map(move |n| {
-        let (head, tail) = rest.split_at(n);
-        rest = tail;
-        head
-    });
-    assemble(parts, config.n_layer)
+    pieces(buf, config)
 }
 
 /// Mutable views of `buf`, which holds `config.num_parameters()` floats.
 pub fn views_mut<'a>(buf: &'a mut [f32], config: &Config) -> Params<&'a mut [f32]> {
-    let mut rest = buf;
-    let parts = sizes(config).into_iter().map(move |n| {
-        let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
-        rest = tail;
-        head
-    });
-    assemble(parts, config.n_layer)
+    pieces(buf, config)
 }

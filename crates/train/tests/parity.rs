@@ -87,7 +87,7 @@ fn logits_loss_and_every_gradient_match_pytorch() {
     s.model.backward();
     let grads = read_f32("grads.f32");
     assert_eq!(grads.len(), s.model.grads.len());
-    let names = gpt2_model::weights::tensor_shapes(&s.model.config);
+    let names = gpt2_model::layout::tensor_shapes(&s.model.config);
     let mut at = 0;
     let mut worst = 0f32;
     for ((name, _), n) in names.iter().zip(sizes(&s.model.config)) {

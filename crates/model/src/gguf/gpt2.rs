@@ -17,11 +17,10 @@
 use super::{blocks, parse, GgmlType, Header, TensorInfo, Value, Writer};
 use crate::config::{Config, END_OF_TEXT, GPT2_VOCAB_SIZE, LAYER_NORM_EPSILON};
 use crate::error::{ModelError, Result};
+use crate::layout;
 use crate::packed::PackedMatrix;
 use crate::storage::Storage;
-use crate::weights::{
-    assemble, tensor_shapes, transpose, Embedding, Linear, Param, Tensor, TensorSource, Weights,
-};
+use crate::weights::{tensor_shapes, transpose, Embedding, Linear, Param, Tensor, Weights};
 use crate::Tokenizer;
 use memmap2::Mmap;
 use std::path::Path;
@@ -106,14 +105,14 @@ fn load_map(path: &Path, map: Arc<Mmap>) -> Result<(Config, Weights)> {
             header.tensors.len()
         )));
     }
-    let source = Source {
+    let mut source = Source {
         path,
         map: &map,
         header: &header,
     };
     source.check_names(&config)?;
     check_tokenizer(&header, config.vocab_size).map_err(bad)?;
-    let weights = assemble(&config, &source)?;
+    let weights = Weights::build(&config, &mut source)?;
     source.check_tied_head()?;
     Ok((config, weights))
 }
@@ -374,13 +373,17 @@ impl Source<'_> {
     }
 }
 
-impl TensorSource for Source<'_> {
-    fn tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+impl layout::Source for Source<'_> {
+    type Vector = Tensor;
+    type Matrix = Linear;
+    type Embedding = Embedding;
+
+    fn vector(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let (info, bytes) = self.find(name, shape)?;
         self.f32_tensor(info, bytes, shape)
     }
 
-    fn linear(&self, name: &str, k: usize, n: usize) -> Result<Linear> {
+    fn matrix(&mut self, name: &str, k: usize, n: usize) -> Result<Linear> {
         let (info, bytes) = self.find(name, &[n, k])?;
         if let Some(m) = self.packed(info, bytes, n, k) {
             return m.map(Linear::Packed);
@@ -393,7 +396,7 @@ impl TensorSource for Source<'_> {
         )))
     }
 
-    fn embedding(&self, name: &str, rows: usize, cols: usize) -> Result<Embedding> {
+    fn embedding(&mut self, name: &str, rows: usize, cols: usize) -> Result<Embedding> {
         let (info, bytes) = self.find(name, &[rows, cols])?;
         if let Some(m) = self.packed(info, bytes, rows, cols) {
             return m.map(Embedding::Packed);
@@ -444,8 +447,8 @@ pub fn to_gguf(config: &Config, weights: &Weights, name: &str) -> Result<Vec<u8>
     for (hf, param) in weights.params() {
         let name = gguf_name(&hf);
         let (shape, ty, data) = match param {
-            Param::Tensor(t) => (t.shape().to_vec(), GgmlType::F32, le_bytes(t.data())),
-            Param::Linear(Linear::Conv1D(t)) => {
+            Param::Vector(t) => (t.shape().to_vec(), GgmlType::F32, le_bytes(t.data())),
+            Param::Matrix(Linear::Conv1D(t)) => {
                 let (k, n) = (t.shape()[0], t.shape()[1]);
                 (
                     vec![n, k],
@@ -456,7 +459,7 @@ pub fn to_gguf(config: &Config, weights: &Weights, name: &str) -> Result<Vec<u8>
             Param::Embedding(Embedding::F32(t)) => {
                 (t.shape().to_vec(), GgmlType::F32, le_bytes(t.data()))
             }
-            Param::Linear(Linear::Packed(m)) | Param::Embedding(Embedding::Packed(m)) => {
+            Param::Matrix(Linear::Packed(m)) | Param::Embedding(Embedding::Packed(m)) => {
                 let f = m.format();
                 let data = if f.is_blocked() {
                     blocks::join_blocks(f, m.data(), m.scales())
