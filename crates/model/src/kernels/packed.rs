@@ -83,13 +83,6 @@ fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
     })
 }
 
-/// Weight rows one few-row kernel call multiplies together. One is fastest
-/// on the machine this was tuned on (2 cores, AVX-512): groups of two or
-/// four, which load each activation block once for several rows, halved
-/// q8_0 and f16 decode (`gpt2 bench`, 124M shape), the loads of the extra
-/// rows stalling; q4_0 was unchanged. Kept generic to retune elsewhere.
-const ROW_GROUP: usize = 1;
-
 /// Weight rows widened per `gemm` call when many rows are multiplied.
 const TILE_ROWS: usize = 1024;
 
@@ -243,8 +236,11 @@ unsafe fn scalar_unpack_row(w: &PackedMatrix, j: usize, out: &mut [f32]) {
 }
 
 /// The loop over a chunk's outputs, written once and compiled into each
-/// kernel module, where `dot_*` resolve to that module's versions. Weight
-/// rows go in groups of `ROW_GROUP`, sharing each activation load.
+/// kernel module, where `dot_*` resolve to that module's versions. One
+/// weight row at a time: groups of two or four rows sharing each
+/// activation load halved q8_0 and f16 decode on the machine this was
+/// tuned on (2 cores, AVX-512; `gpt2 bench`, 124M shape), the loads of the
+/// extra rows stalling, and left q4_0 unchanged.
 macro_rules! chunk_loop {
     ($(#[$attr:meta])*) => {
         /// Outputs `c.j0..c.j1` of every row: `out[r][j] += x[r] . w[j]`.
@@ -255,130 +251,137 @@ macro_rules! chunk_loop {
         /// touches meanwhile.
         $(#[$attr])*
         pub unsafe fn chunk(c: super::Chunk<'_>, out: super::DisjointPtr) {
-            use super::ROW_GROUP;
-            let mut j = c.j0;
-            while j + ROW_GROUP <= c.j1 {
-                // SAFETY: forwarded from this function's contract.
-                unsafe { rows_of::<ROW_GROUP>(c, j, out) };
-                j += ROW_GROUP;
-            }
-            while j < c.j1 {
-                // SAFETY: as above.
-                unsafe { rows_of::<1>(c, j, out) };
-                j += 1;
-            }
-        }
-
-        /// Outputs `j..j + R` of every row.
-        ///
-        /// # Safety
-        /// As `chunk`, with `j + R <= c.j1`.
-        #[inline]
-        $(#[$attr])*
-        unsafe fn rows_of<const R: usize>(c: super::Chunk<'_>, j: usize, out: super::DisjointPtr) {
             let (n, k) = (c.w.rows(), c.w.cols());
-            let mut w: [&[u8]; R] = [&[]; R];
-            let mut d: [&[f32]; R] = [&[]; R];
-            for i in 0..R {
-                w[i] = c.w.row(j + i);
-                d[i] = c.w.row_scales(j + i);
-            }
-            for r in 0..c.rows {
-                let v = match c.w.format() {
-                    Format::F16 => dot_f16(&c.x[r * k..(r + 1) * k], w),
-                    Format::Bf16 => dot_bf16(&c.x[r * k..(r + 1) * k], w),
-                    Format::Q8_0 => dot_q8(c.act.row(r), w, d),
-                    Format::Q4_0 => dot_q4(c.act.row(r), w, d),
-                };
-                for (i, v) in v.into_iter().enumerate() {
-                    // SAFETY: r < rows and j + i < n lie inside `out`, and
-                    // column j + i belongs to this chunk.
-                    unsafe { *out.at(r * n + j + i) += v };
+            for j in c.j0..c.j1 {
+                let (w, d) = (c.w.row(j), c.w.row_scales(j));
+                for r in 0..c.rows {
+                    let v = match c.w.format() {
+                        Format::F16 => dot_f16(&c.x[r * k..(r + 1) * k], w),
+                        Format::Bf16 => dot_bf16(&c.x[r * k..(r + 1) * k], w),
+                        Format::Q8_0 => dot_q8(c.act.row(r), w, d),
+                        Format::Q4_0 => dot_q4(c.act.row(r), w, d),
+                    };
+                    // SAFETY: r < rows and j < n lie inside `out`, and
+                    // column j belongs to this chunk.
+                    unsafe { *out.at(r * n + j) += v };
                 }
             }
         }
     };
 }
 
-/// Asserts that `R` weight rows (and their scales) and an activation row
-/// hold `blocks` blocks, so the vector loops may read them unchecked.
+/// Asserts that a weight row (and its scales) and an activation row hold
+/// `blocks` blocks, so the vector loops may read them unchecked.
 #[inline]
-fn check_block_rows<const R: usize>(
-    x: QRow<'_>,
-    w: &[&[u8]; R],
-    wd: &[&[f32]; R],
-    bytes_per_block: usize,
-) -> usize {
+fn check_block_row(x: QRow<'_>, w: &[u8], wd: &[f32], bytes_per_block: usize) -> usize {
     let blocks = x.d.len();
     assert!(x.q.len() >= blocks * BLOCK && x.sum.len() >= blocks);
-    for i in 0..R {
-        assert!(w[i].len() >= blocks * bytes_per_block && wd[i].len() >= blocks);
-    }
+    assert!(w.len() >= blocks * bytes_per_block && wd.len() >= blocks);
     blocks
+}
+
+/// The f16/bf16 dot product for one register width, written once: two
+/// sums of `$lanes`-wide registers, so consecutive FMAs do not wait on
+/// each other; the last weights (fewer than two registers) go to `$tail`,
+/// the next narrower version.
+macro_rules! dot_halves {
+    ($(#[$attr:meta])* lanes: $lanes:expr, zero: $zero:ident, load: $load:ident,
+     widen: $widen:ident, fmadd: $fmadd:ident, add: $add:ident, sum: $sum:ident,
+     tail: $tail:path) => {
+        #[inline]
+        $(#[$attr])*
+        pub(super) fn dot_halves(x: &[f32], w: &[u8], f16: bool) -> f32 {
+            let n = x.len();
+            assert!(w.len() >= 2 * n);
+            let mut acc = [$zero(); 2];
+            let mut i = 0;
+            while i + 2 * $lanes <= n {
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    let at = i + $lanes * h;
+                    // SAFETY: at + lanes <= n: inside x and (asserted) w.
+                    let (xv, wv) = unsafe {
+                        ($load(x.as_ptr().add(at)), $widen(w.as_ptr().add(2 * at), f16))
+                    };
+                    *acc = $fmadd(xv, wv, *acc);
+                }
+                i += 2 * $lanes;
+            }
+            $tail(&x[i..], &w[2 * i..2 * n], f16) + $sum($add(acc[0], acc[1]))
+        }
+
+        /// # Safety
+        /// The CPU must have this module's instruction sets.
+        #[inline]
+        $(#[$attr])*
+        pub fn dot_f16(x: &[f32], w: &[u8]) -> f32 {
+            dot_halves(x, w, true)
+        }
+
+        /// # Safety
+        /// The CPU must have this module's instruction sets.
+        #[inline]
+        $(#[$attr])*
+        pub fn dot_bf16(x: &[f32], w: &[u8]) -> f32 {
+            dot_halves(x, w, false)
+        }
+    };
 }
 
 pub mod scalar {
     use super::QRow;
     use crate::packed::{Format, BLOCK};
 
-    fn map_rows<const R: usize>(f: impl Fn(usize) -> f32) -> [f32; R] {
-        let mut out = [0f32; R];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = f(i);
+    pub fn dot_f16(x: &[f32], w: &[u8]) -> f32 {
+        x.iter()
+            .zip(w.chunks_exact(2))
+            .map(|(x, b)| x * half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .sum()
+    }
+
+    pub fn dot_bf16(x: &[f32], w: &[u8]) -> f32 {
+        x.iter()
+            .zip(w.chunks_exact(2))
+            .map(|(x, b)| x * f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+            .sum()
+    }
+
+    /// f16 or bf16 by `f16` (the vector versions' tail).
+    pub fn dot_halves(x: &[f32], w: &[u8], f16: bool) -> f32 {
+        if f16 {
+            dot_f16(x, w)
+        } else {
+            dot_bf16(x, w)
         }
-        out
     }
 
-    pub fn dot_f16<const R: usize>(x: &[f32], w: [&[u8]; R]) -> [f32; R] {
-        map_rows(|i| {
-            x.iter()
-                .zip(w[i].chunks_exact(2))
-                .map(|(x, b)| x * half::f16::from_le_bytes([b[0], b[1]]).to_f32())
-                .sum()
-        })
+    pub fn dot_q8(x: QRow<'_>, w: &[u8], wd: &[f32]) -> f32 {
+        let mut sum = 0f32;
+        for (b, &d) in wd.iter().enumerate() {
+            let xs = &x.q[b * BLOCK..(b + 1) * BLOCK];
+            let ws = &w[b * BLOCK..(b + 1) * BLOCK];
+            let dot: i32 = xs
+                .iter()
+                .zip(ws)
+                .map(|(&a, &w)| a as i32 * w as i8 as i32)
+                .sum();
+            sum += dot as f32 * (d * x.d[b]);
+        }
+        sum
     }
 
-    pub fn dot_bf16<const R: usize>(x: &[f32], w: [&[u8]; R]) -> [f32; R] {
-        map_rows(|i| {
-            x.iter()
-                .zip(w[i].chunks_exact(2))
-                .map(|(x, b)| x * f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
-                .sum()
-        })
-    }
-
-    pub fn dot_q8<const R: usize>(x: QRow<'_>, w: [&[u8]; R], wd: [&[f32]; R]) -> [f32; R] {
-        map_rows(|i| {
-            let mut sum = 0f32;
-            for (b, &d) in wd[i].iter().enumerate() {
-                let xs = &x.q[b * BLOCK..(b + 1) * BLOCK];
-                let ws = &w[i][b * BLOCK..(b + 1) * BLOCK];
-                let dot: i32 = xs
-                    .iter()
-                    .zip(ws)
-                    .map(|(&a, &w)| a as i32 * w as i8 as i32)
-                    .sum();
-                sum += dot as f32 * (d * x.d[b]);
+    pub fn dot_q4(x: QRow<'_>, w: &[u8], wd: &[f32]) -> f32 {
+        let mut sum = 0f32;
+        for (b, &d) in wd.iter().enumerate() {
+            let xs = &x.q[b * BLOCK..(b + 1) * BLOCK];
+            let ws = &w[b * BLOCK / 2..(b + 1) * BLOCK / 2];
+            let mut dot = -8 * x.sum[b];
+            for (e, &byte) in ws.iter().enumerate() {
+                dot += (byte & 0x0F) as i32 * xs[e] as i32;
+                dot += (byte >> 4) as i32 * xs[e + BLOCK / 2] as i32;
             }
-            sum
-        })
-    }
-
-    pub fn dot_q4<const R: usize>(x: QRow<'_>, w: [&[u8]; R], wd: [&[f32]; R]) -> [f32; R] {
-        map_rows(|i| {
-            let mut sum = 0f32;
-            for (b, &d) in wd[i].iter().enumerate() {
-                let xs = &x.q[b * BLOCK..(b + 1) * BLOCK];
-                let ws = &w[i][b * BLOCK / 2..(b + 1) * BLOCK / 2];
-                let mut dot = -8 * x.sum[b];
-                for (e, &byte) in ws.iter().enumerate() {
-                    dot += (byte & 0x0F) as i32 * xs[e] as i32;
-                    dot += (byte >> 4) as i32 * xs[e + BLOCK / 2] as i32;
-                }
-                sum += dot as f32 * (d * x.d[b]);
-            }
-            sum
-        })
+            sum += dot as f32 * (d * x.d[b]);
+        }
+        sum
     }
 
     chunk_loop!();
@@ -386,7 +389,7 @@ pub mod scalar {
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
-    use super::{check_block_rows, QRow};
+    use super::{check_block_row, QRow};
     use crate::packed::{unpack_halves, Format, PackedMatrix, BLOCK};
     use std::arch::x86_64::*;
 
@@ -396,17 +399,6 @@ pub mod avx2 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<0x55>(s, s)))
-    }
-
-    /// Each row's sum reduced to one number.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) fn hsums<const R: usize>(acc: [__m256; R]) -> [f32; R] {
-        let mut out = [0f32; R];
-        for i in 0..R {
-            out[i] = hsum(acc[i]);
-        }
-        out
     }
 
     /// Eight weights at `p` widened to f32: f16, or bf16 (the top half of
@@ -423,54 +415,9 @@ pub mod avx2 {
         }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn dot_halves<const R: usize>(x: &[f32], w: [&[u8]; R], f16: bool) -> [f32; R] {
-        let n = x.len();
-        assert!(w.iter().all(|w| w.len() >= 2 * n));
-        // Two sums per row, so consecutive FMAs do not wait on each other.
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        let mut i = 0;
-        while i + 16 <= n {
-            for h in 0..2 {
-                let at = i + 8 * h;
-                // SAFETY: at + 8 <= n, inside x and (asserted) every row.
-                let xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(at)) };
-                for r in 0..R {
-                    // SAFETY: as above.
-                    let wv = unsafe { load_halves(w[r].as_ptr().add(2 * at), f16) };
-                    acc[r][h] = _mm256_fmadd_ps(xv, wv, acc[r][h]);
-                }
-            }
-            i += 16;
-        }
-        let tail: [&[u8]; R] = std::array::from_fn(|r| &w[r][2 * i..2 * n]);
-        let mut out = if f16 {
-            super::scalar::dot_f16(&x[i..], tail)
-        } else {
-            super::scalar::dot_bf16(&x[i..], tail)
-        };
-        for r in 0..R {
-            out[r] += hsum(_mm256_add_ps(acc[r][0], acc[r][1]));
-        }
-        out
-    }
-
-    /// # Safety
-    /// The CPU must have this module's instruction sets.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub fn dot_f16<const R: usize>(x: &[f32], w: [&[u8]; R]) -> [f32; R] {
-        dot_halves(x, w, true)
-    }
-
-    /// # Safety
-    /// The CPU must have this module's instruction sets.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub fn dot_bf16<const R: usize>(x: &[f32], w: [&[u8]; R]) -> [f32; R] {
-        dot_halves(x, w, false)
-    }
+    dot_halves!(#[target_feature(enable = "avx2,fma,f16c")]
+        lanes: 8, zero: _mm256_setzero_ps, load: _mm256_loadu_ps, widen: load_halves,
+        fmadd: _mm256_fmadd_ps, add: _mm256_add_ps, sum: hsum, tail: super::scalar::dot_halves);
 
     /// The 32 signed products of one q8 block summed into 8 i32 lanes:
     /// `maddubs` needs an unsigned operand, so the weight's sign moves onto
@@ -504,53 +451,50 @@ pub mod avx2 {
     /// The CPU must have this module's instruction sets.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub fn dot_q8<const R: usize>(x: QRow<'_>, w: [&[u8]; R], wd: [&[f32]; R]) -> [f32; R] {
-        let blocks = check_block_rows(x, &w, &wd, BLOCK);
-        // One sum per row: splitting it into even and odd blocks (to break
-        // the FMA dependency) measured slower here (q4_0 decode 184 vs 231
+    pub fn dot_q8(x: QRow<'_>, w: &[u8], wd: &[f32]) -> f32 {
+        let blocks = check_block_row(x, w, wd, BLOCK);
+        // One sum: splitting it into even and odd blocks (to break the FMA
+        // dependency) measured slower here (q4_0 decode 184 vs 231
         // tokens/s, best of 4 runs each, 124M shape).
-        let mut acc = [_mm256_setzero_ps(); R];
+        let mut acc = _mm256_setzero_ps();
         for b in 0..blocks {
-            // SAFETY: block b lies inside every row (checked above).
-            let xv = unsafe { _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i) };
-            for r in 0..R {
-                // SAFETY: as above.
-                let wv =
-                    unsafe { _mm256_loadu_si256(w[r].as_ptr().add(b * BLOCK) as *const __m256i) };
-                let sums = q8_block_sums(wv, xv);
-                let scale = _mm256_set1_ps(wd[r][b] * x.d[b]);
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[r]);
-            }
+            // SAFETY: block b lies inside the row and x (checked above).
+            let (xv, wv) = unsafe {
+                (
+                    _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i),
+                    _mm256_loadu_si256(w.as_ptr().add(b * BLOCK) as *const __m256i),
+                )
+            };
+            let sums = q8_block_sums(wv, xv);
+            let scale = _mm256_set1_ps(wd[b] * x.d[b]);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
         }
-        hsums(acc)
+        hsum(acc)
     }
 
     /// # Safety
     /// The CPU must have this module's instruction sets.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub fn dot_q4<const R: usize>(x: QRow<'_>, w: [&[u8]; R], wd: [&[f32]; R]) -> [f32; R] {
-        let blocks = check_block_rows(x, &w, &wd, BLOCK / 2);
+    pub fn dot_q4(x: QRow<'_>, w: &[u8], wd: &[f32]) -> f32 {
+        let blocks = check_block_row(x, w, wd, BLOCK / 2);
         let ones = _mm256_set1_epi16(1);
-        // One sum per row: splitting it into even and odd blocks (to break
-        // the FMA dependency) measured slower here (q4_0 decode 184 vs 231
-        // tokens/s, best of 4 runs each, 124M shape).
-        let mut acc = [_mm256_setzero_ps(); R];
+        // One sum, as in dot_q8.
+        let mut acc = _mm256_setzero_ps();
         for b in 0..blocks {
-            // SAFETY: block b lies inside every row (checked above).
-            let xv = unsafe { _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i) };
-            let offset = q4_offset(x.sum[b]);
-            for r in 0..R {
-                // SAFETY: as above.
-                let bytes =
-                    unsafe { _mm_loadu_si128(w[r].as_ptr().add(b * BLOCK / 2) as *const __m128i) };
-                let products = _mm256_maddubs_epi16(q4_nibbles(bytes), xv);
-                let sums = _mm256_add_epi32(_mm256_madd_epi16(products, ones), offset);
-                let scale = _mm256_set1_ps(wd[r][b] * x.d[b]);
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[r]);
-            }
+            // SAFETY: block b lies inside the row and x (checked above).
+            let (xv, bytes) = unsafe {
+                (
+                    _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i),
+                    _mm_loadu_si128(w.as_ptr().add(b * BLOCK / 2) as *const __m128i),
+                )
+            };
+            let products = _mm256_maddubs_epi16(q4_nibbles(bytes), xv);
+            let sums = _mm256_add_epi32(_mm256_madd_epi16(products, ones), q4_offset(x.sum[b]));
+            let scale = _mm256_set1_ps(wd[b] * x.d[b]);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
         }
-        hsums(acc)
+        hsum(acc)
     }
 
     /// Row `j` of `w` widened to f32.
@@ -619,43 +563,15 @@ pub mod avx2 {
 /// and q4_0 on 256-bit registers, one block per register.
 #[cfg(target_arch = "x86_64")]
 pub mod avx512 {
-    use super::avx2::hsums;
-    use super::{check_block_rows, QRow};
+    use super::avx2::hsum;
+    use super::{check_block_row, QRow};
     use crate::packed::{Format, BLOCK};
     use std::arch::x86_64::*;
 
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    fn dot_halves<const R: usize>(x: &[f32], w: [&[u8]; R], f16: bool) -> [f32; R] {
-        let n = x.len();
-        assert!(w.iter().all(|w| w.len() >= 2 * n));
-        // Two sums per row, so consecutive FMAs do not wait on each other.
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        let mut i = 0;
-        while i + 32 <= n {
-            for h in 0..2 {
-                let at = i + 16 * h;
-                // SAFETY: at + 16 <= n, inside x and (asserted) every row.
-                let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(at)) };
-                for r in 0..R {
-                    // SAFETY: as above.
-                    let wv = unsafe { load_halves16(w[r].as_ptr().add(2 * at), f16) };
-                    acc[r][h] = _mm512_fmadd_ps(xv, wv, acc[r][h]);
-                }
-            }
-            i += 32;
-        }
-        let tail: [&[u8]; R] = std::array::from_fn(|r| &w[r][2 * i..2 * n]);
-        let mut out = if f16 {
-            super::avx2::dot_f16(&x[i..], tail)
-        } else {
-            super::avx2::dot_bf16(&x[i..], tail)
-        };
-        for r in 0..R {
-            out[r] += _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
-        }
-        out
-    }
+    dot_halves!(#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+        lanes: 16, zero: _mm512_setzero_ps, load: _mm512_loadu_ps, widen: load_halves16,
+        fmadd: _mm512_fmadd_ps, add: _mm512_add_ps, sum: _mm512_reduce_add_ps,
+        tail: super::avx2::dot_halves);
 
     /// Sixteen weights at `p` widened to f32 (see `avx2::load_halves`).
     #[inline]
@@ -674,42 +590,24 @@ pub mod avx512 {
     /// The CPU must have this module's instruction sets.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub fn dot_f16<const R: usize>(x: &[f32], w: [&[u8]; R]) -> [f32; R] {
-        dot_halves(x, w, true)
-    }
-
-    /// # Safety
-    /// The CPU must have this module's instruction sets.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub fn dot_bf16<const R: usize>(x: &[f32], w: [&[u8]; R]) -> [f32; R] {
-        dot_halves(x, w, false)
-    }
-
-    /// # Safety
-    /// The CPU must have this module's instruction sets.
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub fn dot_q8<const R: usize>(x: QRow<'_>, w: [&[u8]; R], wd: [&[f32]; R]) -> [f32; R] {
-        let blocks = check_block_rows(x, &w, &wd, BLOCK);
-        // One sum per row: splitting it into even and odd blocks (to break
-        // the FMA dependency) measured slower here (q4_0 decode 184 vs 231
-        // tokens/s, best of 4 runs each, 124M shape).
-        let mut acc = [_mm256_setzero_ps(); R];
+    pub fn dot_q8(x: QRow<'_>, w: &[u8], wd: &[f32]) -> f32 {
+        let blocks = check_block_row(x, w, wd, BLOCK);
+        // One sum, as in the AVX2 version.
+        let mut acc = _mm256_setzero_ps();
         for b in 0..blocks {
-            // SAFETY: block b lies inside every row (checked above).
-            let xv = unsafe { _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i) };
-            for r in 0..R {
-                // SAFETY: as above.
-                let wv =
-                    unsafe { _mm256_loadu_si256(w[r].as_ptr().add(b * BLOCK) as *const __m256i) };
-                let (aw, sx) = (_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-                let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx);
-                let scale = _mm256_set1_ps(wd[r][b] * x.d[b]);
-                acc[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[r]);
-            }
+            // SAFETY: block b lies inside the row and x (checked above).
+            let (xv, wv) = unsafe {
+                (
+                    _mm256_loadu_si256(x.q.as_ptr().add(b * BLOCK) as *const __m256i),
+                    _mm256_loadu_si256(w.as_ptr().add(b * BLOCK) as *const __m256i),
+                )
+            };
+            let (aw, sx) = (_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+            let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx);
+            let scale = _mm256_set1_ps(wd[b] * x.d[b]);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
         }
-        hsums(acc)
+        hsum(acc)
     }
 
     /// Two blocks per 512-bit register: the nibbles of blocks b and b + 1
@@ -723,21 +621,23 @@ pub mod avx512 {
     /// The CPU must have this module's instruction sets.
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-    pub fn dot_q4<const R: usize>(x: QRow<'_>, w: [&[u8]; R], wd: [&[f32]; R]) -> [f32; R] {
-        let blocks = check_block_rows(x, &w, &wd, BLOCK / 2);
+    pub fn dot_q4(x: QRow<'_>, w: &[u8], wd: &[f32]) -> f32 {
+        let blocks = check_block_row(x, w, wd, BLOCK / 2);
         let mask = _mm256_set1_epi8(0x0F);
         // Lanes 0-7 take element 0 (block b), lanes 8-15 element 1 (b + 1).
         let spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-        let mut acc = [_mm512_setzero_ps(); R];
+        let mut acc = _mm512_setzero_ps();
         let mut b = 0;
         while b + 2 <= blocks {
-            // SAFETY (all loads here): blocks b and b + 1 lie inside every
+            // SAFETY (all loads here): blocks b and b + 1 lie inside the
             // row, its scales and the activations (checked above).
-            let (xv, sums2, xd2) = unsafe {
+            let (xv, sums2, xd2, v, wd2) = unsafe {
                 (
                     _mm512_loadu_si512(x.q.as_ptr().add(b * BLOCK) as *const __m512i),
                     _mm_loadl_epi64(x.sum.as_ptr().add(b) as *const __m128i),
                     _mm_castsi128_ps(_mm_loadl_epi64(x.d.as_ptr().add(b) as *const __m128i)),
+                    _mm256_loadu_si256(w.as_ptr().add(b * BLOCK / 2) as *const __m256i),
+                    _mm_castsi128_ps(_mm_loadl_epi64(wd.as_ptr().add(b) as *const __m128i)),
                 )
             };
             // q4_0 stores w + 8: subtract 8 * sum(x) of each block, in
@@ -745,37 +645,24 @@ pub mod avx512 {
             let minus_8_sum = _mm_sub_epi32(_mm_setzero_si128(), _mm_slli_epi32::<3>(sums2));
             let offset =
                 _mm512_maskz_permutexvar_epi32(0x0101, spread, _mm512_castsi128_si512(minus_8_sum));
-            for r in 0..R {
-                // SAFETY: as above.
-                let (v, wd2) = unsafe {
-                    (
-                        _mm256_loadu_si256(w[r].as_ptr().add(b * BLOCK / 2) as *const __m256i),
-                        _mm_castsi128_ps(_mm_loadl_epi64(wd[r].as_ptr().add(b) as *const __m128i)),
-                    )
-                };
-                let lo = _mm256_and_si256(v, mask);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
-                // [lo b, lo b+1, hi b, hi b+1] -> [lo b, hi b, lo b+1, hi b+1]
-                let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-                let nibbles = _mm512_shuffle_i64x2::<0b11_01_10_00>(both, both);
-                let sums = _mm512_dpbusd_epi32(offset, nibbles, xv);
-                let scale =
-                    _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(wd2, xd2)));
-                acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc[r]);
-            }
+            let lo = _mm256_and_si256(v, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), mask);
+            // [lo b, lo b+1, hi b, hi b+1] -> [lo b, hi b, lo b+1, hi b+1]
+            let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+            let nibbles = _mm512_shuffle_i64x2::<0b11_01_10_00>(both, both);
+            let sums = _mm512_dpbusd_epi32(offset, nibbles, xv);
+            let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(_mm_mul_ps(wd2, xd2)));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc);
             b += 2;
         }
-        let mut out = [0f32; R];
+        let mut out = _mm512_reduce_add_ps(acc);
         if b < blocks {
             let tail = QRow {
                 q: &x.q[b * BLOCK..],
                 d: &x.d[b..],
                 sum: &x.sum[b..],
             };
-            out = super::avx2::dot_q4(tail, w.map(|w| &w[b * BLOCK / 2..]), wd.map(|d| &d[b..]));
-        }
-        for r in 0..R {
-            out[r] += _mm512_reduce_add_ps(acc[r]);
+            out += super::avx2::dot_q4(tail, &w[b * BLOCK / 2..], &wd[b..]);
         }
         out
     }

@@ -113,12 +113,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     dispatch!(scalar::dot, avx2::dot, a, b)
 }
 
-/// `y[j] += x[0]*w[0][j] + x[1]*w[1][j] + x[2]*w[2][j] + x[3]*w[3][j]`:
-/// four rows of a weight matrix accumulated into one output chunk.
-pub fn axpy4(y: &mut [f32], x: [f32; 4], w: [&[f32]; 4]) {
-    dispatch!(scalar::axpy4, avx2::axpy4, y, x, w)
-}
-
 /// `y[j] += a * x[j]`.
 pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     dispatch!(scalar::axpy, avx2::axpy, y, a, x)
@@ -233,12 +227,6 @@ pub mod scalar {
         }
     }
 
-    pub fn axpy4(y: &mut [f32], x: [f32; 4], w: [&[f32]; 4]) {
-        for (j, yj) in y.iter_mut().enumerate() {
-            *yj += x[0] * w[0][j] + x[1] * w[1][j] + x[2] * w[2][j] + x[3] * w[3][j];
-        }
-    }
-
     pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
         for (yj, xj) in y.iter_mut().zip(x) {
             *yj += a * xj;
@@ -346,39 +334,6 @@ pub mod avx2 {
             }
             *s = hsum(acc) * scale;
         }
-    }
-
-    /// # Safety
-    /// Requires AVX2 and FMA.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn axpy4(y: &mut [f32], x: [f32; 4], w: [&[f32]; 4]) {
-        let n = y.len();
-        assert!(
-            w.iter().all(|r| r.len() >= n),
-            "axpy4: weight rows shorter than output"
-        );
-        let xs = [
-            _mm256_set1_ps(x[0]),
-            _mm256_set1_ps(x[1]),
-            _mm256_set1_ps(x[2]),
-            _mm256_set1_ps(x[3]),
-        ];
-        let py = y.as_mut_ptr();
-        let mut j = 0;
-        while j + 8 <= n {
-            let mut acc = _mm256_loadu_ps(py.add(j));
-            for k in 0..4 {
-                acc = _mm256_fmadd_ps(xs[k], _mm256_loadu_ps(w[k].as_ptr().add(j)), acc);
-            }
-            _mm256_storeu_ps(py.add(j), acc);
-            j += 8;
-        }
-        scalar::axpy4(
-            &mut y[j..],
-            x,
-            [&w[0][j..], &w[1][j..], &w[2][j..], &w[3][j..]],
-        );
     }
 
     /// # Safety
@@ -550,16 +505,6 @@ mod tests {
             assert!(close(d, scalar::dot(&a, &b), 1e-5), "dot n={n}");
             let m = unsafe { avx2::max(&a) };
             assert_eq!(m, scalar::max(&a), "max n={n}");
-
-            let w: Vec<Vec<f32>> = (0..4).map(|k| data(n, 10 + k)).collect();
-            let wr = [&w[0][..], &w[1][..], &w[2][..], &w[3][..]];
-            let (mut y1, mut y2) = (a.clone(), a.clone());
-            scalar::axpy4(&mut y1, [0.5, -1.0, 2.0, 0.25], wr);
-            unsafe { avx2::axpy4(&mut y2, [0.5, -1.0, 2.0, 0.25], wr) };
-            assert!(
-                y1.iter().zip(&y2).all(|(p, q)| close(*p, *q, 1e-6)),
-                "axpy4 n={n}"
-            );
 
             let (mut y1, mut y2) = (a.clone(), a.clone());
             scalar::axpy(&mut y1, 0.3, &b);
