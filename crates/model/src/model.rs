@@ -4,7 +4,7 @@
 //! a final LayerNorm, and the LM head tied to the token embedding.
 
 use crate::cache::KvCache;
-use crate::config::{Config, LAYER_NORM_EPSILON};
+use crate::config::Config;
 use crate::error::{ModelError, Result};
 use crate::kernels::attention::{attention_forward, scores_per_task, SegmentRows};
 use crate::kernels::packed::packed_matmul;
@@ -210,7 +210,7 @@ impl Model {
                 w.ln_1_b.data(),
                 rows,
                 c,
-                LAYER_NORM_EPSILON,
+                None,
             );
             linear_forward(
                 &mut s.qkv,
@@ -251,7 +251,7 @@ impl Model {
                 w.ln_2_b.data(),
                 rows,
                 c,
-                LAYER_NORM_EPSILON,
+                None,
             );
             linear_forward(
                 &mut s.fc,
@@ -289,7 +289,7 @@ impl Model {
             self.weights.ln_f_b.data(),
             out_rows,
             c,
-            LAYER_NORM_EPSILON,
+            None,
         );
         s.hidden_rows = out_rows;
         Ok(out_rows)

@@ -1,9 +1,12 @@
-//! Training kernels, llm.c style: each layer is a `*_forward` that keeps what
-//! its backward needs, and a `*_backward` beside it that adds into the
-//! gradients. Shapes: `n` rows (batch x time) of width `c`.
+//! Training kernels still apart from the model crate's (matrix products,
+//! attention, the LM head with cross-entropy), llm.c style: each layer is a
+//! `*_forward` that keeps what its backward needs, and a `*_backward`
+//! beside it that adds into the gradients. Shapes: `n` rows (batch x time)
+//! of width `c`. LayerNorm, GELU and the encoder live with their inference
+//! halves in `gpt2_model::kernels`.
 
-use gpt2_model::kernels::simd::{self, GELU_CUBIC, GELU_SCALE};
-use gpt2_model::kernels::{layernorm_row, DisjointPtr};
+use gpt2_model::kernels::simd;
+use gpt2_model::kernels::DisjointPtr;
 use rayon::prelude::*;
 
 /// A matrix operand read through strides.
@@ -67,91 +70,6 @@ unsafe fn matmul(
             false,
             par,
         );
-    }
-}
-
-pub fn encoder_forward(
-    out: &mut [f32],
-    tokens: &[u32],
-    wte: &[f32],
-    wpe: &[f32],
-    t: usize,
-    c: usize,
-) {
-    for (i, (row, &tok)) in out.chunks_exact_mut(c).zip(tokens).enumerate() {
-        let (e, p) = (&wte[tok as usize * c..][..c], &wpe[(i % t) * c..][..c]);
-        for ((o, a), b) in row.iter_mut().zip(e).zip(p) {
-            *o = a + b;
-        }
-    }
-}
-
-pub fn encoder_backward(
-    dwte: &mut [f32],
-    dwpe: &mut [f32],
-    dout: &[f32],
-    tokens: &[u32],
-    t: usize,
-    c: usize,
-) {
-    for (i, (d, &tok)) in dout.chunks_exact(c).zip(tokens).enumerate() {
-        simd::axpy(&mut dwte[tok as usize * c..][..c], 1.0, d);
-        simd::axpy(&mut dwpe[(i % t) * c..][..c], 1.0, d);
-    }
-}
-
-/// LayerNorm of each row, saving the mean and 1/std for the backward pass.
-#[allow(clippy::too_many_arguments)]
-pub fn layernorm_forward(
-    out: &mut [f32],
-    mean: &mut [f32],
-    rstd: &mut [f32],
-    inp: &[f32],
-    w: &[f32],
-    b: &[f32],
-    c: usize,
-    eps: f32,
-) {
-    out.par_chunks_mut(c)
-        .zip(inp.par_chunks(c))
-        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
-        .for_each(|((o, x), (m, r))| (*m, *r) = layernorm_row(o, x, w, b, eps));
-}
-
-#[allow(clippy::too_many_arguments)]
-pub fn layernorm_backward(
-    dinp: &mut [f32],
-    dw: &mut [f32],
-    db: &mut [f32],
-    dout: &[f32],
-    inp: &[f32],
-    w: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
-    c: usize,
-) {
-    for (((di, d), x), (&m, &r)) in dinp
-        .chunks_exact_mut(c)
-        .zip(dout.chunks_exact(c))
-        .zip(inp.chunks_exact(c))
-        .zip(mean.iter().zip(rstd))
-    {
-        let (mut dnorm_mean, mut dnorm_norm_mean) = (0f32, 0f32);
-        for k in 0..c {
-            let norm = (x[k] - m) * r;
-            let dnorm = w[k] * d[k];
-            dnorm_mean += dnorm;
-            dnorm_norm_mean += dnorm * norm;
-        }
-        dnorm_mean /= c as f32;
-        dnorm_norm_mean /= c as f32;
-        for k in 0..c {
-            let norm = (x[k] - m) * r;
-            let dnorm = w[k] * d[k];
-            db[k] += d[k];
-            dw[k] += norm * d[k];
-            di[k] += (dnorm - dnorm_mean - norm * dnorm_norm_mean) * r;
-        }
     }
 }
 
@@ -234,26 +152,6 @@ pub fn matmul_backward(
     for row in dout[..n * out_dim].chunks_exact(out_dim) {
         simd::axpy(dbias, 1.0, row);
     }
-}
-
-/// GELU (tanh approximation) of `inp` into `out`; the input is kept for
-/// the backward pass.
-pub fn gelu_forward(out: &mut [f32], inp: &[f32]) {
-    out.copy_from_slice(inp);
-    gpt2_model::kernels::gelu_forward(out, 1 << 12);
-}
-
-pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
-    dinp.par_chunks_mut(4096)
-        .zip(inp.par_chunks(4096).zip(dout.par_chunks(4096)))
-        .for_each(|(di, (x, d))| {
-            for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
-                let u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
-                let t = u.tanh();
-                let du = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x);
-                *di += d * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du);
-            }
-        });
 }
 
 /// Shapes of causal self-attention over `b` sequences of `t` positions.

@@ -4,7 +4,10 @@
 
 use crate::kernels::*;
 use crate::params::{views, views_mut};
-use gpt2_model::config::LAYER_NORM_EPSILON;
+use gpt2_model::kernels::{
+    encoder_backward, encoder_forward, gelu_backward, gelu_forward, layernorm_backward,
+    layernorm_forward, RowStats,
+};
 use gpt2_model::layout::Source;
 use gpt2_model::weights::{Embedding, Linear, Param, Tensor, Weights};
 use gpt2_model::Config;
@@ -207,13 +210,15 @@ impl TrainModel {
             let (a, w) = (&mut rest[0], &p.layers[l]);
             layernorm_forward(
                 &mut a.ln1,
-                &mut a.ln1_mean,
-                &mut a.ln1_rstd,
                 x,
                 w.ln_1_w,
                 w.ln_1_b,
+                n,
                 c,
-                LAYER_NORM_EPSILON,
+                Some(RowStats {
+                    mean: &mut a.ln1_mean,
+                    rstd: &mut a.ln1_rstd,
+                }),
             );
             matmul_forward(&mut a.qkv, &a.ln1, w.attn_w, w.attn_b, n, c, 3 * c);
             attention_forward(&mut a.atty, &mut a.att, &a.qkv, shape);
@@ -221,16 +226,19 @@ impl TrainModel {
             a.res2.iter_mut().zip(x).for_each(|(r, x)| *r += x);
             layernorm_forward(
                 &mut a.ln2,
-                &mut a.ln2_mean,
-                &mut a.ln2_rstd,
                 &a.res2,
                 w.ln_2_w,
                 w.ln_2_b,
+                n,
                 c,
-                LAYER_NORM_EPSILON,
+                Some(RowStats {
+                    mean: &mut a.ln2_mean,
+                    rstd: &mut a.ln2_rstd,
+                }),
             );
             matmul_forward(&mut a.fch, &a.ln2, w.fc_w, w.fc_b, n, c, 4 * c);
-            gelu_forward(&mut a.fch_gelu, &a.fch);
+            a.fch_gelu.copy_from_slice(&a.fch);
+            gelu_forward(&mut a.fch_gelu, 4 * c);
             matmul_forward(
                 &mut a.res3,
                 &a.fch_gelu,
@@ -245,13 +253,15 @@ impl TrainModel {
         let last = &self.layers[cfg.n_layer - 1].res3;
         layernorm_forward(
             &mut self.lnf,
-            &mut self.lnf_mean,
-            &mut self.lnf_rstd,
             last,
             p.ln_f_w,
             p.ln_f_b,
+            n,
             c,
-            LAYER_NORM_EPSILON,
+            Some(RowStats {
+                mean: &mut self.lnf_mean,
+                rstd: &mut self.lnf_rstd,
+            }),
         );
         lm_head_forward(&mut self.probs, &self.lnf, p.wte, n, c, v);
         crossentropy_forward(&mut self.probs, &mut self.losses, targets, v)

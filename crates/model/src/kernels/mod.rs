@@ -1,6 +1,8 @@
 //! The layers of GPT-2 as plain functions over flat row-major `f32` slices,
-//! llm.c style. Each `*_forward` here is the inference half; the training
-//! crate adds the `*_backward` beside it.
+//! llm.c style: each layer's `*_forward` and, where training needs one,
+//! its `*_backward` beside it (LayerNorm in layernorm.rs, GELU and the
+//! encoder here); the matrix products' and attention's backward passes are
+//! still in the training crate.
 //!
 //! Shapes: `rows` is the number of token positions in the batch, `C` the
 //! embedding width. Weights are in the checkpoint's Conv1D layout
@@ -8,8 +10,11 @@
 
 pub mod attention;
 pub mod batch;
+pub mod layernorm;
 pub mod packed;
 pub mod simd;
+
+pub use layernorm::{layernorm_backward, layernorm_forward, layernorm_row, RowStats};
 
 use crate::weights::Linear;
 use rayon::prelude::*;
@@ -319,62 +324,62 @@ pub fn lm_head_forward(
     }
 }
 
-/// LayerNorm of one row; returns its (mean, 1/std) for a backward pass.
-/// Statistics in f64: the residual stream of a deep model can be large, and
-/// these two sums set the precision of everything after them.
-pub fn layernorm_row(
-    out: &mut [f32],
-    x: &[f32],
-    weight: &[f32],
-    bias: &[f32],
-    eps: f32,
-) -> (f32, f32) {
-    let n = x.len() as f64;
-    let mean = x.iter().map(|&v| v as f64).sum::<f64>() / n;
-    let var = x
-        .iter()
-        .map(|&v| (v as f64 - mean) * (v as f64 - mean))
-        .sum::<f64>()
-        / n;
-    let rstd = 1.0 / (var + eps as f64).sqrt();
-    for (((o, x), w), b) in out.iter_mut().zip(x).zip(weight).zip(bias) {
-        *o = ((*x as f64 - mean) * rstd) as f32 * w + b;
-    }
-    (mean as f32, rstd as f32)
-}
-
-/// LayerNorm over each row of width `c`: `(x - mean) / sqrt(var + eps) * w + b`.
-pub fn layernorm_forward(
-    out: &mut [f32],
-    inp: &[f32],
-    weight: &[f32],
-    bias: &[f32],
-    rows: usize,
-    c: usize,
-    eps: f32,
-) {
-    let one = |(o, x): (&mut [f32], &[f32])| {
-        layernorm_row(o, x, weight, bias, eps);
-    };
-    let pairs = out[..rows * c]
-        .par_chunks_mut(c)
-        .zip(inp[..rows * c].par_chunks(c));
-    if rows >= 16 {
-        pairs.for_each(one);
-    } else {
-        out[..rows * c]
-            .chunks_mut(c)
-            .zip(inp[..rows * c].chunks(c))
-            .for_each(one);
-    }
-}
-
 /// GELU in place over `rows` rows (parallel when there are many).
 pub fn gelu_forward(v: &mut [f32], row_len: usize) {
     if v.len() >= 16 * row_len {
         v.par_chunks_mut(row_len * 4).for_each(simd::gelu);
     } else {
         simd::gelu(v);
+    }
+}
+
+/// Adds GELU's gradient at `inp` times `dout` into `dinp`.
+pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+    use simd::{GELU_CUBIC, GELU_SCALE};
+    dinp.par_chunks_mut(4096)
+        .zip(inp.par_chunks(4096).zip(dout.par_chunks(4096)))
+        .for_each(|(di, (x, d))| {
+            for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
+                let u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
+                let t = u.tanh();
+                let du = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x);
+                *di += d * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du);
+            }
+        });
+}
+
+/// The token plus position embedding of each of `tokens` (sequences of `t`
+/// positions) into `out`, from f32 tables. (Inference embeds through
+/// `Model::embed`, which also reads packed tables and cache positions.)
+pub fn encoder_forward(
+    out: &mut [f32],
+    tokens: &[u32],
+    wte: &[f32],
+    wpe: &[f32],
+    t: usize,
+    c: usize,
+) {
+    for (i, (row, &tok)) in out.chunks_exact_mut(c).zip(tokens).enumerate() {
+        let (e, p) = (&wte[tok as usize * c..][..c], &wpe[(i % t) * c..][..c]);
+        for ((o, a), b) in row.iter_mut().zip(e).zip(p) {
+            *o = a + b;
+        }
+    }
+}
+
+/// Adds the embeddings' gradients: each row of `dout` into its token's and
+/// its position's rows.
+pub fn encoder_backward(
+    dwte: &mut [f32],
+    dwpe: &mut [f32],
+    dout: &[f32],
+    tokens: &[u32],
+    t: usize,
+    c: usize,
+) {
+    for (i, (d, &tok)) in dout.chunks_exact(c).zip(tokens).enumerate() {
+        simd::axpy(&mut dwte[tok as usize * c..][..c], 1.0, d);
+        simd::axpy(&mut dwpe[(i % t) * c..][..c], 1.0, d);
     }
 }
 
@@ -465,22 +470,6 @@ mod tests {
                     assert!((logits[r * v + t] - want).abs() < 1e-5);
                 }
             }
-        }
-    }
-
-    #[test]
-    fn layernorm_normalises_each_row() {
-        let (rows, c) = (20, 48);
-        let inp: Vec<f32> = pseudo(rows * c, 9).iter().map(|x| x * 10.0 + 3.0).collect();
-        let mut out = vec![0f32; rows * c];
-        layernorm_forward(&mut out, &inp, &vec![2.0; c], &vec![0.5; c], rows, c, 1e-5);
-        for row in out.chunks(c) {
-            let mean = row.iter().sum::<f32>() / c as f32;
-            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / c as f32;
-            assert!(
-                (mean - 0.5).abs() < 1e-4 && (var - 4.0).abs() < 1e-3,
-                "{mean} {var}"
-            );
         }
     }
 }
