@@ -6,7 +6,7 @@
 use crate::cache::KvCache;
 use crate::config::Config;
 use crate::error::{ModelError, Result};
-use crate::kernels::attention::{attention_forward, scores_per_task, SegmentRows};
+use crate::kernels::attention::{cached_attention_forward, scores_per_task, SegmentRows};
 use crate::kernels::packed::packed_matmul;
 use crate::kernels::{gelu_forward, layernorm_forward, linear_forward, lm_head_forward};
 use crate::weights::{CheckpointFiles, Embedding, Weights};
@@ -223,7 +223,7 @@ impl Model {
                 false,
                 &mut s.partials,
             );
-            attention_forward(
+            cached_attention_forward(
                 &mut s.att,
                 &s.qkv,
                 cache,

@@ -1,12 +1,12 @@
 //! gpt2-train: training GPT-2, llm.c style. Flat parameter and gradient
-//! buffers (`params`), forward/backward kernel pairs (`kernels`), the model's
-//! forward and backward passes (`model`), and AdamW (`adamw`).
+//! buffers (`params`), the model's forward and backward passes (`model`,
+//! over the forward/backward kernel pairs of `gpt2_model::kernels`), and
+//! AdamW (`adamw`).
 
 pub mod adamw;
 pub mod checkpoint;
 pub mod data;
 pub mod init;
-pub mod kernels;
 pub mod model;
 pub mod params;
 pub mod plot;

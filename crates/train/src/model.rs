@@ -2,15 +2,41 @@
 //! buffers, the activations of one batch, and the forward and backward
 //! passes over them (llm.c's `gpt2_forward` / `gpt2_backward`).
 
-use crate::kernels::*;
 use crate::params::{views, views_mut};
+use gpt2_model::kernels::attention::{attention_backward, attention_forward, AttentionShape};
 use gpt2_model::kernels::{
-    encoder_backward, encoder_forward, gelu_backward, gelu_forward, layernorm_backward,
-    layernorm_forward, RowStats,
+    crossentropy_backward, crossentropy_forward, encoder_backward, encoder_forward, gelu_backward,
+    gelu_forward, layernorm_backward, layernorm_forward, lm_head_backward, lm_head_forward,
+    matmul_backward, RowStats,
 };
 use gpt2_model::layout::Source;
 use gpt2_model::weights::{Embedding, Linear, Param, Tensor, Weights};
 use gpt2_model::Config;
+
+/// `out = inp @ weight + bias` for `n` rows (no accumulation; the
+/// few-row scratch the inference path needs is never used at training
+/// sizes).
+fn matmul_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    weight: &[f32],
+    bias: &[f32],
+    n: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
+    gpt2_model::kernels::matmul_forward(
+        out,
+        inp,
+        weight,
+        bias,
+        n,
+        in_dim,
+        out_dim,
+        false,
+        &mut Vec::new(),
+    );
+}
 
 /// What one layer's backward pass needs from its forward pass.
 struct LayerActs {

@@ -1,12 +1,15 @@
-//! Causal multi-head self-attention over the KV cache.
+//! Causal multi-head self-attention: over the KV cache for inference
+//! ([`cached_attention_forward`]), and over whole sequences with the
+//! probabilities kept, forward and backward, for training
+//! ([`attention_forward`], [`attention_backward`]).
 //!
-//! Each (sequence, head) pair is one parallel task. A few new rows (decode)
+//! Inference: each (sequence, head) pair is one parallel task. A few new rows (decode)
 //! attend one query at a time with vector kernels; many rows (prefill,
 //! scoring) go through `gemm` in tiles of queries, each tile multiplying
 //! only the keys its last row can see, so the causal mask costs at most
 //! one tile's triangle.
 
-use super::{simd, DisjointPtr};
+use super::{gemm_strided, op, simd, DisjointPtr};
 use crate::cache::KvCache;
 use rayon::prelude::*;
 
@@ -42,7 +45,7 @@ pub fn scores_per_task(max_rows: usize, capacity: usize) -> usize {
 /// `[rows, C]`, `scores` holds `segments.len() * n_head` blocks of
 /// `scores_per_task(..)` floats.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_forward(
+pub fn cached_attention_forward(
     out: &mut [f32],
     qkv: &[f32],
     cache: &mut KvCache,
@@ -63,15 +66,15 @@ pub fn attention_forward(
     let tasks = segments.len() * n_head;
     assert!(
         scores.len() >= tasks * per_task,
-        "attention_forward: scores buffer too small"
+        "cached_attention_forward: scores buffer too small"
     );
     assert!(
         out.len() >= segments.iter().map(|s| s.row0 + s.rows).max().unwrap_or(0) * c,
-        "attention_forward: out too small"
+        "cached_attention_forward: out too small"
     );
     assert!(
         qkv.len() >= out.len() / c * 3 * c,
-        "attention_forward: qkv too small"
+        "cached_attention_forward: qkv too small"
     );
     let cache = &*cache;
     let out_ptr = DisjointPtr::new(out);
@@ -216,4 +219,174 @@ impl Head {
             }
         }
     }
+}
+
+/// Shapes of causal self-attention over `b` sequences of `t` positions.
+#[derive(Clone, Copy)]
+pub struct AttentionShape {
+    pub b: usize,
+    pub t: usize,
+    pub c: usize,
+    pub n_head: usize,
+}
+
+impl AttentionShape {
+    fn hd(&self) -> usize {
+        self.c / self.n_head
+    }
+
+    fn scale(&self) -> f32 {
+        1.0 / (self.hd() as f32).sqrt()
+    }
+}
+
+/// `qkv` is `[b*t, 3C]`; writes `out` `[b*t, C]` and the attention
+/// probabilities `att` `[b, n_head, t, t]` (zero above the diagonal).
+pub fn attention_forward(out: &mut [f32], att: &mut [f32], qkv: &[f32], s: AttentionShape) {
+    let (t, c, hd) = (s.t, s.c, s.hd());
+    assert!(
+        qkv.len() >= s.b * t * 3 * c
+            && out.len() >= s.b * t * c
+            && att.len() >= s.b * s.n_head * t * t,
+        "attention_forward: shapes"
+    );
+    let out_ptr = DisjointPtr::new(out);
+    att[..s.b * s.n_head * t * t]
+        .par_chunks_mut(t * t)
+        .enumerate()
+        .for_each(|(task, p)| {
+            let (bi, h) = (task / s.n_head, task % s.n_head);
+            let q = &qkv[bi * t * 3 * c + h * hd..];
+            let k = &qkv[bi * t * 3 * c + c + h * hd..];
+            let v = &qkv[bi * t * 3 * c + 2 * c + h * hd..];
+            // SAFETY: Q, K, V rows are read with stride 3C inside this
+            // sequence's block of qkv; P is t x t; the output block is this
+            // head's columns of this sequence's rows.
+            unsafe {
+                gemm_strided(
+                    t,
+                    t,
+                    hd,
+                    p.as_mut_ptr(),
+                    t,
+                    false,
+                    op(q, 3 * c, 1),
+                    op(k, 1, 3 * c),
+                    s.scale(),
+                    false,
+                )
+            };
+            for (i, row) in p.chunks_exact_mut(t).enumerate() {
+                simd::softmax(&mut row[..=i]);
+                row[i + 1..].fill(0.0);
+            }
+            unsafe {
+                gemm_strided(
+                    t,
+                    hd,
+                    t,
+                    out_ptr.at(bi * t * c + h * hd),
+                    c,
+                    false,
+                    op(p, t, 1),
+                    op(v, 3 * c, 1),
+                    1.0,
+                    false,
+                )
+            };
+        });
+}
+
+/// Adds the gradient with respect to `qkv` into `dqkv`, given `dout` and the
+/// probabilities saved by the forward pass. `scratch` holds `b*n_head*t*t`.
+pub fn attention_backward(
+    dqkv: &mut [f32],
+    scratch: &mut [f32],
+    dout: &[f32],
+    qkv: &[f32],
+    att: &[f32],
+    s: AttentionShape,
+) {
+    let (t, c, hd) = (s.t, s.c, s.hd());
+    assert!(
+        dqkv.len() >= s.b * t * 3 * c
+            && scratch.len() >= s.b * s.n_head * t * t
+            && dout.len() >= s.b * t * c,
+        "attention_backward: shapes"
+    );
+    let dqkv_ptr = DisjointPtr::new(dqkv);
+    scratch[..s.b * s.n_head * t * t]
+        .par_chunks_mut(t * t)
+        .enumerate()
+        .for_each(|(task, ds)| {
+            let (bi, h) = (task / s.n_head, task % s.n_head);
+            let base = bi * t * 3 * c + h * hd;
+            let (q, k, v) = (&qkv[base..], &qkv[base + c..], &qkv[base + 2 * c..]);
+            let p = &att[task * t * t..(task + 1) * t * t];
+            let d_o = &dout[bi * t * c + h * hd..];
+            // SAFETY: as in the forward pass; the writes go to this head's
+            // columns of this sequence's rows of dqkv (query, key and value parts).
+            unsafe {
+                // dP = dO . V^T
+                gemm_strided(
+                    t,
+                    t,
+                    hd,
+                    ds.as_mut_ptr(),
+                    t,
+                    false,
+                    op(d_o, c, 1),
+                    op(v, 1, 3 * c),
+                    1.0,
+                    false,
+                );
+                // dV += P^T . dO
+                gemm_strided(
+                    t,
+                    hd,
+                    t,
+                    dqkv_ptr.at(base + 2 * c),
+                    3 * c,
+                    true,
+                    op(p, 1, t),
+                    op(d_o, c, 1),
+                    1.0,
+                    false,
+                );
+            }
+            // dS = P * (dP - sum_j P dP), row by row; zero where P is.
+            for (prow, drow) in p.chunks_exact(t).zip(ds.chunks_exact_mut(t)) {
+                let dot = simd::dot(prow, drow);
+                for (d, &pv) in drow.iter_mut().zip(prow) {
+                    *d = pv * (*d - dot);
+                }
+            }
+            unsafe {
+                // dQ += scale * dS . K ; dK += scale * dS^T . Q
+                gemm_strided(
+                    t,
+                    hd,
+                    t,
+                    dqkv_ptr.at(base),
+                    3 * c,
+                    true,
+                    op(ds, t, 1),
+                    op(k, 3 * c, 1),
+                    s.scale(),
+                    false,
+                );
+                gemm_strided(
+                    t,
+                    hd,
+                    t,
+                    dqkv_ptr.at(base + c),
+                    3 * c,
+                    true,
+                    op(ds, 1, t),
+                    op(q, 3 * c, 1),
+                    s.scale(),
+                    false,
+                );
+            }
+        });
 }

@@ -1,8 +1,10 @@
 //! The layers of GPT-2 as plain functions over flat row-major `f32` slices,
 //! llm.c style: each layer's `*_forward` and, where training needs one,
-//! its `*_backward` beside it (LayerNorm in layernorm.rs, GELU and the
-//! encoder here); the matrix products' and attention's backward passes are
-//! still in the training crate.
+//! its `*_backward` beside it, shared by inference and training: the
+//! encoder, LayerNorm (layernorm.rs), the matrix products, attention
+//! (attention.rs), GELU, and the LM head with cross-entropy. The
+//! inference-only variants sit beside them: attention over the KV cache,
+//! packed-weight products (packed.rs), decode-batch kernels (batch.rs).
 //!
 //! Shapes: `rows` is the number of token positions in the batch, `C` the
 //! embedding width. Weights are in the checkpoint's Conv1D layout
@@ -119,6 +121,128 @@ pub fn matmul_forward(
             (weight.as_ptr(), out_dim),
         )
     };
+}
+
+/// Adds the gradients of `out = inp @ weight + bias` into `dinp`, `dweight`
+/// and `dbias`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_backward(
+    dinp: &mut [f32],
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    weight: &[f32],
+    n: usize,
+    in_dim: usize,
+    out_dim: usize,
+) {
+    assert!(
+        dinp.len() >= n * in_dim && dout.len() >= n * out_dim && inp.len() >= n * in_dim,
+        "matmul_backward: shapes"
+    );
+    assert!(
+        weight.len() == in_dim * out_dim
+            && dweight.len() == in_dim * out_dim
+            && dbias.len() == out_dim,
+        "matmul_backward: weights"
+    );
+    // SAFETY: the asserts bound every operand: dout n x out_dim, weight^T
+    // out_dim x in_dim read through strides (1, out_dim), inp^T in_dim x n
+    // through strides (1, in_dim).
+    unsafe {
+        gemm_strided(
+            n,
+            in_dim,
+            out_dim,
+            dinp.as_mut_ptr(),
+            in_dim,
+            true,
+            op(dout, out_dim, 1),
+            op(weight, 1, out_dim),
+            1.0,
+            true,
+        );
+        gemm_strided(
+            in_dim,
+            out_dim,
+            n,
+            dweight.as_mut_ptr(),
+            out_dim,
+            true,
+            op(inp, 1, in_dim),
+            op(dout, out_dim, 1),
+            1.0,
+            true,
+        );
+    }
+    for row in dout[..n * out_dim].chunks_exact(out_dim) {
+        simd::axpy(dbias, 1.0, row);
+    }
+}
+
+/// A matrix operand read through strides.
+#[derive(Clone, Copy)]
+pub(crate) struct Operand {
+    ptr: *const f32,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+pub(crate) fn op(data: &[f32], row_stride: usize, col_stride: usize) -> Operand {
+    Operand {
+        ptr: data.as_ptr(),
+        row_stride,
+        col_stride,
+    }
+}
+
+/// `dst (m x n) = (accumulate ? dst : 0) + scale * a (m x k) . b (k x n)`.
+///
+/// # Safety
+/// Every operand, read through its strides, lies inside the memory it
+/// points into, and `dst` is not read by anyone else meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_row_stride: usize,
+    accumulate: bool,
+    a: Operand,
+    b: Operand,
+    scale: f32,
+    parallel: bool,
+) {
+    let par = if parallel {
+        gemm_parallelism()
+    } else {
+        gemm::Parallelism::None
+    };
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_row_stride as isize,
+            accumulate,
+            a.ptr,
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.ptr,
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
 }
 
 /// Sets each output row to `bias`, or adds `bias` to it when accumulating.
@@ -322,6 +446,88 @@ pub fn lm_head_forward(
             gemm_parallelism(),
         );
     }
+}
+
+/// Adds the LM head's gradients: `dinp += dlogits . wte`, `dwte += dlogits^T . inp`.
+#[allow(clippy::too_many_arguments)]
+pub fn lm_head_backward(
+    dinp: &mut [f32],
+    dwte: &mut [f32],
+    dlogits: &[f32],
+    inp: &[f32],
+    wte: &[f32],
+    n: usize,
+    c: usize,
+    vocab: usize,
+) {
+    assert!(
+        dinp.len() >= n * c
+            && dlogits.len() >= n * vocab
+            && wte.len() == vocab * c
+            && dwte.len() == vocab * c,
+        "lm_head_backward: shapes"
+    );
+    // SAFETY: dlogits is n x vocab, wte vocab x c, inp n x c.
+    unsafe {
+        gemm_strided(
+            n,
+            c,
+            vocab,
+            dinp.as_mut_ptr(),
+            c,
+            true,
+            op(dlogits, vocab, 1),
+            op(wte, c, 1),
+            1.0,
+            true,
+        );
+        gemm_strided(
+            vocab,
+            c,
+            n,
+            dwte.as_mut_ptr(),
+            c,
+            true,
+            op(dlogits, 1, vocab),
+            op(inp, c, 1),
+            1.0,
+            true,
+        );
+    }
+}
+
+/// Softmax of each row of `logits` in place (they become probabilities) and
+/// the cross-entropy of each target; returns the mean loss.
+pub fn crossentropy_forward(
+    probs: &mut [f32],
+    losses: &mut [f32],
+    targets: &[u32],
+    vocab: usize,
+) -> f32 {
+    probs
+        .par_chunks_mut(vocab)
+        .zip(losses.par_iter_mut().zip(targets.par_iter()))
+        .for_each(|(row, (loss, &tgt))| {
+            let max = simd::max(row);
+            let sum = simd::exp_shifted_sum(row, max);
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|p| *p *= inv);
+            *loss = -(row[tgt as usize].max(f32::MIN_POSITIVE)).ln();
+        });
+    losses.iter().map(|&l| l as f64).sum::<f64>() as f32 / losses.len() as f32
+}
+
+/// Turns the probabilities into the gradient of the mean loss with respect
+/// to the logits, in place: `(p - onehot(target)) / n`.
+pub fn crossentropy_backward(probs: &mut [f32], targets: &[u32], vocab: usize) {
+    let inv_n = 1.0 / targets.len() as f32;
+    probs
+        .par_chunks_mut(vocab)
+        .zip(targets.par_iter())
+        .for_each(|(row, &tgt)| {
+            row[tgt as usize] -= 1.0;
+            row.iter_mut().for_each(|p| *p *= inv_n);
+        });
 }
 
 /// GELU in place over `rows` rows (parallel when there are many).
