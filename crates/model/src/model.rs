@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::error::{ModelError, Result};
 use crate::kernels::attention::{cached_attention_forward, scores_per_task, SegmentRows};
 use crate::kernels::packed::packed_matmul;
-use crate::kernels::{gelu_forward, layernorm_forward, linear_forward, lm_head_forward};
+use crate::kernels::{gelu_forward, layernorm_forward, linear_forward, lm_head_forward, Dest};
 use crate::weights::{CheckpointFiles, Embedding, Weights};
 use std::path::Path;
 
@@ -220,7 +220,7 @@ impl Model {
                 rows,
                 c,
                 3 * c,
-                false,
+                Dest::Overwrite,
                 &mut s.partials,
             );
             cached_attention_forward(
@@ -241,7 +241,7 @@ impl Model {
                 rows,
                 c,
                 c,
-                true,
+                Dest::AddTo,
                 &mut s.partials,
             );
             layernorm_forward(
@@ -261,7 +261,7 @@ impl Model {
                 rows,
                 c,
                 4 * c,
-                false,
+                Dest::Overwrite,
                 &mut s.partials,
             );
             gelu_forward(&mut s.fc[..rows * 4 * c], 4 * c);
@@ -273,7 +273,7 @@ impl Model {
                 rows,
                 4 * c,
                 c,
-                true,
+                Dest::AddTo,
                 &mut s.partials,
             );
         }

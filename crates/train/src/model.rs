@@ -7,7 +7,7 @@ use gpt2_model::kernels::attention::{attention_backward, attention_forward, Atte
 use gpt2_model::kernels::{
     crossentropy_backward, crossentropy_forward, encoder_backward, encoder_forward, gelu_backward,
     gelu_forward, layernorm_backward, layernorm_forward, lm_head_backward, lm_head_forward,
-    matmul_backward, RowStats,
+    matmul_backward, Dest, RowStats,
 };
 use gpt2_model::layout::Source;
 use gpt2_model::weights::{Embedding, Linear, Param, Tensor, Weights};
@@ -33,7 +33,7 @@ fn matmul_forward(
         n,
         in_dim,
         out_dim,
-        false,
+        Dest::Overwrite,
         &mut Vec::new(),
     );
 }

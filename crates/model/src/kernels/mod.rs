@@ -21,6 +21,14 @@ pub use layernorm::{layernorm_backward, layernorm_forward, layernorm_row, RowSta
 use crate::weights::Linear;
 use rayon::prelude::*;
 
+/// Whether a matrix product overwrites its output or adds into it; adding
+/// fuses the residual connection `x = x + f(x)` into the product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dest {
+    Overwrite,
+    AddTo,
+}
+
 /// Up to this many rows, matrix products stream the weights once through
 /// vector kernels (decode is memory-bound); above it they go to `gemm`.
 pub const SKINNY_MAX_ROWS: usize = 4;
@@ -74,9 +82,9 @@ fn aligned_chunks(n: usize, align: usize) -> impl IndexedParallelIterator<Item =
 /// the thread count) so results do not depend on how many threads run.
 const K_SLABS: usize = 32;
 
-/// `out[r] = (accumulate ? out[r] : 0) + inp[r] @ weight + bias`, for `rows`
+/// `out[r] = (AddTo ? out[r] : 0) + inp[r] @ weight + bias`, for `rows`
 /// rows; `weight` is `[in_dim, out_dim]`, the checkpoint's Conv1D layout.
-/// Accumulating fuses the residual add. `partials` is scratch for the
+/// Adding fuses the residual add (see [`Dest`]). `partials` is scratch for the
 /// few-row path (grown once, then reused).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_forward(
@@ -87,7 +95,7 @@ pub fn matmul_forward(
     rows: usize,
     in_dim: usize,
     out_dim: usize,
-    accumulate: bool,
+    dest: Dest,
     partials: &mut Vec<f32>,
 ) {
     assert!(
@@ -101,7 +109,7 @@ pub fn matmul_forward(
     if rows == 0 {
         return;
     }
-    start_with_bias(out, bias, rows, out_dim, accumulate);
+    start_with_bias(out, bias, rows, out_dim, dest);
     if rows <= SKINNY_MAX_ROWS {
         skinny_matmul(out, inp, weight, rows, in_dim, out_dim, partials);
         return;
@@ -246,9 +254,9 @@ pub(crate) unsafe fn gemm_strided(
 }
 
 /// Sets each output row to `bias`, or adds `bias` to it when accumulating.
-fn start_with_bias(out: &mut [f32], bias: &[f32], rows: usize, out_dim: usize, accumulate: bool) {
+fn start_with_bias(out: &mut [f32], bias: &[f32], rows: usize, out_dim: usize, dest: Dest) {
     for row in out[..rows * out_dim].chunks_exact_mut(out_dim) {
-        if accumulate {
+        if dest == Dest::AddTo {
             row.iter_mut().zip(bias).for_each(|(o, b)| *o += b);
         } else {
             row.copy_from_slice(bias);
@@ -267,7 +275,7 @@ pub fn linear_forward(
     rows: usize,
     in_dim: usize,
     out_dim: usize,
-    accumulate: bool,
+    dest: Dest,
     partials: &mut Vec<f32>,
 ) {
     match weight {
@@ -279,7 +287,7 @@ pub fn linear_forward(
             rows,
             in_dim,
             out_dim,
-            accumulate,
+            dest,
             partials,
         ),
         Linear::Packed(w) => {
@@ -287,7 +295,7 @@ pub fn linear_forward(
                 w.rows() == out_dim && w.cols() == in_dim && bias.len() == out_dim,
                 "linear_forward: weight shape"
             );
-            start_with_bias(out, bias, rows, out_dim, accumulate);
+            start_with_bias(out, bias, rows, out_dim, dest);
             packed::packed_matmul(out, inp, w, rows);
         }
     }
@@ -652,12 +660,32 @@ mod tests {
             let (inp, w, b) = (pseudo(rows * k, 1), pseudo(k * n, 2), pseudo(n, 3));
             let want = naive_matmul(&inp, &w, &b, rows, k, n);
             let mut out = vec![f32::NAN; rows * n];
-            matmul_forward(&mut out, &inp, &w, &b, rows, k, n, false, &mut Vec::new());
+            matmul_forward(
+                &mut out,
+                &inp,
+                &w,
+                &b,
+                rows,
+                k,
+                n,
+                Dest::Overwrite,
+                &mut Vec::new(),
+            );
             for (o, e) in out.iter().zip(&want) {
                 assert!((o - e).abs() < 1e-5, "rows={rows}: {o} vs {e}");
             }
             let mut acc = vec![1.0f32; rows * n];
-            matmul_forward(&mut acc, &inp, &w, &b, rows, k, n, true, &mut Vec::new());
+            matmul_forward(
+                &mut acc,
+                &inp,
+                &w,
+                &b,
+                rows,
+                k,
+                n,
+                Dest::AddTo,
+                &mut Vec::new(),
+            );
             for (o, e) in acc.iter().zip(&want) {
                 assert!((o - 1.0 - e).abs() < 1e-5, "accumulate rows={rows}");
             }
