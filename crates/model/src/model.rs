@@ -9,7 +9,7 @@ use crate::error::{ModelError, Result};
 use crate::kernels::attention::{cached_attention_forward, scores_per_task, SegmentRows};
 use crate::kernels::packed::packed_matmul;
 use crate::kernels::{gelu_forward, layernorm_forward, linear_forward, lm_head_forward, Dest};
-use crate::weights::{CheckpointFiles, Embedding, Weights};
+use crate::weights::{CheckpointFiles, Embedding, LayerWeights, Weights};
 use std::path::Path;
 
 pub struct Model {
@@ -101,6 +101,24 @@ fn grow(v: &mut Vec<f32>, len: usize) {
 }
 
 impl Scratch {
+    /// Buffers for `batch`, and where each of its sequences sits in the
+    /// rows and in the cache.
+    fn plan(&mut self, cfg: &Config, batch: &Batch, cache: &KvCache) {
+        let max_rows = batch.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
+        self.ensure(cfg, batch.rows(), batch.len(), max_rows, cache.capacity());
+        self.segments.clear();
+        let mut row0 = 0;
+        for (slot, tokens) in batch.iter() {
+            self.segments.push(SegmentRows {
+                slot,
+                row0,
+                rows: tokens.len(),
+                past: cache.len(slot),
+            });
+            row0 += tokens.len();
+        }
+    }
+
     fn ensure(
         &mut self,
         config: &Config,
@@ -187,95 +205,10 @@ impl Model {
         let cfg = &self.config;
         let c = cfg.n_embd;
         let rows = batch.rows();
-        let max_rows = batch.iter().map(|(_, t)| t.len()).max().unwrap_or(0);
-        scratch.ensure(cfg, rows, batch.len(), max_rows, cache.capacity());
-        scratch.segments.clear();
-        let mut row0 = 0;
-        for (slot, tokens) in batch.iter() {
-            scratch.segments.push(SegmentRows {
-                slot,
-                row0,
-                rows: tokens.len(),
-                past: cache.len(slot),
-            });
-            row0 += tokens.len();
-        }
+        scratch.plan(cfg, batch, cache);
         self.embed(batch, cache, &mut scratch.x);
         for (l, w) in self.weights.layers.iter().enumerate() {
-            let s = &mut *scratch;
-            layernorm_forward(
-                &mut s.ln,
-                &s.x,
-                w.ln_1_w.data(),
-                w.ln_1_b.data(),
-                rows,
-                c,
-                None,
-            );
-            linear_forward(
-                &mut s.qkv,
-                &s.ln,
-                &w.attn_w,
-                w.attn_b.data(),
-                rows,
-                c,
-                3 * c,
-                Dest::Overwrite,
-                &mut s.partials,
-            );
-            cached_attention_forward(
-                &mut s.att,
-                &s.qkv,
-                cache,
-                l,
-                &s.segments,
-                &mut s.scores,
-                cfg.n_head,
-                c,
-            );
-            linear_forward(
-                &mut s.x,
-                &s.att,
-                &w.attn_proj_w,
-                w.attn_proj_b.data(),
-                rows,
-                c,
-                c,
-                Dest::AddTo,
-                &mut s.partials,
-            );
-            layernorm_forward(
-                &mut s.ln,
-                &s.x,
-                w.ln_2_w.data(),
-                w.ln_2_b.data(),
-                rows,
-                c,
-                None,
-            );
-            linear_forward(
-                &mut s.fc,
-                &s.ln,
-                &w.fc_w,
-                w.fc_b.data(),
-                rows,
-                c,
-                4 * c,
-                Dest::Overwrite,
-                &mut s.partials,
-            );
-            gelu_forward(&mut s.fc[..rows * 4 * c], 4 * c);
-            linear_forward(
-                &mut s.x,
-                &s.fc,
-                &w.fc_proj_w,
-                w.fc_proj_b.data(),
-                rows,
-                4 * c,
-                c,
-                Dest::AddTo,
-                &mut s.partials,
-            );
+            self.block(l, w, rows, cache, scratch);
         }
         for (slot, tokens) in batch.iter() {
             cache.advance(slot, tokens.len());
@@ -293,6 +226,86 @@ impl Model {
         );
         s.hidden_rows = out_rows;
         Ok(out_rows)
+    }
+
+    /// Transformer block `l` over the batch's `rows` positions, in place on
+    /// the residual stream `s.x`: `x += attn(ln_1(x))`, then
+    /// `x += mlp(ln_2(x))`; the block's keys and values go into the cache.
+    fn block(&self, l: usize, w: &LayerWeights, rows: usize, cache: &mut KvCache, s: &mut Scratch) {
+        let (c, n_head) = (self.config.n_embd, self.config.n_head);
+        layernorm_forward(
+            &mut s.ln,
+            &s.x,
+            w.ln_1_w.data(),
+            w.ln_1_b.data(),
+            rows,
+            c,
+            None,
+        );
+        linear_forward(
+            &mut s.qkv,
+            &s.ln,
+            &w.attn_w,
+            w.attn_b.data(),
+            rows,
+            c,
+            3 * c,
+            Dest::Overwrite,
+            &mut s.partials,
+        );
+        cached_attention_forward(
+            &mut s.att,
+            &s.qkv,
+            cache,
+            l,
+            &s.segments,
+            &mut s.scores,
+            n_head,
+            c,
+        );
+        linear_forward(
+            &mut s.x,
+            &s.att,
+            &w.attn_proj_w,
+            w.attn_proj_b.data(),
+            rows,
+            c,
+            c,
+            Dest::AddTo,
+            &mut s.partials,
+        );
+        layernorm_forward(
+            &mut s.ln,
+            &s.x,
+            w.ln_2_w.data(),
+            w.ln_2_b.data(),
+            rows,
+            c,
+            None,
+        );
+        linear_forward(
+            &mut s.fc,
+            &s.ln,
+            &w.fc_w,
+            w.fc_b.data(),
+            rows,
+            c,
+            4 * c,
+            Dest::Overwrite,
+            &mut s.partials,
+        );
+        gelu_forward(&mut s.fc[..rows * 4 * c], 4 * c);
+        linear_forward(
+            &mut s.x,
+            &s.fc,
+            &w.fc_proj_w,
+            w.fc_proj_b.data(),
+            rows,
+            4 * c,
+            c,
+            Dest::AddTo,
+            &mut s.partials,
+        );
     }
 
     /// Logits of the next token for each sequence: `[sequences, vocab]`.

@@ -2,7 +2,7 @@
 //! buffers, the activations of one batch, and the forward and backward
 //! passes over them (llm.c's `gpt2_forward` / `gpt2_backward`).
 
-use crate::params::{views, views_mut};
+use crate::params::{views, views_mut, Layer};
 use gpt2_model::kernels::attention::{attention_backward, attention_forward, AttentionShape};
 use gpt2_model::kernels::{
     crossentropy_backward, crossentropy_forward, encoder_backward, encoder_forward, gelu_backward,
@@ -35,6 +35,143 @@ fn matmul_forward(
         out_dim,
         Dest::Overwrite,
         &mut Vec::new(),
+    );
+}
+
+/// Transformer block `w` over the residual stream `x` (`n` rows), keeping
+/// in `a` what its backward pass needs: `res2 = x + attn(ln_1(x))`, then
+/// `res3 = res2 + mlp(ln_2(res2))`.
+fn block_forward(a: &mut LayerActs, x: &[f32], w: &Layer<&[f32]>, n: usize, shape: AttentionShape) {
+    let c = shape.c;
+    layernorm_forward(
+        &mut a.ln1,
+        x,
+        w.ln_1_w,
+        w.ln_1_b,
+        n,
+        c,
+        Some(RowStats {
+            mean: &mut a.ln1_mean,
+            rstd: &mut a.ln1_rstd,
+        }),
+    );
+    matmul_forward(&mut a.qkv, &a.ln1, w.attn_w, w.attn_b, n, c, 3 * c);
+    attention_forward(&mut a.atty, &mut a.att, &a.qkv, shape);
+    matmul_forward(&mut a.res2, &a.atty, w.attn_proj_w, w.attn_proj_b, n, c, c);
+    a.res2.iter_mut().zip(x).for_each(|(r, x)| *r += x);
+    layernorm_forward(
+        &mut a.ln2,
+        &a.res2,
+        w.ln_2_w,
+        w.ln_2_b,
+        n,
+        c,
+        Some(RowStats {
+            mean: &mut a.ln2_mean,
+            rstd: &mut a.ln2_rstd,
+        }),
+    );
+    matmul_forward(&mut a.fch, &a.ln2, w.fc_w, w.fc_b, n, c, 4 * c);
+    a.fch_gelu.copy_from_slice(&a.fch);
+    gelu_forward(&mut a.fch_gelu, 4 * c);
+    matmul_forward(
+        &mut a.res3,
+        &a.fch_gelu,
+        w.fc_proj_w,
+        w.fc_proj_b,
+        n,
+        4 * c,
+        c,
+    );
+    a.res3.iter_mut().zip(&a.res2).for_each(|(r, x)| *r += x);
+}
+
+/// The backward pass of [`block_forward`]: from the gradient of its
+/// output in `d.dres` to the gradient of its input, in place, adding into
+/// the block's parameter gradients `gw`.
+fn block_backward(
+    d: &mut ActGrads,
+    a: &LayerActs,
+    x: &[f32],
+    w: &Layer<&[f32]>,
+    gw: &mut Layer<&mut [f32]>,
+    n: usize,
+    shape: AttentionShape,
+) {
+    let c = shape.c;
+    d.dfch_gelu.fill(0.0);
+    matmul_backward(
+        &mut d.dfch_gelu,
+        gw.fc_proj_w,
+        gw.fc_proj_b,
+        &d.dres,
+        &a.fch_gelu,
+        w.fc_proj_w,
+        n,
+        4 * c,
+        c,
+    );
+    d.dfch.fill(0.0);
+    gelu_backward(&mut d.dfch, &a.fch, &d.dfch_gelu);
+    d.dln.fill(0.0);
+    matmul_backward(
+        &mut d.dln,
+        gw.fc_w,
+        gw.fc_b,
+        &d.dfch,
+        &a.ln2,
+        w.fc_w,
+        n,
+        c,
+        4 * c,
+    );
+    layernorm_backward(
+        &mut d.dres,
+        gw.ln_2_w,
+        gw.ln_2_b,
+        &d.dln,
+        &a.res2,
+        w.ln_2_w,
+        &a.ln2_mean,
+        &a.ln2_rstd,
+        c,
+    );
+    d.datty.fill(0.0);
+    matmul_backward(
+        &mut d.datty,
+        gw.attn_proj_w,
+        gw.attn_proj_b,
+        &d.dres,
+        &a.atty,
+        w.attn_proj_w,
+        n,
+        c,
+        c,
+    );
+    d.dqkv.fill(0.0);
+    attention_backward(&mut d.dqkv, &mut d.datt, &d.datty, &a.qkv, &a.att, shape);
+    d.dln.fill(0.0);
+    matmul_backward(
+        &mut d.dln,
+        gw.attn_w,
+        gw.attn_b,
+        &d.dqkv,
+        &a.ln1,
+        w.attn_w,
+        n,
+        c,
+        3 * c,
+    );
+    layernorm_backward(
+        &mut d.dres,
+        gw.ln_1_w,
+        gw.ln_1_b,
+        &d.dln,
+        x,
+        w.ln_1_w,
+        &a.ln1_mean,
+        &a.ln1_rstd,
+        c,
     );
 }
 
@@ -233,48 +370,7 @@ impl TrainModel {
             } else {
                 &done[l - 1].res3
             };
-            let (a, w) = (&mut rest[0], &p.layers[l]);
-            layernorm_forward(
-                &mut a.ln1,
-                x,
-                w.ln_1_w,
-                w.ln_1_b,
-                n,
-                c,
-                Some(RowStats {
-                    mean: &mut a.ln1_mean,
-                    rstd: &mut a.ln1_rstd,
-                }),
-            );
-            matmul_forward(&mut a.qkv, &a.ln1, w.attn_w, w.attn_b, n, c, 3 * c);
-            attention_forward(&mut a.atty, &mut a.att, &a.qkv, shape);
-            matmul_forward(&mut a.res2, &a.atty, w.attn_proj_w, w.attn_proj_b, n, c, c);
-            a.res2.iter_mut().zip(x).for_each(|(r, x)| *r += x);
-            layernorm_forward(
-                &mut a.ln2,
-                &a.res2,
-                w.ln_2_w,
-                w.ln_2_b,
-                n,
-                c,
-                Some(RowStats {
-                    mean: &mut a.ln2_mean,
-                    rstd: &mut a.ln2_rstd,
-                }),
-            );
-            matmul_forward(&mut a.fch, &a.ln2, w.fc_w, w.fc_b, n, c, 4 * c);
-            a.fch_gelu.copy_from_slice(&a.fch);
-            gelu_forward(&mut a.fch_gelu, 4 * c);
-            matmul_forward(
-                &mut a.res3,
-                &a.fch_gelu,
-                w.fc_proj_w,
-                w.fc_proj_b,
-                n,
-                4 * c,
-                c,
-            );
-            a.res3.iter_mut().zip(&a.res2).for_each(|(r, x)| *r += x);
+            block_forward(&mut rest[0], x, &p.layers[l], n, shape);
         }
         let last = &self.layers[cfg.n_layer - 1].res3;
         layernorm_forward(
@@ -349,80 +445,14 @@ impl TrainModel {
             } else {
                 &self.layers[l - 1].res3
             };
-            let (a, w, gw) = (&self.layers[l], &p.layers[l], &mut g.layers[l]);
-            d.dfch_gelu.fill(0.0);
-            matmul_backward(
-                &mut d.dfch_gelu,
-                gw.fc_proj_w,
-                gw.fc_proj_b,
-                &d.dres,
-                &a.fch_gelu,
-                w.fc_proj_w,
-                n,
-                4 * c,
-                c,
-            );
-            d.dfch.fill(0.0);
-            gelu_backward(&mut d.dfch, &a.fch, &d.dfch_gelu);
-            d.dln.fill(0.0);
-            matmul_backward(
-                &mut d.dln,
-                gw.fc_w,
-                gw.fc_b,
-                &d.dfch,
-                &a.ln2,
-                w.fc_w,
-                n,
-                c,
-                4 * c,
-            );
-            layernorm_backward(
-                &mut d.dres,
-                gw.ln_2_w,
-                gw.ln_2_b,
-                &d.dln,
-                &a.res2,
-                w.ln_2_w,
-                &a.ln2_mean,
-                &a.ln2_rstd,
-                c,
-            );
-            d.datty.fill(0.0);
-            matmul_backward(
-                &mut d.datty,
-                gw.attn_proj_w,
-                gw.attn_proj_b,
-                &d.dres,
-                &a.atty,
-                w.attn_proj_w,
-                n,
-                c,
-                c,
-            );
-            d.dqkv.fill(0.0);
-            attention_backward(&mut d.dqkv, &mut d.datt, &d.datty, &a.qkv, &a.att, shape);
-            d.dln.fill(0.0);
-            matmul_backward(
-                &mut d.dln,
-                gw.attn_w,
-                gw.attn_b,
-                &d.dqkv,
-                &a.ln1,
-                w.attn_w,
-                n,
-                c,
-                3 * c,
-            );
-            layernorm_backward(
-                &mut d.dres,
-                gw.ln_1_w,
-                gw.ln_1_b,
-                &d.dln,
+            block_backward(
+                d,
+                &self.layers[l],
                 x,
-                w.ln_1_w,
-                &a.ln1_mean,
-                &a.ln1_rstd,
-                c,
+                &p.layers[l],
+                &mut g.layers[l],
+                n,
+                shape,
             );
         }
         encoder_backward(g.wte, g.wpe, &d.dres, &self.tokens, self.seq, c);
