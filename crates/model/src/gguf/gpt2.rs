@@ -254,7 +254,7 @@ impl Source<'_> {
 
     /// Every tensor is one of GPT-2's (or the tied head `output.weight`).
     fn check_names(&self, config: &Config) -> Result<()> {
-        let known: Vec<String> = tensor_shapes(config)
+        let known: std::collections::HashSet<String> = tensor_shapes(config)
             .iter()
             .map(|(hf, _)| gguf_name(hf))
             .collect();

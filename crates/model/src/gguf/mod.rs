@@ -124,6 +124,9 @@ pub struct Header {
     pub tensors: Vec<TensorInfo>,
     pub data_start: usize,
     pub alignment: usize,
+    /// Each tensor's position in `tensors`, by name (a file may describe
+    /// tens of thousands, each looked up by name).
+    by_name: std::collections::HashMap<String, usize>,
 }
 
 impl Header {
@@ -132,7 +135,7 @@ impl Header {
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.tensors.iter().find(|t| t.name == name)
+        self.by_name.get(name).map(|&i| &self.tensors[i])
     }
 
     /// The bytes of tensor `t` within `file`, checked to lie inside it.
@@ -201,7 +204,7 @@ pub fn parse(bytes: &[u8]) -> Result<Header, String> {
         },
     };
     let mut tensors = Vec::with_capacity(n_tensors);
-    let mut names = std::collections::HashSet::new();
+    let mut by_name = std::collections::HashMap::new();
     for _ in 0..n_tensors {
         let name = r.string()?;
         let n_dims = r.u32()?;
@@ -220,7 +223,7 @@ pub fn parse(bytes: &[u8]) -> Result<Header, String> {
                 "tensor `{name}`: data offset {offset} is not a multiple of the alignment {alignment}"
             ));
         }
-        if !names.insert(name.clone()) {
+        if by_name.insert(name.clone(), tensors.len()).is_some() {
             return Err(format!("tensor `{name}` is described twice"));
         }
         tensors.push(TensorInfo {
@@ -237,6 +240,7 @@ pub fn parse(bytes: &[u8]) -> Result<Header, String> {
         tensors,
         data_start: r.at.next_multiple_of(alignment),
         alignment,
+        by_name,
     })
 }
 
