@@ -2,7 +2,7 @@
 //! buffers, the activations of one batch, and the forward and backward
 //! passes over them (llm.c's `gpt2_forward` / `gpt2_backward`).
 
-use crate::params::{views, views_mut, Layer};
+use crate::params::{views, views_mut, Layer, SplitFront};
 use gpt2_model::kernels::attention::{attention_backward, attention_forward, AttentionShape};
 use gpt2_model::kernels::{
     crossentropy_backward, crossentropy_forward, encoder_backward, encoder_forward, gelu_backward,
@@ -252,8 +252,7 @@ struct Copies<'a>(&'a [f32]);
 
 impl Copies<'_> {
     fn take(&mut self, shape: Vec<usize>) -> Tensor {
-        let (head, rest) = self.0.split_at(shape.iter().product());
-        self.0 = rest;
+        let head = self.0.split_front(shape.iter().product());
         Tensor::from_vec(head.to_vec(), shape)
     }
 }

@@ -33,7 +33,7 @@ pub fn decayed(config: &Config) -> Vec<bool> {
 struct Pieces<B>(B);
 
 /// Splits `n` elements off the front of a buffer view.
-trait SplitFront: Sized {
+pub(crate) trait SplitFront: Sized {
     fn split_front(&mut self, n: usize) -> Self;
 }
 
