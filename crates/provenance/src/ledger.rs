@@ -205,6 +205,26 @@ pub fn sqlite_check(conn: &Connection, pragma: &str) -> rusqlite::Result<Vec<Str
     Ok(if lines == ["ok"] { Vec::new() } else { lines })
 }
 
+/// Switches `conn` to WAL and returns the journal mode SQLite reports.
+/// Leaving rollback mode needs the file to itself, and SQLite answers
+/// SQLITE_BUSY at once, without its busy handler, when another process is
+/// opening the same file: servers starting together on one state retry
+/// here until `patience` runs out.
+pub fn set_wal_mode(conn: &Connection, patience: std::time::Duration) -> rusqlite::Result<String> {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The SQL that finds the records sharing any of a query's band keys.
 fn candidates_sql() -> String {
     let marks = vec!["?"; BANDS].join(", ");

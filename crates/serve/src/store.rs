@@ -156,6 +156,9 @@ CREATE TABLE IF NOT EXISTS audit (
 CREATE INDEX IF NOT EXISTS audit_key_time ON audit (key_id, time_ms);
 ";
 
+/// How long a statement waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The schema this code writes (`PRAGMA user_version`): 0 had keys and
 /// audit only; 1 adds reservations and the daily usage counter.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -282,14 +285,12 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
-        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
-            .map_err(err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        gpt2_provenance::ledger::set_wal_mode(&conn, BUSY_TIMEOUT).map_err(err)?;
         // An audit row lost to a power cut is acceptable; an fsync per
         // request is not (the ledger, which must not lose a record, is FULL).
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
@@ -308,6 +309,7 @@ impl Store {
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(&err)?;
+        tx.execute_batch(SCHEMA).map_err(&err)?;
         let version: i64 = tx
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(&err)?;

@@ -191,9 +191,7 @@ fn meta_value(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> 
 fn configure(conn: &Connection, path: &Path) -> Result<()> {
     let err = sqlite_err(path);
     conn.busy_timeout(BUSY_TIMEOUT).map_err(&err)?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(&err)?;
+    let mode = super::set_wal_mode(conn, BUSY_TIMEOUT).map_err(&err)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(incompatible(
             path,
