@@ -250,7 +250,7 @@ fn synthetic_text(i: u64) -> String {
 /// connection while the writer works).
 fn count(db: &Path) -> i64 {
     match Ledger::open(db) {
-        Ok(l) => l.stats().map(|s| s.records).unwrap_or(0),
+        Ok(mut l) => l.stats().map(|s| s.records).unwrap_or(0),
         Err(_) => 0,
     }
 }
@@ -295,7 +295,7 @@ fn a_writer_killed_mid_transaction_leaves_whole_batches() {
     // check (hashes, signatures, index rows) pass.
     let out = ok(run(&["ledger", "check", "--db", &s(&db)]));
     assert!(out.contains("ok:"), "{out}");
-    let l = Ledger::open(&db).unwrap();
+    let mut l = Ledger::open(&db).unwrap();
     let n = l.stats().unwrap().records;
     assert!(n >= 3 * BATCH && n < LINES as i64, "{n} records");
     assert_eq!(n % BATCH, 0, "{n} records is not a whole number of batches");

@@ -176,7 +176,7 @@ fn completions_have_openai_shape_and_are_in_the_ledger_before_the_response() {
     let tok = Tokenizer::gpt2();
     let mut completion_tokens = 0;
     // Read the ledger as soon as the response is in: every text is there.
-    let ledger = s.ledger();
+    let mut ledger = s.ledger();
     for (i, c) in choices.iter().enumerate() {
         assert_eq!(c["index"], i);
         let reason = c["finish_reason"].as_str().unwrap();
@@ -281,7 +281,7 @@ fn a_stream_matches_the_plain_response_and_ends_with_done() {
     );
     with_usage["stream_options"] = json!({"include_usage": true, "bogus": 1});
     complete(&s, &key, with_usage).error(400);
-    let ledger = s.ledger();
+    let mut ledger = s.ledger();
     for (i, t) in texts.iter().enumerate() {
         assert_eq!(plain["choices"][i]["text"], t.as_str());
         // The last chunk names the record of the whole completion.
@@ -732,7 +732,7 @@ fn after_kill_9_under_load_every_text_received_is_in_the_ledger() {
         .collect();
     println!("{} texts received before the kill", received.len());
     assert!(received.len() >= 8, "too little load: {}", received.len());
-    let ledger = s.ledger();
+    let mut ledger = s.ledger();
     for t in &received {
         assert!(
             ledger.lookup(t).unwrap().iter().any(|m| m.exact),

@@ -1,14 +1,13 @@
-//! `gpt2 audit --state DIR`: the server's record of every request.
+//! `gpt2 audit --state DIR|URL`: the server's record of every request.
 
 use anyhow::Result;
-use gpt2_serve::StateDir;
-use std::path::PathBuf;
+use gpt2_serve::State;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The server's state directory.
+    /// The server's state: a directory or a PostgreSQL URL.
     #[arg(long)]
-    state: PathBuf,
+    state: String,
     /// Only this key's requests.
     #[arg(long)]
     key: Option<String>,
@@ -23,7 +22,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let store = StateDir::existing(&a.state)?.store()?;
+    let mut store = State::existing(&a.state)?.store()?;
     let entries = store.audit_log(a.key.as_deref(), a.limit)?;
     for e in &entries {
         if a.json {

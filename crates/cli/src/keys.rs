@@ -1,9 +1,8 @@
-//! `gpt2 keys create|list|revoke --state DIR`: the API keys of `gpt2 serve`.
+//! `gpt2 keys create|list|revoke --state DIR|URL`: the API keys of `gpt2 serve`.
 
 use anyhow::Result;
-use gpt2_serve::{KeyInfo, NewKey, Scope, StateDir};
+use gpt2_serve::{KeyInfo, NewKey, Scope, State};
 use serde_json::json;
-use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,9 +22,10 @@ enum Command {
 
 #[derive(clap::Args)]
 struct CreateArgs {
-    /// The server's state directory (created if missing).
+    /// The server's state: a directory (created if missing) or a
+    /// PostgreSQL URL (`postgres://user@host:port/db`).
     #[arg(long)]
-    state: PathBuf,
+    state: String,
     /// Who the key is for (an organisation).
     #[arg(long)]
     name: String,
@@ -51,16 +51,18 @@ struct CreateArgs {
 
 #[derive(clap::Args)]
 struct ListArgs {
+    /// The server's state: a directory or a PostgreSQL URL.
     #[arg(long)]
-    state: PathBuf,
+    state: String,
     #[arg(long)]
     json: bool,
 }
 
 #[derive(clap::Args)]
 struct RevokeArgs {
+    /// The server's state: a directory or a PostgreSQL URL.
     #[arg(long)]
-    state: PathBuf,
+    state: String,
     /// The key's id (`gpt2 keys list`).
     id: String,
 }
@@ -70,7 +72,7 @@ pub fn run(a: Args) -> Result<()> {
         Command::Create(a) => create(a),
         Command::List(a) => list(a),
         Command::Revoke(a) => {
-            StateDir::existing(&a.state)?.store()?.revoke(&a.id)?;
+            State::existing(&a.state)?.store()?.revoke(&a.id)?;
             println!("revoked {}", a.id);
             Ok(())
         }
@@ -87,7 +89,7 @@ fn create(a: CreateArgs) -> Result<()> {
         a.requests_per_minute != Some(0) && a.tokens_per_day != Some(0),
         "a limit of 0 would refuse every request; revoke the key instead"
     );
-    let store = StateDir::create(&a.state)?.store()?;
+    let mut store = State::create(&a.state)?.store()?;
     let (id, key) = store.create_key(&NewKey {
         name: a.name,
         purpose: a.purpose,
@@ -111,7 +113,7 @@ fn limit<T: std::fmt::Display>(v: Option<T>) -> String {
 }
 
 fn list(a: ListArgs) -> Result<()> {
-    let keys = StateDir::existing(&a.state)?.store()?.list_keys()?;
+    let keys = State::existing(&a.state)?.store()?.list_keys()?;
     if a.json {
         println!("{}", serde_json::to_string(&keys)?);
         return Ok(());

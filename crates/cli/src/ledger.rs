@@ -35,25 +35,34 @@ enum Command {
     Check(StatsArgs),
 }
 
-/// The ledger file: `--db FILE`, or `--state DIR` for `gpt2 serve`'s.
+/// The ledger: `--db FILE`, or `--state DIR|URL` for `gpt2 serve`'s.
 #[derive(clap::Args)]
 struct LedgerPath {
     /// The ledger file (created if missing by add and import).
     #[arg(long, required_unless_present = "state")]
     db: Option<PathBuf>,
-    /// A `gpt2 serve` state directory: its ledger.sqlite.
+    /// A `gpt2 serve` state: a directory (its ledger.sqlite) or a
+    /// PostgreSQL URL (the ledger every replica writes).
     #[arg(long, conflicts_with = "db")]
-    state: Option<PathBuf>,
+    state: Option<String>,
 }
 
 impl LedgerPath {
-    fn path(&self) -> PathBuf {
-        match (&self.db, &self.state) {
-            (Some(db), _) => db.clone(),
-            (None, Some(dir)) => gpt2_serve::StateDir::ledger_path_in(dir),
-            // clap requires one of the two.
-            (None, None) => PathBuf::new(),
-        }
+    /// The ledger file, or none for a PostgreSQL state.
+    fn file(&self) -> Result<Option<PathBuf>> {
+        Ok(match (&self.db, &self.state) {
+            (Some(db), _) => Some(db.clone()),
+            (None, Some(spec)) => match gpt2_serve::State::existing(spec)? {
+                gpt2_serve::State::Dir(d) => Some(d.ledger_path()),
+                gpt2_serve::State::Postgres(_) => None,
+            },
+            (None, None) => bail!("give --db FILE or --state DIR|URL"),
+        })
+    }
+
+    fn postgres(&self) -> Result<gpt2_db::PgTarget> {
+        let spec = self.state.as_deref().unwrap_or_default();
+        Ok(gpt2_db::PgTarget::parse(spec)?)
     }
 }
 
@@ -157,12 +166,18 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 /// Opens an existing ledger: reading commands never create one.
-fn open_existing(db: &PathBuf) -> Result<Ledger> {
+fn open_existing(at: &LedgerPath) -> Result<Ledger> {
+    let Some(db) = at.file()? else {
+        return Ok(Ledger::open_postgres(&at.postgres()?, false)?);
+    };
     ensure!(db.exists(), "{}: no such ledger", db.display());
     Ok(Ledger::open(db)?)
 }
 
-fn open_for_writing(db: &PathBuf, hash_only: bool) -> Result<Ledger> {
+fn open_for_writing(at: &LedgerPath, hash_only: bool) -> Result<Ledger> {
+    let Some(db) = at.file()? else {
+        return Ok(Ledger::open_postgres(&at.postgres()?, hash_only)?);
+    };
     Ok(if hash_only {
         Ledger::open_hash_only(db)?
     } else {
@@ -178,7 +193,7 @@ fn add(a: AddArgs) -> Result<()> {
         "{name}: the text is empty; nothing to record"
     );
     let tokens = Tokenizer::gpt2().encode(&text)?;
-    let mut ledger = open_for_writing(&a.db.path(), a.origin.hash_only)?;
+    let mut ledger = open_for_writing(&a.db, a.origin.hash_only)?;
     let id = ledger.record(&NewRecord {
         tokens,
         text,
@@ -247,7 +262,7 @@ fn import(a: ImportArgs) -> Result<()> {
     let mut lines = JsonLines::open(&a.jsonl)?;
     let total = std::fs::metadata(&a.jsonl).map(|m| m.len()).unwrap_or(0);
     let tokenizer = Tokenizer::gpt2();
-    let mut ledger = open_for_writing(&a.db.path(), a.origin.hash_only)?;
+    let mut ledger = open_for_writing(&a.db, a.origin.hash_only)?;
     let progress = bar(total);
     let started = Instant::now();
     let (mut committed, mut first_id, mut last_id) = (0usize, None, None);
@@ -332,7 +347,7 @@ fn lookup(a: LookupArgs) -> Result<()> {
         !text.is_empty(),
         "{name}: the text is empty; nothing to look up"
     );
-    let ledger = open_existing(&a.db.path())?;
+    let mut ledger = open_existing(&a.db)?;
     let matches = ledger.lookup_with(&text, a.min_score)?;
     if a.json {
         println!("{{{}}}", matches_field(&matches)?);
@@ -350,7 +365,7 @@ fn lookup(a: LookupArgs) -> Result<()> {
 /// `lookup --jsonl`: one JSON line per input line, with the time the lookup
 /// itself took (for latency measurements without process start-up).
 fn lookup_lines(a: &LookupArgs, jsonl: &Path) -> Result<()> {
-    let ledger = open_existing(&a.db.path())?;
+    let mut ledger = open_existing(&a.db)?;
     let mut lines = JsonLines::open(jsonl)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     while let Some((line, v)) = lines.next_object()? {
@@ -368,9 +383,9 @@ fn lookup_lines(a: &LookupArgs, jsonl: &Path) -> Result<()> {
 }
 
 fn show(a: ShowArgs) -> Result<()> {
-    let ledger = open_existing(&a.db.path())?;
+    let mut ledger = open_existing(&a.db)?;
     let Some(r) = ledger.get(a.id)? else {
-        bail!("{}: no record {}", a.db.path().display(), a.id);
+        bail!("{}: no record {}", ledger.location(), a.id);
     };
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
@@ -403,7 +418,7 @@ fn print_record(r: &Record) {
 }
 
 fn stats(a: StatsArgs) -> Result<()> {
-    let s = open_existing(&a.db.path())?.stats()?;
+    let s = open_existing(&a.db)?.stats()?;
     if a.json {
         println!("{}", serde_json::to_string(&s)?);
         return Ok(());
@@ -431,7 +446,7 @@ fn stats(a: StatsArgs) -> Result<()> {
 }
 
 fn check(a: StatsArgs) -> Result<()> {
-    let ledger = open_existing(&a.db.path())?;
+    let mut ledger = open_existing(&a.db)?;
     let problems = ledger.check()?;
     let records = ledger.stats()?.records;
     if a.json {
@@ -447,7 +462,7 @@ fn check(a: StatsArgs) -> Result<()> {
     ensure!(
         problems.is_empty(),
         "{}: {} problems found",
-        a.db.path().display(),
+        ledger.location(),
         problems.len()
     );
     if !a.json {

@@ -3,7 +3,7 @@
 use crate::input::load_model;
 use anyhow::{ensure, Context, Result};
 use gpt2_provenance::roc::Thresholds;
-use gpt2_serve::{ServeConfig, StateDir};
+use gpt2_serve::{ServeConfig, State};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,10 +13,12 @@ pub struct Args {
     /// Address to listen on (port 0: any free port, printed at start).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: std::net::SocketAddr,
-    /// State directory: keys, audit log, ledger and the watermark key
-    /// (created if missing).
+    /// The state: keys, audit log, ledger and the watermark key. A
+    /// directory (SQLite; created if missing) or a PostgreSQL URL
+    /// (`postgres://user@host:port/db`, password from the URL or PGPASSWORD)
+    /// that every replica shares.
     #[arg(long)]
-    state: PathBuf,
+    state: String,
     /// A model to serve: `default`, a checkpoint directory, a GGUF file or a
     /// hub id, or NAME=SPEC to choose its API name (repeatable; the first is
     /// the default for requests without `model`).
@@ -66,7 +68,7 @@ fn model_name(arg: &str) -> (String, String) {
 pub fn run(a: Args) -> Result<()> {
     ensure!(a.slots >= 1, "--slots must be at least 1");
     ensure!(a.queue >= 1, "--queue must be at least 1");
-    let state = StateDir::create(&a.state)?;
+    let state = State::create(&a.state)?;
     let mut models = Vec::new();
     for arg in &a.models {
         let (name, spec) = model_name(arg);

@@ -31,7 +31,8 @@ pub use minhash::{BANDS, BAND_ROWS, NUM_HASHES};
 pub use schema::SCHEMA_VERSION;
 pub use shingle::NGRAM;
 
-use rusqlite::{params_from_iter, Connection, OptionalExtension, TransactionBehavior};
+use gpt2_db::{values, Db, DbError, PgTarget, Sql, Value};
+use rusqlite::Connection;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -65,6 +66,8 @@ pub enum LedgerError {
         path: String,
         source: rusqlite::Error,
     },
+    #[error(transparent)]
+    Db(#[from] DbError),
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -129,11 +132,20 @@ pub struct Stats {
     pub bytes: u64,
 }
 
-/// An open ledger.
+/// An open ledger: a SQLite file, or tables in a PostgreSQL database that
+/// every server replica writes to.
 pub struct Ledger {
-    conn: Connection,
-    path: PathBuf,
+    db: Db,
+    /// The SQLite file (none on PostgreSQL).
+    file: Option<PathBuf>,
     hash_only: bool,
+}
+
+impl LedgerError {
+    /// The database is out of reach now (a server answers 503).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, LedgerError::Db(e) if e.is_unavailable())
+    }
 }
 
 /// Unix seconds now (0 if the clock is before 1970).
@@ -227,8 +239,22 @@ pub fn set_wal_mode(conn: &Connection, patience: std::time::Duration) -> rusqlit
 
 /// The SQL that finds the records sharing any of a query's band keys.
 fn candidates_sql() -> String {
-    let marks = vec!["?"; BANDS].join(", ");
-    format!("SELECT DISTINCT record_id FROM lsh WHERE key IN ({marks})")
+    let marks: Vec<String> = (1..=BANDS).map(|i| format!("${i}")).collect();
+    format!(
+        "SELECT DISTINCT record_id FROM lsh WHERE key IN ({})",
+        marks.join(", ")
+    )
+}
+
+/// The SQL that indexes one record under its band keys, in one statement.
+fn bands_sql() -> String {
+    let rows: Vec<String> = (0..BANDS)
+        .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
+        .collect();
+    format!(
+        "INSERT INTO lsh (key, record_id) VALUES {}",
+        rows.join(", ")
+    )
 }
 
 impl Ledger {
@@ -237,54 +263,67 @@ impl Ledger {
     /// hash-only. Anything at `path` that is not a gpt2 ledger is an error,
     /// and is not modified.
     pub fn open(path: impl AsRef<Path>) -> Result<Ledger> {
-        let path = path.as_ref();
-        let (conn, meta) = schema::open(path, false)?;
-        Ok(Ledger {
-            conn,
-            path: path.to_path_buf(),
-            hash_only: meta.hash_only,
-        })
+        Ledger::open_file(path.as_ref(), false)
     }
 
     /// Opens or creates a hash-only ledger: no text and no token ids are
     /// ever stored. An existing ledger that keeps texts is refused, since
     /// opening it this way could not keep the promise.
     pub fn open_hash_only(path: impl AsRef<Path>) -> Result<Ledger> {
-        let path = path.as_ref();
-        let (conn, meta) = schema::open(path, true)?;
-        if !meta.hash_only {
+        Ledger::open_file(path.as_ref(), true)
+    }
+
+    fn open_file(path: &Path, hash_only: bool) -> Result<Ledger> {
+        let (db, meta) = schema::open(path, hash_only)?;
+        let ledger = Ledger {
+            db,
+            file: Some(path.to_path_buf()),
+            hash_only: meta.hash_only,
+        };
+        ledger.refuse_downgrade(hash_only)
+    }
+
+    /// Opens the ledger in a PostgreSQL database, creating its tables (as a
+    /// hash-only ledger when `hash_only`) if there are none.
+    pub fn open_postgres(target: &PgTarget, hash_only: bool) -> Result<Ledger> {
+        let (db, meta) = schema::open_postgres(target, hash_only)?;
+        let ledger = Ledger {
+            db,
+            file: None,
+            hash_only: meta.hash_only,
+        };
+        ledger.refuse_downgrade(hash_only)
+    }
+
+    fn refuse_downgrade(self, hash_only: bool) -> Result<Ledger> {
+        if hash_only && !self.hash_only {
             return Err(LedgerError::Incompatible {
-                path: path.display().to_string(),
+                path: self.location().to_string(),
                 message: "this ledger stores texts; hash-only mode is chosen when a ledger is \
-                          created (use a new file)"
+                          created (use a new file or schema)"
                     .into(),
             });
         }
-        Ok(Ledger {
-            conn,
-            path: path.to_path_buf(),
-            hash_only: true,
-        })
+        Ok(self)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The file's path, or the database's URL without its password.
+    pub fn location(&self) -> &str {
+        self.db.name()
     }
 
     pub fn is_hash_only(&self) -> bool {
         self.hash_only
     }
 
-    fn sqlite(&self) -> impl Fn(rusqlite::Error) -> LedgerError + '_ {
-        move |source| LedgerError::Sqlite {
-            path: self.path.display().to_string(),
-            source,
-        }
+    /// The connection, for copying a whole ledger (`gpt2 state copy`).
+    pub fn db(&mut self) -> &mut Db {
+        &mut self.db
     }
 
     fn corrupt(&self, id: i64, message: impl Into<String>) -> LedgerError {
         LedgerError::Corrupt {
-            path: self.path.display().to_string(),
+            path: self.location().to_string(),
             id,
             message: message.into(),
         }
@@ -303,26 +342,9 @@ impl Ledger {
     pub fn record_batch(&mut self, records: &[NewRecord]) -> Result<Vec<i64>> {
         let created = now();
         let hash_only = self.hash_only;
-        let path = self.path.display().to_string();
-        let err = |source| LedgerError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let mut ids = Vec::with_capacity(records.len());
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO records (created, sha256, text, tokens, watermark_key_id, \
-                     caller, model, ngrams, minhash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                )
-                .map_err(err)?;
-            let mut band = tx
-                .prepare_cached("INSERT INTO lsh (key, record_id) VALUES (?1, ?2)")
-                .map_err(err)?;
+        let bands = bands_sql();
+        Ok(self.db.transaction(|tx| {
+            let mut ids = Vec::with_capacity(records.len());
             for r in records {
                 let fp = Fingerprint::of(&r.text);
                 let (text, tokens) = if hash_only {
@@ -330,42 +352,51 @@ impl Ledger {
                 } else {
                     (Some(r.text.as_str()), Some(tokens_to_blob(&r.tokens)))
                 };
-                insert
-                    .execute((
-                        created,
-                        &fp.sha256,
-                        text,
-                        tokens,
-                        r.watermark_key_id.as_deref(),
-                        r.caller.as_deref(),
-                        r.model.as_deref(),
-                        shingle::to_blob(&fp.ngrams),
-                        fp.signature.as_deref().map(shingle::to_blob),
-                    ))
-                    .map_err(err)?;
-                let id = tx.last_insert_rowid();
-                for key in &fp.band_keys {
-                    band.execute((key, id)).map_err(err)?;
+                let id = tx
+                    .query_one(
+                        "INSERT INTO records (created, sha256, text, tokens, watermark_key_id, \
+                         caller, model, ngrams, minhash) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                        values![
+                            created,
+                            &fp.sha256,
+                            text,
+                            tokens,
+                            r.watermark_key_id.as_deref(),
+                            r.caller.as_deref(),
+                            r.model.as_deref(),
+                            shingle::to_blob(&fp.ngrams),
+                            fp.signature.as_deref().map(shingle::to_blob)
+                        ],
+                    )?
+                    .int(0)?;
+                // A signature has exactly BANDS keys; a text without one none.
+                if fp.band_keys.len() == BANDS {
+                    let params: Vec<Value> = fp
+                        .band_keys
+                        .iter()
+                        .flat_map(|k| [Value::Int(*k), Value::Int(id)])
+                        .collect();
+                    tx.execute(&bands, &params)?;
                 }
                 ids.push(id);
             }
-        }
-        tx.commit().map_err(err)?;
-        Ok(ids)
+            Ok(ids)
+        })?)
     }
 
     /// The records matching `text`, best first, at the default threshold.
-    pub fn lookup(&self, text: &str) -> Result<Vec<Match>> {
+    pub fn lookup(&mut self, text: &str) -> Result<Vec<Match>> {
         self.lookup_with(text, DEFAULT_MIN_SCORE)
     }
 
     /// The records matching `text`: exact copies (score 1), then near
     /// copies whose Jaccard similarity is at least `min_score` (0 to 1),
     /// sorted by score (exact first among equals, then by id).
-    pub fn lookup_with(&self, text: &str, min_score: f64) -> Result<Vec<Match>> {
+    pub fn lookup_with(&mut self, text: &str, min_score: f64) -> Result<Vec<Match>> {
         if !(0.0..=1.0).contains(&min_score) {
             return Err(LedgerError::Invalid {
-                path: self.path.display().to_string(),
+                path: self.location().to_string(),
                 message: format!("the minimum score must be between 0 and 1, not {min_score}"),
             });
         }
@@ -397,79 +428,53 @@ impl Ledger {
         Ok(matches)
     }
 
-    fn exact_matches(&self, sha256: &str) -> Result<Vec<Match>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT id FROM records WHERE sha256 = ?1 ORDER BY id")
-            .map_err(self.sqlite())?;
-        let ids = st
-            .query_map([sha256], |r| r.get::<_, i64>(0))
-            .map_err(self.sqlite())?
-            .collect::<rusqlite::Result<Vec<i64>>>()
-            .map_err(self.sqlite())?;
-        Ok(ids
-            .into_iter()
-            .map(|record_id| Match {
-                record_id,
-                score: 1.0,
-                exact: true,
+    fn exact_matches(&mut self, sha256: &str) -> Result<Vec<Match>> {
+        let rows = self.db.query(
+            "SELECT id FROM records WHERE sha256 = $1 ORDER BY id",
+            values![sha256],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(Match {
+                    record_id: r.int(0)?,
+                    score: 1.0,
+                    exact: true,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Ids of the records that share at least one band key.
-    fn candidates(&self, keys: &[i64]) -> Result<Vec<i64>> {
-        let mut st = self
-            .conn
-            .prepare_cached(&candidates_sql())
-            .map_err(self.sqlite())?;
-        let ids = st
-            .query_map(params_from_iter(keys), |r| r.get::<_, i64>(0))
-            .map_err(self.sqlite())?
-            .collect::<rusqlite::Result<Vec<i64>>>()
-            .map_err(self.sqlite())?;
-        Ok(ids)
+    fn candidates(&mut self, keys: &[i64]) -> Result<Vec<i64>> {
+        let params: Vec<Value> = keys.iter().map(|k| Value::Int(*k)).collect();
+        let rows = self.db.query(&candidates_sql(), &params)?;
+        Ok(rows
+            .iter()
+            .map(|r| r.int(0))
+            .collect::<gpt2_db::Result<_>>()?)
     }
 
-    fn ngrams_of(&self, id: i64) -> Result<Vec<u64>> {
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT ngrams FROM records WHERE id = ?1")
-            .map_err(self.sqlite())?;
-        let blob: Vec<u8> = st.query_row([id], |r| r.get(0)).map_err(self.sqlite())?;
+    fn ngrams_of(&mut self, id: i64) -> Result<Vec<u64>> {
+        let blob = self
+            .db
+            .query_one("SELECT ngrams FROM records WHERE id = $1", values![id])?
+            .blob(0)?;
         shingle::from_blob(&blob)
             .ok_or_else(|| self.corrupt(id, "the n-gram set is not a whole number of u64s"))
     }
 
     /// The record with this id, if there is one.
-    pub fn get(&self, id: i64) -> Result<Option<Record>> {
-        let row = self
-            .conn
-            .query_row(
-                "SELECT created, sha256, text, tokens, watermark_key_id, caller, model, ngrams \
-                 FROM records WHERE id = ?1",
-                [id],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Option<String>>(2)?,
-                        r.get::<_, Option<Vec<u8>>>(3)?,
-                        r.get::<_, Option<String>>(4)?,
-                        r.get::<_, Option<String>>(5)?,
-                        r.get::<_, Option<String>>(6)?,
-                        r.get::<_, Vec<u8>>(7)?,
-                    ))
-                },
-            )
-            .optional()
-            .map_err(self.sqlite())?;
-        let Some((created, sha256, text, tokens, watermark_key_id, caller, model, ngrams)) = row
+    pub fn get(&mut self, id: i64) -> Result<Option<Record>> {
+        let Some(r) = self.db.query_opt(
+            "SELECT created, sha256, text, tokens, watermark_key_id, caller, model, ngrams \
+             FROM records WHERE id = $1",
+            values![id],
+        )?
         else {
             return Ok(None);
         };
         let tokens =
-            match tokens {
+            match r.opt_blob(3)? {
                 None => None,
                 Some(b) => Some(tokens_from_blob(&b).ok_or_else(|| {
                     self.corrupt(id, "the token ids are not a whole number of u32s")
@@ -477,40 +482,43 @@ impl Ledger {
             };
         Ok(Some(Record {
             id,
-            created,
-            sha256,
-            text,
+            created: r.int(0)?,
+            sha256: r.text(1)?,
+            text: r.opt_text(2)?,
             tokens,
-            watermark_key_id,
-            caller,
-            model,
-            ngrams: ngrams.len() / 8,
+            watermark_key_id: r.opt_text(4)?,
+            caller: r.opt_text(5)?,
+            model: r.opt_text(6)?,
+            ngrams: r.blob(7)?.len() / 8,
         }))
     }
 
     /// Counts and parameters.
-    pub fn stats(&self) -> Result<Stats> {
-        let (records, first_created, last_created) = self
-            .conn
-            .query_row(
-                "SELECT count(*), min(created), max(created) FROM records",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .map_err(self.sqlite())?;
-        let lsh_rows = self
-            .conn
-            .query_row("SELECT count(*) FROM lsh", [], |r| r.get(0))
-            .map_err(self.sqlite())?;
-        let bytes = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+    pub fn stats(&mut self) -> Result<Stats> {
+        let r = self.db.query_one(
+            "SELECT count(*), min(created), max(created) FROM records",
+            &[],
+        )?;
+        let lsh_rows = self.db.query_one("SELECT count(*) FROM lsh", &[])?.int(0)?;
+        let bytes = match &self.file {
+            Some(f) => std::fs::metadata(f).map(|m| m.len()).unwrap_or(0),
+            None => self
+                .db
+                .query_one(
+                    "SELECT pg_total_relation_size('records') + pg_total_relation_size('lsh')",
+                    &[],
+                )?
+                .int(0)?
+                .max(0) as u64,
+        };
         Ok(Stats {
-            path: self.path.display().to_string(),
+            path: self.location().to_string(),
             schema_version: SCHEMA_VERSION,
             hash_only: self.hash_only,
-            records,
+            records: r.int(0)?,
             lsh_rows,
-            first_created,
-            last_created,
+            first_created: r.opt_int(1)?,
+            last_created: r.opt_int(2)?,
             ngram: NGRAM,
             hashes: NUM_HASHES,
             bands: BANDS,
@@ -519,53 +527,72 @@ impl Ledger {
         })
     }
 
-    /// Checks the whole file: SQLite's `integrity_check`, then every record
-    /// against what its text implies (hash, n-grams, signature, band keys in
-    /// the index). Returns the problems found; empty means consistent.
-    pub fn check(&self) -> Result<Vec<String>> {
+    /// Checks the whole ledger: SQLite's `integrity_check` (on a file),
+    /// then every record against what its text implies (hash, n-grams,
+    /// signature, band keys in the index). Returns the problems found;
+    /// empty means consistent.
+    pub fn check(&mut self) -> Result<Vec<String>> {
         let mut problems = self.integrity_problems()?;
         if !problems.is_empty() {
             return Ok(problems);
         }
-        let mut st = self
-            .conn
-            .prepare("SELECT id, sha256, text, ngrams, minhash FROM records ORDER BY id")
-            .map_err(self.sqlite())?;
-        let mut rows = st.query([]).map_err(self.sqlite())?;
-        while let Some(row) = rows.next().map_err(self.sqlite())? {
-            let id: i64 = row.get(0).map_err(self.sqlite())?;
-            let sha: String = row.get(1).map_err(self.sqlite())?;
-            let text: Option<String> = row.get(2).map_err(self.sqlite())?;
-            let ngrams: Vec<u8> = row.get(3).map_err(self.sqlite())?;
-            let sig: Option<Vec<u8>> = row.get(4).map_err(self.sqlite())?;
-            self.check_record(
-                id,
-                &sha,
-                text.as_deref(),
-                &ngrams,
-                sig.as_deref(),
-                &mut problems,
+        let mut after = 0i64;
+        loop {
+            let page = self.db.query(
+                "SELECT id, sha256, text, ngrams, minhash FROM records WHERE id > $1 \
+                 ORDER BY id LIMIT 1000",
+                values![after],
             )?;
+            let Some(last) = page.last() else { break };
+            after = last.int(0)?;
+            for row in &page {
+                self.check_record(
+                    row.int(0)?,
+                    &row.text(1)?,
+                    row.opt_text(2)?.as_deref(),
+                    &row.blob(3)?,
+                    row.opt_blob(4)?.as_deref(),
+                    &mut problems,
+                )?;
+            }
         }
         Ok(problems)
     }
 
     /// SQLite's `quick_check` (the page structure, not the ledger's own
     /// invariants, which `verify` checks): its problems, none when sound.
+    /// PostgreSQL checks its own pages.
     pub fn quick_check(&self) -> Result<Vec<String>> {
-        sqlite_check(&self.conn, "quick_check").map_err(self.sqlite())
+        match self.db.sqlite_conn() {
+            Some(c) => sqlite_check(c, "quick_check").map_err(|e| self.sqlite_error(e)),
+            None => Ok(Vec::new()),
+        }
     }
 
-    /// Sets this connection's page cache (KiB). Bulk imports want a large
-    /// one (the default); a long-running server's connections a small one.
+    fn sqlite_error(&self, source: rusqlite::Error) -> LedgerError {
+        LedgerError::Sqlite {
+            path: self.location().to_string(),
+            source,
+        }
+    }
+
+    /// Sets this connection's page cache (KiB) on SQLite. Bulk imports
+    /// want a large one (the default); a long-running server's
+    /// connections a small one.
     pub fn set_cache_kib(&self, kib: i64) -> Result<()> {
-        self.conn
-            .pragma_update(None, "cache_size", -kib.max(1))
-            .map_err(self.sqlite())
+        match self.db.sqlite_conn() {
+            Some(c) => c
+                .pragma_update(None, "cache_size", -kib.max(1))
+                .map_err(|e| self.sqlite_error(e)),
+            None => Ok(()),
+        }
     }
 
     fn integrity_problems(&self) -> Result<Vec<String>> {
-        let lines = sqlite_check(&self.conn, "integrity_check").map_err(self.sqlite())?;
+        let Some(c) = self.db.sqlite_conn() else {
+            return Ok(Vec::new());
+        };
+        let lines = sqlite_check(c, "integrity_check").map_err(|e| self.sqlite_error(e))?;
         Ok(lines
             .into_iter()
             .map(|l| format!("integrity_check: {l}"))
@@ -575,7 +602,7 @@ impl Ledger {
     /// One record's consistency: what is stored agrees with the text (when
     /// kept) and with itself, and its band keys are all in the index.
     fn check_record(
-        &self,
+        &mut self,
         id: i64,
         sha: &str,
         text: Option<&str>,
@@ -605,14 +632,14 @@ impl Ledger {
             return Ok(());
         }
         let keys = want.as_deref().map(minhash::band_keys).unwrap_or_default();
-        let mut st = self
-            .conn
-            .prepare_cached("SELECT count(*) FROM lsh WHERE key = ?1 AND record_id = ?2")
-            .map_err(self.sqlite())?;
         for key in keys {
-            let n: i64 = st
-                .query_row((key, id), |r| r.get(0))
-                .map_err(self.sqlite())?;
+            let n = self
+                .db
+                .query_one(
+                    "SELECT count(*) FROM lsh WHERE key = $1 AND record_id = $2",
+                    values![key, id],
+                )?
+                .int(0)?;
             if n != 1 {
                 problems.push(format!(
                     "record {id}: band key {key} missing from the index"

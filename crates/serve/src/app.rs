@@ -4,7 +4,7 @@
 
 use crate::api::ApiError;
 use crate::engine::Queue;
-use crate::gate::{internal, lock, Gate};
+use crate::gate::{blocking, db_failure, internal, lock, Gate};
 use crate::metrics::Metrics;
 use crate::recorder::Recorder;
 use crate::store::KeyInfo;
@@ -164,16 +164,20 @@ impl AppState {
     /// Ledger matches of `text`, each with its record's provenance (never
     /// the stored text).
     pub fn lookup(&self, text: &str, min_score: f64) -> Result<Vec<serde_json::Value>, ApiError> {
-        let ledger = lock(&self.ledger_reader);
+        blocking(|| self.lookup_now(text, min_score))
+    }
+
+    fn lookup_now(&self, text: &str, min_score: f64) -> Result<Vec<serde_json::Value>, ApiError> {
+        let mut ledger = lock(&self.ledger_reader);
         let matches = ledger
             .lookup_with(text, min_score)
-            .map_err(|e| internal("the ledger could not be searched", e))?;
+            .map_err(|e| db_failure("the ledger could not be searched", e))?;
         matches
             .iter()
             .map(|m| {
                 let r = ledger
                     .get(m.record_id)
-                    .map_err(|e| internal("the ledger could not be read", e))?;
+                    .map_err(|e| db_failure("the ledger could not be read", e))?;
                 Ok(serde_json::json!({
                     "record_id": m.record_id,
                     "score": m.score,

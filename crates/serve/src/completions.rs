@@ -12,7 +12,7 @@ use crate::api::{self, ApiError, PromptInput, Validated};
 use crate::app::{AppState, ModelEntry};
 use crate::audit::RequestAudit;
 use crate::engine::{Event, Job, SubmitError, TokenOut};
-use crate::gate::internal;
+use crate::gate::{db_failure, internal};
 use crate::sse::{self, Chunk};
 use crate::store::Scope;
 use axum::body::Body;
@@ -176,7 +176,7 @@ async fn handle(
         .map(|x| record(&ctx, x))
         .collect();
     let ids = s.recorder.record(records).await.map_err(|e| {
-        internal(
+        db_failure(
             "the ledger could not record the completion, so it is not returned",
             e,
         )
@@ -711,7 +711,7 @@ async fn stream(
                     finished += 1;
                     finishes.push((index, finish));
                 }
-                Event::Failed(m) => return fail(tx, info, &m).await,
+                Event::Failed(m) => return fail(tx, info, m.as_str()).await,
             }
         }
         let mut out = Vec::with_capacity(pieces.len() + finishes.len());
@@ -735,7 +735,7 @@ async fn stream(
         let records = fresh.iter().map(|&i| record(ctx, &samples[i])).collect();
         let ids = match s.recorder.record(records).await {
             Ok(ids) => ids,
-            Err(e) => return fail(tx, info, &e).await,
+            Err(e) => return fail(tx, info, e).await,
         };
         last_flush = tokio::time::Instant::now();
         for (&i, id) in fresh.iter().zip(ids) {
@@ -778,9 +778,13 @@ async fn stream(
     }
 }
 
-async fn fail(tx: &mpsc::Sender<Chunk>, info: &mut crate::audit::AuditInfo, message: &str) -> u16 {
-    let e = internal("the stream failed and was cut short", message);
+async fn fail(
+    tx: &mpsc::Sender<Chunk>,
+    info: &mut crate::audit::AuditInfo,
+    error: impl crate::gate::Availability,
+) -> u16 {
+    let e = db_failure("the stream failed and was cut short", error);
     let _ = tx.send(sse::event(&e.body())).await;
     info.add_note(&e.message);
-    500
+    e.status.as_u16()
 }

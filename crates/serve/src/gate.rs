@@ -7,6 +7,7 @@
 use crate::api::ApiError;
 use crate::store::{
     now_ms, seconds_to_midnight, Admission, AuditEntry, Holder, KeyInfo, Limits, Scope, Store,
+    StoreError,
 };
 use axum::http::{header, HeaderMap, StatusCode};
 use std::fmt::Display;
@@ -16,8 +17,6 @@ use std::time::{Duration, Instant};
 pub struct Gate {
     store: Mutex<Store>,
     holder: Holder,
-    /// When abandoned reservations were last looked for.
-    last_reap: Mutex<Instant>,
     unauthenticated: Mutex<UnauthenticatedLog>,
 }
 
@@ -44,8 +43,70 @@ pub fn internal(what: &str, detail: impl Display) -> ApiError {
     )
 }
 
-/// How often abandoned reservations are looked for while serving.
-const REAP_EVERY: Duration = Duration::from_secs(60);
+/// Runs `f`, which waits on the database, without stalling the async
+/// workers' other requests (tokio moves them to another thread).
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Seconds a client is told to wait while the database is unreachable.
+pub const UNAVAILABLE_RETRY_S: u64 = 2;
+
+/// Failures that may mean "the database is out of reach now".
+pub trait Availability: Display {
+    fn is_unavailable(&self) -> bool;
+}
+
+/// A failure described in words is never the database's absence.
+impl Availability for &str {
+    fn is_unavailable(&self) -> bool {
+        false
+    }
+}
+
+impl Availability for StoreError {
+    fn is_unavailable(&self) -> bool {
+        StoreError::is_unavailable(self)
+    }
+}
+
+impl Availability for gpt2_provenance::ledger::LedgerError {
+    fn is_unavailable(&self) -> bool {
+        gpt2_provenance::ledger::LedgerError::is_unavailable(self)
+    }
+}
+
+impl Availability for crate::recorder::RecordError {
+    fn is_unavailable(&self) -> bool {
+        self.unavailable
+    }
+}
+
+/// A 503 with `Retry-After` when the database is out of reach (the
+/// server fails closed: no text, no admission, until it returns); any
+/// other failure is a 500.
+pub fn db_failure(what: &str, e: impl Availability) -> ApiError {
+    if !e.is_unavailable() {
+        return internal(what, e);
+    }
+    unavailable(what, e)
+}
+
+/// The 503 of [`store_failure`]; the detail goes to the server's log.
+pub fn unavailable(what: &str, detail: impl Display) -> ApiError {
+    eprintln!("unavailable: {what}: {detail}");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+        format!("{what}: the server's database cannot be reached; nothing was generated, try again shortly"),
+    )
+    .code("database_unavailable")
+    .retry_after(UNAVAILABLE_RETRY_S)
+}
 
 /// Most audit rows per minute for requests without a valid key; the rest
 /// are counted (in `/metrics`, and in the next row's note), not written.
@@ -63,7 +124,6 @@ impl Gate {
         Gate {
             store: Mutex::new(store),
             holder: Holder::this_process(),
-            last_reap: Mutex::new(Instant::now()),
             unauthenticated: Mutex::default(),
         }
     }
@@ -85,9 +145,9 @@ impl Gate {
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, secret)| secret.trim())
             .ok_or_else(|| unauthorized("the Authorization header must be Bearer KEY"))?;
-        let found = lock(&self.store)
-            .authenticate(secret)
-            .map_err(|e| internal("the key database could not be read", e))?;
+        let found = self
+            .with_store(|s| s.authenticate(secret))
+            .map_err(|e| db_failure("the key database could not be read", e))?;
         found.ok_or_else(|| unauthorized("unknown or revoked API key"))
     }
 
@@ -110,9 +170,9 @@ impl Gate {
             return Ok(());
         };
         let now = now_ms();
-        let used = lock(&self.store)
-            .used_today(&key.id, now)
-            .map_err(|e| internal("the key database could not be read", e))?;
+        let used = self
+            .with_store(|s| s.used_today(&key.id, now))
+            .map_err(|e| db_failure("the key database could not be read", e))?;
         if used >= limit {
             return Err(quota_used(limit, used, seconds_to_midnight(now)));
         }
@@ -135,11 +195,10 @@ impl Gate {
         };
         // Keys without limits reserve too: an open reservation is how a
         // request cut off by a dead server still gets its audit row.
-        self.reap_now_and_then();
         let now = now_ms();
-        let answer = lock(&self.store)
-            .admit(&key.id, endpoint, tokens, limits, self.holder, now)
-            .map_err(|e| internal("the key database could not be written", e))?;
+        let answer = self
+            .with_store(|s| s.admit(&key.id, endpoint, tokens, limits, &self.holder, now))
+            .map_err(|e| db_failure("the key database could not be written", e))?;
         match answer {
             Admission::Reserved(id) => Ok(Reservation { id: Some(id) }),
             Admission::RateLimited { retry_after_s } => Err(ApiError::new(
@@ -163,20 +222,20 @@ impl Gate {
         }
     }
 
-    /// Charges the reservations of servers that died mid-request (at start,
-    /// and every minute while admitting).
-    pub fn charge_abandoned(&self) -> crate::store::Result<usize> {
-        *lock(&self.last_reap) = Instant::now();
-        lock(&self.store).charge_abandoned()
+    fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        blocking(|| f(&mut lock(&self.store)))
     }
 
-    fn reap_now_and_then(&self) {
-        if lock(&self.last_reap).elapsed() < REAP_EVERY {
-            return;
-        }
-        if let Err(e) = self.charge_abandoned() {
-            eprintln!("warning: could not charge abandoned reservations: {e}");
-        }
+    /// Tells other servers this one is alive, and charges the reservations
+    /// of servers that died mid-request: at start, then every
+    /// [`HEARTBEAT_EVERY`](crate::store::HEARTBEAT_EVERY) from the
+    /// server's housekeeping thread.
+    pub fn housekeeping(&self) -> crate::store::Result<usize> {
+        let now = now_ms();
+        self.with_store(|s| {
+            s.heartbeat(&self.holder, now)?;
+            s.charge_abandoned(now)
+        })
     }
 
     /// Writes a request's audit row and settles its reservation. A row
@@ -203,7 +262,7 @@ impl Gate {
                 }
             }
         }
-        lock(&self.store).settle(entry, reservation.id)?;
+        self.with_store(|s| s.settle(entry, reservation.id))?;
         Ok(true)
     }
 

@@ -33,5 +33,5 @@ pub mod store;
 pub mod tokenize;
 
 pub use server::{run, ServeConfig, ServeError};
-pub use state::StateDir;
+pub use state::{State, StateDir};
 pub use store::{AuditEntry, KeyInfo, NewKey, Scope, Store};

@@ -12,7 +12,28 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-type Ack = oneshot::Sender<Result<Vec<i64>, String>>;
+type Ack = oneshot::Sender<Result<Vec<i64>, RecordError>>;
+
+/// Why records were not committed (so their text must not be shown).
+#[derive(Debug, Clone)]
+pub struct RecordError {
+    pub message: String,
+    /// The ledger's database is out of reach now (503, not 500).
+    pub unavailable: bool,
+}
+
+impl std::fmt::Display for RecordError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn stopped() -> RecordError {
+    RecordError {
+        message: "the ledger writer has stopped".into(),
+        unavailable: false,
+    }
+}
 
 #[derive(Clone)]
 pub struct Recorder {
@@ -36,16 +57,13 @@ impl Recorder {
     }
 
     /// Records `records` durably; returns their ids once committed.
-    pub async fn record(&self, records: Vec<NewRecord>) -> Result<Vec<i64>, String> {
+    pub async fn record(&self, records: Vec<NewRecord>) -> Result<Vec<i64>, RecordError> {
         if records.is_empty() {
             return Ok(Vec::new());
         }
         let (ack, done) = oneshot::channel();
-        self.tx
-            .send((records, ack))
-            .map_err(|_| "the ledger writer has stopped".to_string())?;
-        done.await
-            .map_err(|_| "the ledger writer has stopped".to_string())?
+        self.tx.send((records, ack)).map_err(|_| stopped())?;
+        done.await.map_err(|_| stopped())?
     }
 }
 
@@ -80,9 +98,12 @@ fn write_loop(mut ledger: Ledger, rx: Receiver<(Vec<NewRecord>, Ack)>, metrics: 
                 }
             }
             Err(e) => {
-                let message = format!("the provenance ledger refused the record: {e}");
+                let error = RecordError {
+                    message: format!("the provenance ledger refused the record: {e}"),
+                    unavailable: e.is_unavailable(),
+                };
                 for (_, ack) in group {
-                    let _ = ack.send(Err(message.clone()));
+                    let _ = ack.send(Err(error.clone()));
                 }
             }
         }

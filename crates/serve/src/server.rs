@@ -12,11 +12,11 @@ use crate::gate::Gate;
 use crate::metrics::Metrics;
 use crate::recorder::Recorder;
 use crate::routes::router;
-use crate::state::StateDir;
+use crate::state::State;
+use crate::store::HEARTBEAT_EVERY;
 use axum::Router;
 use gpt2_generate::Watermark;
 use gpt2_model::{Model, Tokenizer};
-use gpt2_provenance::ledger::Ledger;
 use gpt2_provenance::roc::Thresholds;
 use gpt2_provenance::watermark::{Prf, Watermarker};
 use gpt2_provenance::watermark_key::Seeding;
@@ -40,7 +40,7 @@ pub enum ServeError {
 /// Everything `gpt2 serve` is configured with.
 pub struct ServeConfig {
     pub addr: SocketAddr,
-    pub state: StateDir,
+    pub state: State,
     /// (name, model); the first is the default for requests without `model`.
     pub models: Vec<(String, Model)>,
     /// Sequences decoded together per model.
@@ -70,19 +70,18 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         return Err(ServeError::Io("no model to serve".into()));
     }
     let store = config.state.store()?;
-    refuse_damaged(&config.state.keys_path(), store.quick_check())?;
+    refuse_damaged("the key database", store.quick_check())?;
     let key = config.state.watermark_key()?;
     if key.seeding == Seeding::LeftHash && key.context_width == 1 {
         eprintln!(
             "warning: {} seeds each step from one token (h = 1): a detect key could learn its \
              green lists; new states use SelfHash over 4 tokens (docs/serve.md)",
-            config.state.watermark_key_path().display()
+            config.state.watermark_key_location()
         );
     }
-    let ledger_path = config.state.ledger_path();
-    let ledger = Ledger::open(&ledger_path)?;
-    refuse_damaged(&ledger_path, ledger.quick_check())?;
-    let ledger_reader = Ledger::open(&ledger_path)?;
+    let ledger = config.state.ledger()?;
+    refuse_damaged(ledger.location(), ledger.quick_check())?;
+    let ledger_reader = config.state.ledger()?;
     for l in [&ledger, &ledger_reader] {
         l.set_cache_kib(LEDGER_CACHE_KIB)?;
     }
@@ -119,12 +118,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         models.push(ModelEntry { name, model, queue });
     }
     let gate = Gate::new(store);
-    let abandoned = gate.charge_abandoned()?;
-    if abandoned > 0 {
-        eprintln!(
-            "charged {abandoned} reservations of requests whose server process died mid-request"
-        );
-    }
+    report_abandoned(gate.housekeeping()?);
     let state = Arc::new(AppState {
         models,
         gate,
@@ -140,6 +134,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         body_limit: config.body_limit,
         body_timeout: config.body_timeout,
     });
+    start_housekeeping(Arc::downgrade(&state)).map_err(io)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -174,10 +169,34 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
 /// be resident memory held for nothing.
 const LEDGER_CACHE_KIB: i64 = 8 * 1024;
 
+fn report_abandoned(charged: usize) {
+    if charged > 0 {
+        eprintln!(
+            "charged {charged} reservations of requests whose server process died mid-request"
+        );
+    }
+}
+
+/// Beats the heartbeat and charges dead servers' reservations every
+/// [`HEARTBEAT_EVERY`] until the server stops (the state is dropped).
+fn start_housekeeping(state: std::sync::Weak<AppState>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("gpt2-housekeeping".into())
+        .spawn(move || loop {
+            std::thread::sleep(HEARTBEAT_EVERY);
+            let Some(state) = state.upgrade() else { return };
+            match state.gate.housekeeping() {
+                Ok(n) => report_abandoned(n),
+                Err(e) => eprintln!("warning: housekeeping of the key database failed: {e}"),
+            }
+        })
+        .map(drop)
+}
+
 /// Stops the server, naming the file, when SQLite finds it damaged:
 /// nothing is served on a state that cannot be trusted.
 fn refuse_damaged<E: std::fmt::Display>(
-    path: &std::path::Path,
+    what: &str,
     problems: Result<Vec<String>, E>,
 ) -> Result<(), ServeError> {
     let problems = problems.map_err(|e| ServeError::Io(e.to_string()))?;
@@ -185,8 +204,7 @@ fn refuse_damaged<E: std::fmt::Display>(
         return Ok(());
     }
     Err(ServeError::Io(format!(
-        "{} is damaged (SQLite quick_check: {}); restore it from a backup before serving",
-        path.display(),
+        "{what} is damaged (SQLite quick_check: {}); restore it from a backup before serving",
         problems
             .iter()
             .take(3)

@@ -1,12 +1,19 @@
-//! The state directory (`--state DIR`) that `gpt2 serve`, `gpt2 keys`,
-//! `gpt2 audit` and `gpt2 ledger --state` share:
+//! The state (`--state DIR` or `--state postgres://...`) that `gpt2
+//! serve`, `gpt2 keys`, `gpt2 audit` and `gpt2 ledger --state` share.
+//!
+//! A directory (SQLite, nothing to install) holds:
 //!
 //! - `keys.sqlite`: API keys (hashes only) and the audit log;
 //! - `ledger.sqlite`: the provenance ledger of every completion;
 //! - `watermark.key`: the server's watermark key, made on first start
 //!   (owner-only permissions, never overwritten).
+//!
+//! A PostgreSQL schema holds the same in tables, shared by every replica:
+//! one set of keys, quotas, audit and ledger, and one watermark key.
 
 use crate::store::{Store, StoreError};
+use gpt2_db::{values, PgTarget, Sql};
+use gpt2_provenance::ledger::{Ledger, LedgerError};
 use gpt2_provenance::watermark_key::{KeyParams, WatermarkKey};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -19,6 +26,110 @@ pub enum StateError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Key(#[from] gpt2_provenance::watermark::KeyError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Db(#[from] gpt2_db::DbError),
+}
+
+/// Where the server's state lives.
+#[derive(Debug, Clone)]
+pub enum State {
+    Dir(StateDir),
+    Postgres(PgTarget),
+}
+
+impl State {
+    /// `--state` as given: a PostgreSQL URL, or a directory created if
+    /// missing.
+    pub fn create(spec: &str) -> Result<State, StateError> {
+        match PgTarget::is_url(spec) {
+            true => Ok(State::Postgres(PgTarget::parse(spec)?)),
+            false => Ok(State::Dir(StateDir::create(Path::new(spec))?)),
+        }
+    }
+
+    /// As `create`, but a directory must exist (reading commands never
+    /// make one).
+    pub fn existing(spec: &str) -> Result<State, StateError> {
+        match PgTarget::is_url(spec) {
+            true => Ok(State::Postgres(PgTarget::parse(spec)?)),
+            false => Ok(State::Dir(StateDir::existing(Path::new(spec))?)),
+        }
+    }
+
+    /// The directory, or the URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            State::Dir(d) => d.path().display().to_string(),
+            State::Postgres(t) => t.display(),
+        }
+    }
+
+    /// Keys, quotas and audit (migrated to this code's schema).
+    pub fn store(&self) -> Result<Store, StateError> {
+        Ok(match self {
+            State::Dir(d) => d.store()?,
+            State::Postgres(t) => Store::open_postgres(t)?,
+        })
+    }
+
+    /// The provenance ledger (created, keeping texts, if missing).
+    pub fn ledger(&self) -> Result<Ledger, StateError> {
+        Ok(match self {
+            State::Dir(d) => Ledger::open(d.ledger_path())?,
+            State::Postgres(t) => Ledger::open_postgres(t, false)?,
+        })
+    }
+
+    /// The server's watermark key, made with [`SERVER_KEY_PARAMS`] the
+    /// first time. On PostgreSQL the first replica's key is every
+    /// replica's: a key is inserted only where there is none, then read.
+    pub fn watermark_key(&self) -> Result<WatermarkKey, StateError> {
+        let t = match self {
+            State::Dir(d) => return d.watermark_key(),
+            State::Postgres(t) => t,
+        };
+        let mut store = Store::open_postgres(t)?;
+        let db = store.db();
+        let read = |db: &mut gpt2_db::Db| -> Result<Option<String>, StateError> {
+            let row = db.query_opt("SELECT json FROM watermark_key WHERE id = 1", &[])?;
+            Ok(row.map(|r| r.text(0)).transpose()?)
+        };
+        let json = match read(db)? {
+            Some(json) => json,
+            None => {
+                db.execute(
+                    "INSERT INTO watermark_key (id, json) VALUES (1, $1)                      ON CONFLICT (id) DO NOTHING",
+                    values![new_server_key().to_json()],
+                )?;
+                read(db)?.ok_or_else(|| StateError::Io {
+                    path: t.display(),
+                    message: "the watermark key was written but cannot be read back".into(),
+                })?
+            }
+        };
+        Ok(WatermarkKey::from_json(
+            &json,
+            &format!("{} watermark_key", t.display()),
+        )?)
+    }
+
+    /// Where the watermark key is, for messages.
+    pub fn watermark_key_location(&self) -> String {
+        match self {
+            State::Dir(d) => d.watermark_key_path().display().to_string(),
+            State::Postgres(t) => format!("{} (table watermark_key)", t.display()),
+        }
+    }
+}
+
+/// A fresh server key from the operating system's CSPRNG.
+fn new_server_key() -> WatermarkKey {
+    use rand::RngCore;
+    let mut secret = [0u8; 32];
+    rand::rng().fill_bytes(&mut secret);
+    WatermarkKey::from_secret(secret, SERVER_KEY_PARAMS)
 }
 
 #[derive(Debug, Clone)]
@@ -86,11 +197,7 @@ impl StateDir {
         let path = self.watermark_key_path();
         let name = path.display().to_string();
         if !path.exists() {
-            use rand::RngCore;
-            let mut secret = [0u8; 32];
-            rand::rng().fill_bytes(&mut secret);
-            let key = WatermarkKey::from_secret(secret, SERVER_KEY_PARAMS);
-            write_new_secret(&path, key.to_json().as_bytes())?;
+            write_new_secret(&path, new_server_key().to_json().as_bytes())?;
         }
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
         Ok(WatermarkKey::from_json(&text, &name)?)

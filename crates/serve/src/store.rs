@@ -16,21 +16,25 @@
 //! reservation whose process died (`kill -9`) is charged in full by the
 //! next server that starts or admits a request on the directory.
 
-use rusqlite::{params, Connection, OptionalExtension};
+use gpt2_db::{values, Db, DbError, Migration, PgTarget, Row, Sql, Tx};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{path}: {source}")]
-    Sqlite {
-        path: String,
-        source: rusqlite::Error,
-    },
+    #[error(transparent)]
+    Db(#[from] DbError),
     #[error("{0}")]
     Invalid(String),
+}
+
+impl StoreError {
+    /// The database is out of reach now (a server answers 503).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Db(e) if e.is_unavailable())
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -123,12 +127,21 @@ pub struct AuditEntry {
     pub note: Option<String>,
 }
 
+/// The server's state database: SQLite (`keys.sqlite`) or PostgreSQL.
 pub struct Store {
-    conn: Connection,
-    path: PathBuf,
+    db: Db,
 }
 
-const SCHEMA: &str = "
+/// How long a SQLite statement waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The store's schema, step by step. A file from before versions were kept
+/// (user_version 0) has keys and audit only, which step 1 keeps; step 2
+/// lets servers on other machines hold reservations (heartbeats) and, on
+/// PostgreSQL, keeps the one watermark key every replica uses.
+const MIGRATIONS: [Migration; 2] = [
+    Migration {
+        sqlite: "
 CREATE TABLE IF NOT EXISTS keys (
     id TEXT PRIMARY KEY,
     hash TEXT NOT NULL UNIQUE,
@@ -154,16 +167,6 @@ CREATE TABLE IF NOT EXISTS audit (
     note TEXT
 );
 CREATE INDEX IF NOT EXISTS audit_key_time ON audit (key_id, time_ms);
-";
-
-/// How long a statement waits for another process's write lock.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The schema this code writes (`PRAGMA user_version`): 0 had keys and
-/// audit only; 1 adds reservations and the daily usage counter.
-pub const SCHEMA_VERSION: i64 = 1;
-
-const SCHEMA_V1: &str = "
 CREATE TABLE reservations (
     id INTEGER PRIMARY KEY,
     key_id TEXT NOT NULL,
@@ -185,7 +188,83 @@ CREATE TABLE usage (
 INSERT INTO usage (key_id, day, tokens)
     SELECT key_id, time_ms / 86400000, SUM(prompt_tokens + completion_tokens)
     FROM audit WHERE key_id IS NOT NULL GROUP BY key_id, time_ms / 86400000;
-";
+",
+        postgres: "
+CREATE TABLE keys (
+    id TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    purpose TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    models TEXT NOT NULL,
+    tokens_per_day BIGINT,
+    requests_per_minute BIGINT,
+    created BIGINT NOT NULL,
+    revoked BIGINT
+);
+CREATE TABLE audit (
+    id BIGSERIAL PRIMARY KEY,
+    time_ms BIGINT NOT NULL,
+    key_id TEXT,
+    endpoint TEXT NOT NULL,
+    model TEXT,
+    prompt_tokens BIGINT NOT NULL,
+    completion_tokens BIGINT NOT NULL,
+    status BIGINT NOT NULL,
+    latency_ms DOUBLE PRECISION NOT NULL,
+    note TEXT
+);
+CREATE INDEX audit_key_time ON audit (key_id, time_ms);
+CREATE TABLE reservations (
+    id BIGSERIAL PRIMARY KEY,
+    key_id TEXT NOT NULL,
+    tokens BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    pid BIGINT NOT NULL,
+    pid_start BIGINT NOT NULL,
+    endpoint TEXT NOT NULL,
+    settled BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX reservations_key_time ON reservations (key_id, created_ms);
+CREATE INDEX reservations_open ON reservations (settled, key_id);
+CREATE TABLE usage (
+    key_id TEXT NOT NULL,
+    day BIGINT NOT NULL,
+    tokens BIGINT NOT NULL,
+    PRIMARY KEY (key_id, day)
+);
+",
+    },
+    Migration {
+        sqlite: "
+ALTER TABLE reservations ADD COLUMN host TEXT NOT NULL DEFAULT '';
+CREATE TABLE holders (
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    pid_start INTEGER NOT NULL,
+    seen_ms INTEGER NOT NULL,
+    PRIMARY KEY (host, pid, pid_start)
+);
+",
+        postgres: "
+ALTER TABLE reservations ADD COLUMN host TEXT NOT NULL DEFAULT '';
+CREATE TABLE holders (
+    host TEXT NOT NULL,
+    pid BIGINT NOT NULL,
+    pid_start BIGINT NOT NULL,
+    seen_ms BIGINT NOT NULL,
+    PRIMARY KEY (host, pid, pid_start)
+);
+CREATE TABLE watermark_key (
+    id BIGINT PRIMARY KEY CHECK (id = 1),
+    json TEXT NOT NULL
+);
+",
+    },
+];
+
+/// The schema version this code writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 const DAY_MS: i64 = 86_400_000;
 const MINUTE_MS: i64 = 60_000;
@@ -219,34 +298,59 @@ pub enum Admission {
 }
 
 /// The process that holds a reservation: its pid and its start time (in
-/// clock ticks since boot, from `/proc`), so that a reused pid is not
-/// mistaken for the holder.
-#[derive(Debug, Clone, Copy, PartialEq)]
+
+/// The process that holds a reservation: its machine, its pid and its
+/// start time (in clock ticks since boot, from `/proc`), so that a reused
+/// pid is not mistaken for the holder.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Holder {
+    pub host: String,
     pub pid: u32,
     pub start: i64,
 }
+
+/// How long a server may go without a heartbeat before the reservations
+/// it holds count as abandoned (it died on a machine no other server can
+/// look into). Servers beat every [`HEARTBEAT_EVERY`].
+pub const LEASE_MS: i64 = 60_000;
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(10);
 
 impl Holder {
     pub fn this_process() -> Holder {
         let pid = std::process::id();
         Holder {
+            host: this_host(),
             pid,
             start: process_start(pid).unwrap_or(0),
         }
     }
 
-    /// Whether the holder still runs. Where `/proc` says nothing (another
-    /// OS), every holder is taken to be alive: never charged twice.
-    fn is_alive(&self) -> bool {
-        if !Path::new("/proc/self/stat").exists() {
-            return true;
+    /// Whether the holder still runs, as far as this machine can see: on
+    /// this machine, its pid and start time; elsewhere, its last heartbeat
+    /// (`seen_ms`, else the reservation's time) within the lease. Where
+    /// `/proc` says nothing, a local holder is taken to be alive: never
+    /// charged twice.
+    fn is_alive(&self, seen_ms: Option<i64>, created_ms: i64, now: i64) -> bool {
+        if self.host == this_host() || self.host.is_empty() {
+            if !Path::new("/proc/self/stat").exists() {
+                return true;
+            }
+            return process_start(self.pid) == Some(self.start);
         }
-        process_start(self.pid) == Some(self.start)
+        now - seen_ms.unwrap_or(created_ms) < LEASE_MS
     }
 }
 
-/// Field 22 of `/proc/PID/stat`: the process's start time.
+/// This machine's name for holders: `/etc/machine-id`, else the hostname.
+fn this_host() -> String {
+    ["/etc/machine-id", "/proc/sys/kernel/hostname"]
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
 fn process_start(pid: u32) -> Option<i64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) is in parentheses and may hold spaces.
@@ -278,78 +382,47 @@ pub fn now_ms() -> i64 {
 }
 
 impl Store {
-    /// Opens (creating if missing) the database at `path`.
+    /// Opens (creating if missing) the SQLite database at `path`.
     pub fn open(path: &Path) -> Result<Store> {
-        let err = |source| StoreError::Sqlite {
-            path: path.display().to_string(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(err)?;
+        let name = path.display().to_string();
+        let err = |e: rusqlite::Error| DbError::sql(&name, e.to_string());
+        let conn = rusqlite::Connection::open(path).map_err(err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
         gpt2_provenance::ledger::set_wal_mode(&conn, BUSY_TIMEOUT).map_err(err)?;
         // An audit row lost to a power cut is acceptable; an fsync per
         // request is not (the ledger, which must not lose a record, is FULL).
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(err)?;
-        let mut store = Store {
-            conn,
-            path: path.to_path_buf(),
-        };
-        store.migrate()?;
-        Ok(store)
+        Store::on(Db::sqlite(conn, name))
     }
 
-    /// Brings the schema to [`SCHEMA_VERSION`]; a newer one is refused.
-    fn migrate(&mut self) -> Result<()> {
-        let err = self.err_fn();
-        let path = self.path.display().to_string();
-        // Under the write lock, so that servers starting together on one
-        // directory migrate it once.
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(&err)?;
-        tx.execute_batch(SCHEMA).map_err(&err)?;
-        let version: i64 = tx
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(&err)?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::Invalid(format!(
-                "{path}: schema version {version} was written by a newer gpt2 (this one knows {SCHEMA_VERSION})"
-            )));
-        }
-        if version < 1 {
-            tx.execute_batch(SCHEMA_V1).map_err(&err)?;
-            tx.pragma_update(None, "user_version", 1).map_err(&err)?;
-        }
-        tx.commit().map_err(&err)
+    /// Opens the store in a PostgreSQL database, creating its tables.
+    pub fn open_postgres(target: &PgTarget) -> Result<Store> {
+        Store::on(Db::postgres(target)?)
     }
 
-    /// SQLite's `quick_check`: the problems it finds (none: empty).
+    fn on(mut db: Db) -> Result<Store> {
+        db.migrate("store", &MIGRATIONS)?;
+        Ok(Store { db })
+    }
+
+    pub fn db(&mut self) -> &mut Db {
+        &mut self.db
+    }
+
+    /// The database's own check of its files (SQLite's `quick_check`):
+    /// the problems it finds (none: empty). PostgreSQL keeps its own.
     pub fn quick_check(&self) -> Result<Vec<String>> {
-        gpt2_provenance::ledger::sqlite_check(&self.conn, "quick_check").map_err(self.err())
-    }
-
-    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-        move |source| StoreError::Sqlite {
-            path: self.path.display().to_string(),
-            source,
-        }
-    }
-
-    /// As `err`, owning the path (for use while the connection is borrowed
-    /// mutably by a transaction).
-    fn err_fn(&self) -> impl Fn(rusqlite::Error) -> StoreError {
-        let path = self.path.display().to_string();
-        move |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
+        match self.db.sqlite_conn() {
+            Some(c) => gpt2_provenance::ledger::sqlite_check(c, "quick_check")
+                .map_err(|e| DbError::sql(self.db.name(), e.to_string()).into()),
+            None => Ok(Vec::new()),
         }
     }
 
     /// Creates a key; returns its id and its secret, which is shown once and
     /// never stored.
-    pub fn create_key(&self, k: &NewKey) -> Result<(String, String)> {
+    pub fn create_key(&mut self, k: &NewKey) -> Result<(String, String)> {
         if k.name.trim().is_empty() {
             return Err(StoreError::Invalid("the key needs a --name".into()));
         }
@@ -366,36 +439,34 @@ impl Store {
         let id = format!("key_{}", random_hex(6));
         let secret = format!("gpt2-{}", random_hex(32));
         let scopes: Vec<&str> = k.scopes.iter().map(|s| s.name()).collect();
-        self.conn
-            .execute(
-                "INSERT INTO keys (id, hash, name, purpose, scopes, models, tokens_per_day, \
-                 requests_per_minute, created) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    id,
-                    hash_secret(&secret),
-                    k.name,
-                    k.purpose,
-                    scopes.join(","),
-                    k.models.join(","),
-                    k.tokens_per_day.map(|t| t as i64),
-                    k.requests_per_minute,
-                    now_ms() / 1000
-                ],
-            )
-            .map_err(self.err())?;
+        self.db.execute(
+            "INSERT INTO keys (id, hash, name, purpose, scopes, models, tokens_per_day, \
+             requests_per_minute, created) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            values![
+                &id,
+                hash_secret(&secret),
+                &k.name,
+                &k.purpose,
+                scopes.join(","),
+                k.models.join(","),
+                k.tokens_per_day.map(|t| t.min(i64::MAX as u64) as i64),
+                k.requests_per_minute,
+                now_ms() / 1000
+            ],
+        )?;
         Ok((id, secret))
     }
 
     const KEY_COLUMNS: &'static str = "id, name, purpose, scopes, models, tokens_per_day, \
                                        requests_per_minute, created, revoked";
 
-    fn key_from_row(r: &rusqlite::Row) -> rusqlite::Result<KeyInfo> {
-        let scopes: String = r.get(3)?;
-        let models: String = r.get(4)?;
+    fn key_from_row(r: &Row) -> Result<KeyInfo> {
+        let scopes = r.text(3)?;
+        let models = r.text(4)?;
         Ok(KeyInfo {
-            id: r.get(0)?,
-            name: r.get(1)?,
-            purpose: r.get(2)?,
+            id: r.text(0)?,
+            name: r.text(1)?,
+            purpose: r.text(2)?,
             // Written by create_key from parsed scopes; an unknown name (a
             // newer server's scope) grants nothing here.
             scopes: scopes
@@ -403,52 +474,45 @@ impl Store {
                 .filter_map(|s| Scope::parse(s).ok())
                 .collect(),
             models: models.split(',').map(str::to_string).collect(),
-            tokens_per_day: r.get::<_, Option<i64>>(5)?.map(|t| t.max(0) as u64),
-            requests_per_minute: r.get(6)?,
-            created: r.get(7)?,
-            revoked: r.get(8)?,
+            tokens_per_day: r.opt_int(5)?.map(|t| t.max(0) as u64),
+            requests_per_minute: r.opt_int(6)?.map(|t| t.clamp(0, u32::MAX as i64) as u32),
+            created: r.int(7)?,
+            revoked: r.opt_int(8)?,
         })
     }
 
     /// The live (not revoked) key whose secret this is.
-    pub fn authenticate(&self, secret: &str) -> Result<Option<KeyInfo>> {
+    pub fn authenticate(&mut self, secret: &str) -> Result<Option<KeyInfo>> {
         let sql = format!(
-            "SELECT {} FROM keys WHERE hash = ?1 AND revoked IS NULL",
+            "SELECT {} FROM keys WHERE hash = $1 AND revoked IS NULL",
             Self::KEY_COLUMNS
         );
-        self.conn
-            .query_row(&sql, [hash_secret(secret)], Self::key_from_row)
-            .optional()
-            .map_err(self.err())
+        let row = self.db.query_opt(&sql, values![hash_secret(secret)])?;
+        row.as_ref().map(Self::key_from_row).transpose()
     }
 
-    pub fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+    pub fn list_keys(&mut self) -> Result<Vec<KeyInfo>> {
         let sql = format!(
             "SELECT {} FROM keys ORDER BY created, id",
             Self::KEY_COLUMNS
         );
-        let mut stmt = self.conn.prepare(&sql).map_err(self.err())?;
-        let rows = stmt
-            .query_map([], Self::key_from_row)
-            .map_err(self.err())?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.err())?;
-        Ok(rows)
+        self.db
+            .query(&sql, &[])?
+            .iter()
+            .map(Self::key_from_row)
+            .collect()
     }
 
     /// Revokes a key; an unknown or already revoked id is an error.
-    pub fn revoke(&self, id: &str) -> Result<()> {
-        let n = self
-            .conn
-            .execute(
-                "UPDATE keys SET revoked = ?2 WHERE id = ?1 AND revoked IS NULL",
-                params![id, now_ms() / 1000],
-            )
-            .map_err(self.err())?;
+    pub fn revoke(&mut self, id: &str) -> Result<()> {
+        let n = self.db.execute(
+            "UPDATE keys SET revoked = $2 WHERE id = $1 AND revoked IS NULL",
+            values![id, now_ms() / 1000],
+        )?;
         if n == 0 {
             return Err(StoreError::Invalid(format!(
                 "{}: no live key {id:?} (see gpt2 keys list)",
-                self.path.display()
+                self.db.name()
             )));
         }
         Ok(())
@@ -459,18 +523,22 @@ impl Store {
     /// request's tokens are never counted twice, nor missed, by another
     /// server's admission).
     pub fn settle(&mut self, e: &AuditEntry, reservation: Option<i64>) -> Result<()> {
-        let err = self.err_fn();
-        let tx = self.conn.transaction().map_err(&err)?;
-        insert_audit(&tx, e).map_err(&err)?;
-        if let Some(key) = &e.key_id {
-            add_usage(&tx, key, e.time_ms, e.prompt_tokens + e.completion_tokens).map_err(&err)?;
-        }
-        if let Some(id) = reservation {
-            tx.prepare_cached("UPDATE reservations SET settled = 1 WHERE id = ?1")
-                .and_then(|mut s| s.execute([id]))
-                .map_err(&err)?;
-        }
-        tx.commit().map_err(&err)
+        Ok(self.db.transaction(|tx| {
+            if let Some(key) = &e.key_id {
+                tx.lock(key)?;
+            }
+            insert_audit(tx, e)?;
+            if let Some(key) = &e.key_id {
+                add_usage(tx, key, e.time_ms, e.prompt_tokens + e.completion_tokens)?;
+            }
+            if let Some(id) = reservation {
+                tx.execute(
+                    "UPDATE reservations SET settled = 1 WHERE id = $1",
+                    values![id],
+                )?;
+            }
+            Ok(())
+        })?)
     }
 
     /// Admits a request of at most `tokens` for `key_id` under `limits`,
@@ -484,211 +552,208 @@ impl Store {
         endpoint: &str,
         tokens: u64,
         limits: Limits,
-        holder: Holder,
+        holder: &Holder,
         now: i64,
     ) -> Result<Admission> {
-        let err = self.err_fn();
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(&err)?;
-        tx.prepare_cached("DELETE FROM reservations WHERE settled = 1 AND created_ms < ?1")
-            .and_then(|mut s| s.execute([now - MINUTE_MS]))
-            .map_err(&err)?;
-        if let Some(rpm) = limits.requests_per_minute {
-            let (count, oldest): (i64, Option<i64>) = tx
-                .prepare_cached(
+        Ok(self.db.transaction(|tx| {
+            tx.lock(key_id)?;
+            tx.execute(
+                "DELETE FROM reservations WHERE key_id = $1 AND settled = 1 AND created_ms < $2",
+                values![key_id, now - MINUTE_MS],
+            )?;
+            if let Some(rpm) = limits.requests_per_minute {
+                let r = tx.query_one(
                     "SELECT COUNT(*), MIN(created_ms) FROM reservations \
-                     WHERE key_id = ?1 AND created_ms > ?2",
-                )
-                .and_then(|mut s| {
-                    s.query_row(params![key_id, now - MINUTE_MS], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })
-                })
-                .map_err(&err)?;
-            if count >= rpm as i64 {
-                let wait = oldest.map(|t| t + MINUTE_MS - now).unwrap_or(MINUTE_MS);
-                return Ok(Admission::RateLimited {
-                    retry_after_s: (wait.max(0) as u64).div_ceil(1000).max(1),
-                });
+                     WHERE key_id = $1 AND created_ms > $2",
+                    values![key_id, now - MINUTE_MS],
+                )?;
+                let (count, oldest) = (r.int(0)?, r.opt_int(1)?);
+                if count >= rpm as i64 {
+                    let wait = oldest.map(|t| t + MINUTE_MS - now).unwrap_or(MINUTE_MS);
+                    return Ok(Admission::RateLimited {
+                        retry_after_s: (wait.max(0) as u64).div_ceil(1000).max(1),
+                    });
+                }
             }
-        }
-        if let Some(limit) = limits.tokens_per_day {
-            let used = used_today(&tx, key_id, now).map_err(&err)?;
-            if used >= limit {
-                return Ok(Admission::QuotaUsed {
-                    used,
-                    retry_after_s: seconds_to_midnight(now),
-                });
+            if let Some(limit) = limits.tokens_per_day {
+                let used = used_today(tx, key_id, now)?;
+                if used >= limit {
+                    return Ok(Admission::QuotaUsed {
+                        used,
+                        retry_after_s: seconds_to_midnight(now),
+                    });
+                }
             }
-        }
-        tx.prepare_cached(
-            "INSERT INTO reservations (key_id, tokens, created_ms, pid, pid_start, endpoint) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )
-        .and_then(|mut s| {
-            s.execute(params![
-                key_id,
-                tokens as i64,
-                now,
-                holder.pid,
-                holder.start,
-                endpoint
-            ])
-        })
-        .map_err(&err)?;
-        let id = tx.last_insert_rowid();
-        tx.commit().map_err(&err)?;
-        Ok(Admission::Reserved(id))
+            let id = tx
+                .query_one(
+                    "INSERT INTO reservations (key_id, tokens, created_ms, pid, pid_start, \
+                     endpoint, host) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                    values![
+                        key_id,
+                        tokens.min(i64::MAX as u64) as i64,
+                        now,
+                        holder.pid,
+                        holder.start,
+                        endpoint,
+                        &holder.host
+                    ],
+                )?
+                .int(0)?;
+            Ok(Admission::Reserved(id))
+        })?)
     }
 
     /// Tokens a key has used today (UTC) plus what its requests in flight
     /// have reserved.
-    pub fn used_today(&self, key_id: &str, now: i64) -> Result<u64> {
-        used_today(&self.conn, key_id, now).map_err(self.err())
+    pub fn used_today(&mut self, key_id: &str, now: i64) -> Result<u64> {
+        Ok(used_today(&mut self.db, key_id, now)?)
+    }
+
+    /// Tells other servers that `holder` is alive (see [`LEASE_MS`]).
+    pub fn heartbeat(&mut self, holder: &Holder, now: i64) -> Result<()> {
+        self.db.execute(
+            "INSERT INTO holders (host, pid, pid_start, seen_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (host, pid, pid_start) DO UPDATE SET seen_ms = excluded.seen_ms",
+            values![&holder.host, holder.pid, holder.start, now],
+        )?;
+        Ok(())
     }
 
     /// Charges in full, with an audit row each, the open reservations whose
     /// process is gone (a server killed mid-request); returns how many.
-    pub fn charge_abandoned(&mut self) -> Result<usize> {
-        let err = self.err_fn();
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(&err)?;
-        let open: Vec<(i64, String, i64, i64, u32, i64, String)> = tx
-            .prepare(
-                "SELECT id, key_id, tokens, created_ms, pid, pid_start, endpoint \
-                 FROM reservations WHERE settled = 0",
-            )
-            .and_then(|mut s| {
-                s.query_map([], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                    ))
-                })?
-                .collect()
-            })
-            .map_err(&err)?;
-        let mut charged = 0;
-        for (id, key, tokens, created, pid, start, endpoint) in open {
-            if (Holder { pid, start }).is_alive() {
-                continue;
+    pub fn charge_abandoned(&mut self, now: i64) -> Result<usize> {
+        Ok(self.db.transaction(|tx| {
+            tx.lock("charge_abandoned")?;
+            let open = tx.query(
+                "SELECT r.id, r.key_id, r.tokens, r.created_ms, r.pid, r.pid_start, r.endpoint, \
+                 r.host, h.seen_ms FROM reservations r LEFT JOIN holders h \
+                 ON h.host = r.host AND h.pid = r.pid AND h.pid_start = r.pid_start \
+                 WHERE r.settled = 0 ORDER BY r.id",
+                &[],
+            )?;
+            let mut charged = 0;
+            for r in open {
+                let (id, key, tokens, created) = (r.int(0)?, r.text(1)?, r.int(2)?, r.int(3)?);
+                let holder = Holder {
+                    pid: r.int(4)?.clamp(0, u32::MAX as i64) as u32,
+                    start: r.int(5)?,
+                    host: r.text(7)?,
+                };
+                if holder.is_alive(r.opt_int(8)?, created, now) {
+                    continue;
+                }
+                let entry = AuditEntry {
+                    time_ms: created,
+                    key_id: Some(key.clone()),
+                    endpoint: r.text(6)?,
+                    prompt_tokens: tokens.max(0) as u64,
+                    status: ABANDONED,
+                    note: Some(format!(
+                        "the server process (pid {} on {}) stopped before this request \
+                         finished; its reservation of {tokens} tokens is charged in full",
+                        holder.pid, holder.host
+                    )),
+                    ..AuditEntry::default()
+                };
+                tx.lock(&key)?;
+                insert_audit(tx, &entry)?;
+                add_usage(tx, &key, created, tokens.max(0) as u64)?;
+                tx.execute(
+                    "UPDATE reservations SET settled = 1 WHERE id = $1",
+                    values![id],
+                )?;
+                charged += 1;
             }
-            let entry = AuditEntry {
-                time_ms: created,
-                key_id: Some(key.clone()),
-                endpoint,
-                prompt_tokens: tokens.max(0) as u64,
-                status: ABANDONED,
-                note: Some(format!(
-                    "the server process (pid {pid}) stopped before this request finished; \
-                     its reservation of {tokens} tokens is charged in full"
-                )),
-                ..AuditEntry::default()
-            };
-            insert_audit(&tx, &entry).map_err(&err)?;
-            add_usage(&tx, &key, created, tokens.max(0) as u64).map_err(&err)?;
-            tx.execute("UPDATE reservations SET settled = 1 WHERE id = ?1", [id])
-                .map_err(&err)?;
-            charged += 1;
-        }
-        tx.commit().map_err(&err)?;
-        Ok(charged)
+            tx.execute(
+                "DELETE FROM holders WHERE seen_ms < $1",
+                values![now - 10 * LEASE_MS],
+            )?;
+            Ok(charged)
+        })?)
     }
 
     /// The newest audit entries first, optionally of one key.
-    pub fn audit_log(&self, key_id: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>> {
-        let mut stmt = self
-            .conn
-            .prepare(
-                "SELECT time_ms, key_id, endpoint, model, prompt_tokens, completion_tokens, \
-                 status, latency_ms, note FROM audit WHERE (?1 IS NULL OR key_id = ?1) \
-                 ORDER BY id DESC LIMIT ?2",
-            )
-            .map_err(self.err())?;
-        let rows = stmt
-            .query_map(params![key_id, limit as i64], |r| {
+    pub fn audit_log(&mut self, key_id: Option<&str>, limit: usize) -> Result<Vec<AuditEntry>> {
+        let rows = self.db.query(
+            "SELECT time_ms, key_id, endpoint, model, prompt_tokens, completion_tokens, \
+             status, latency_ms, note FROM audit WHERE (CAST($1 AS TEXT) IS NULL OR key_id = $1) \
+             ORDER BY id DESC LIMIT $2",
+            values![key_id, limit.min(i64::MAX as usize)],
+        )?;
+        rows.iter()
+            .map(|r| {
                 Ok(AuditEntry {
-                    time_ms: r.get(0)?,
-                    key_id: r.get(1)?,
-                    endpoint: r.get(2)?,
-                    model: r.get(3)?,
-                    prompt_tokens: r.get::<_, i64>(4)?.max(0) as u64,
-                    completion_tokens: r.get::<_, i64>(5)?.max(0) as u64,
-                    status: r.get(6)?,
-                    latency_ms: r.get(7)?,
-                    note: r.get(8)?,
+                    time_ms: r.int(0)?,
+                    key_id: r.opt_text(1)?,
+                    endpoint: r.text(2)?,
+                    model: r.opt_text(3)?,
+                    prompt_tokens: r.int(4)?.max(0) as u64,
+                    completion_tokens: r.int(5)?.max(0) as u64,
+                    status: r.int(6)?.clamp(0, u16::MAX as i64) as u16,
+                    latency_ms: r.real(7)?,
+                    note: r.opt_text(8)?,
                 })
             })
-            .map_err(self.err())?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.err())?;
-        Ok(rows)
+            .collect()
     }
 }
 
 /// The audit status of a request whose server died before it ended.
 pub const ABANDONED: u16 = 599;
 
-fn insert_audit(conn: &Connection, e: &AuditEntry) -> rusqlite::Result<usize> {
-    conn.prepare_cached(
+fn insert_audit(tx: &mut Tx<'_>, e: &AuditEntry) -> gpt2_db::Result<u64> {
+    tx.execute(
         "INSERT INTO audit (time_ms, key_id, endpoint, model, prompt_tokens, \
          completion_tokens, status, latency_ms, note) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        e.time_ms,
-        e.key_id,
-        e.endpoint,
-        e.model,
-        e.prompt_tokens as i64,
-        e.completion_tokens as i64,
-        e.status,
-        e.latency_ms,
-        e.note
-    ])
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        values![
+            e.time_ms,
+            e.key_id.as_deref(),
+            &e.endpoint,
+            e.model.as_deref(),
+            e.prompt_tokens.min(i64::MAX as u64) as i64,
+            e.completion_tokens.min(i64::MAX as u64) as i64,
+            e.status,
+            e.latency_ms,
+            e.note.as_deref()
+        ],
+    )
 }
 
-fn add_usage(
-    conn: &Connection,
-    key_id: &str,
-    time_ms: i64,
-    tokens: u64,
-) -> rusqlite::Result<usize> {
-    conn.prepare_cached(
-        "INSERT INTO usage (key_id, day, tokens) VALUES (?1, ?2, ?3) \
-         ON CONFLICT (key_id, day) DO UPDATE SET tokens = tokens + excluded.tokens",
-    )?
-    .execute(params![key_id, time_ms.div_euclid(DAY_MS), tokens as i64])
+fn add_usage(tx: &mut Tx<'_>, key_id: &str, time_ms: i64, tokens: u64) -> gpt2_db::Result<u64> {
+    tx.execute(
+        "INSERT INTO usage (key_id, day, tokens) VALUES ($1, $2, $3) \
+         ON CONFLICT (key_id, day) DO UPDATE SET tokens = usage.tokens + excluded.tokens",
+        values![
+            key_id,
+            time_ms.div_euclid(DAY_MS),
+            tokens.min(i64::MAX as u64) as i64
+        ],
+    )
 }
 
-fn used_today(conn: &Connection, key_id: &str, now: i64) -> rusqlite::Result<u64> {
-    let used: i64 = conn
-        .prepare_cached(
-            "SELECT COALESCE((SELECT tokens FROM usage WHERE key_id = ?1 AND day = ?2), 0) + \
-             COALESCE((SELECT SUM(tokens) FROM reservations WHERE settled = 0 AND key_id = ?1), 0)",
+fn used_today(db: &mut impl Sql, key_id: &str, now: i64) -> gpt2_db::Result<u64> {
+    let used = db
+        .query_one(
+            "SELECT COALESCE((SELECT tokens FROM usage WHERE key_id = $1 AND day = $2), 0) + \
+             COALESCE((SELECT CAST(SUM(tokens) AS BIGINT) FROM reservations \
+             WHERE settled = 0 AND key_id = $1), 0)",
+            values![key_id, now.div_euclid(DAY_MS)],
         )?
-        .query_row(params![key_id, now.div_euclid(DAY_MS)], |r| r.get(0))?;
+        .int(0)?;
     Ok(used.max(0) as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gpt2_db::test_cluster::TestCluster;
 
-    #[test]
-    fn keys_are_stored_as_hashes_and_revocation_is_immediate() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("keys.sqlite")).unwrap();
-        let (id, secret) = store
+    /// Opens another handle on one state, as another server process would.
+    type Open<'a> = &'a (dyn Fn() -> Store + Sync);
+
+    fn new_key(store: &mut Store) -> (String, String) {
+        store
             .create_key(&NewKey {
                 name: "org".into(),
                 purpose: "research".into(),
@@ -697,42 +762,35 @@ mod tests {
                 tokens_per_day: Some(100),
                 requests_per_minute: None,
             })
-            .unwrap();
-        let raw = std::fs::read(dir.path().join("keys.sqlite")).unwrap();
-        let wal = std::fs::read(dir.path().join("keys.sqlite-wal")).unwrap_or_default();
-        let needle = secret.as_bytes();
-        for bytes in [&raw, &wal] {
-            assert!(!bytes.windows(needle.len()).any(|w| w == needle));
-        }
-        let k = store.authenticate(&secret).unwrap().unwrap();
+            .unwrap()
+    }
+
+    fn revocation_is_immediate(open: Open) {
+        let (mut store, mut other) = (open(), open());
+        let (id, secret) = new_key(&mut store);
+        let k = other.authenticate(&secret).unwrap().unwrap();
         assert_eq!(k.id, id);
         assert!(k.has_scope(Scope::Generate) && !k.has_scope(Scope::Admin));
         assert!(k.allows_model("default") && !k.allows_model("gpt2"));
         assert!(store.authenticate("gpt2-wrong").unwrap().is_none());
         store.revoke(&id).unwrap();
-        assert!(store.authenticate(&secret).unwrap().is_none());
+        assert!(other.authenticate(&secret).unwrap().is_none());
         assert!(store.revoke(&id).is_err());
     }
 
-    #[test]
-    fn audit_counts_tokens_per_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("keys.sqlite")).unwrap();
+    fn audit_counts_tokens_per_key(open: Open) {
+        let mut store = open();
         for (key, t) in [("a", 5), ("a", 7), ("b", 100)] {
-            store
-                .settle(
-                    &AuditEntry {
-                        time_ms: 1000,
-                        key_id: Some(key.into()),
-                        endpoint: "/v1/completions".into(),
-                        prompt_tokens: t,
-                        completion_tokens: 1,
-                        status: 200,
-                        ..AuditEntry::default()
-                    },
-                    None,
-                )
-                .unwrap();
+            let row = AuditEntry {
+                time_ms: 1000,
+                key_id: Some(key.into()),
+                endpoint: "/v1/completions".into(),
+                prompt_tokens: t,
+                completion_tokens: 1,
+                status: 200,
+                ..AuditEntry::default()
+            };
+            store.settle(&row, None).unwrap();
         }
         assert_eq!(store.used_today("a", 2000).unwrap(), 14);
         assert_eq!(store.used_today("a", DAY_MS + 1000).unwrap(), 0);
@@ -747,25 +805,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn two_handles_on_one_file_share_reservations_and_rates() {
-        // Two Stores on one file stand for two server processes.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keys.sqlite");
-        let (mut a, mut b) = (Store::open(&path).unwrap(), Store::open(&path).unwrap());
+    fn two_handles_share_reservations_and_rates(open: Open) {
+        let (mut a, mut b) = (open(), open());
         let me = Holder::this_process();
         let now = 10 * DAY_MS + 5;
         let q = limits(None, Some(100));
-        let first = a.admit("k", "/v1/detect", 80, q, me, now).unwrap();
+        let first = a.admit("k", "/v1/detect", 80, q, &me, now).unwrap();
         let Admission::Reserved(id) = first else {
             panic!("{first:?}")
         };
         // 80 reserved of 100: the other process admits one more, then no more.
         assert!(matches!(
-            b.admit("k", "/v1/detect", 80, q, me, now).unwrap(),
+            b.admit("k", "/v1/detect", 80, q, &me, now).unwrap(),
             Admission::Reserved(_)
         ));
-        let refused = a.admit("k", "/v1/detect", 1, q, me, now).unwrap();
+        let refused = a.admit("k", "/v1/detect", 1, q, &me, now).unwrap();
         assert!(
             matches!(refused, Admission::QuotaUsed { used: 160, .. }),
             "{refused:?}"
@@ -784,43 +838,106 @@ mod tests {
         let r = limits(Some(2), None);
         for _ in 0..2 {
             assert!(matches!(
-                a.admit("r", "/", 0, r, me, now).unwrap(),
+                a.admit("r", "/", 0, r, &me, now).unwrap(),
                 Admission::Reserved(_)
             ));
         }
-        let limited = b.admit("r", "/", 0, r, me, now + 1000).unwrap();
+        let limited = b.admit("r", "/", 0, r, &me, now + 1000).unwrap();
         assert_eq!(limited, Admission::RateLimited { retry_after_s: 59 });
         assert!(matches!(
-            b.admit("r", "/", 0, r, me, now + MINUTE_MS + 1).unwrap(),
+            b.admit("r", "/", 0, r, &me, now + MINUTE_MS + 1).unwrap(),
             Admission::Reserved(_)
         ));
     }
 
-    #[test]
-    fn a_dead_processs_reservations_are_charged_in_full() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = Store::open(&dir.path().join("keys.sqlite")).unwrap();
+    fn dead_holders_are_charged_in_full(open: Open) {
+        let mut store = open();
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = Holder {
+            host: this_host(),
             pid: child.id(),
             start: process_start(child.id()).unwrap_or(1),
         };
         child.wait().unwrap();
         let now = now_ms();
+        // A server on another machine: alive while it beats, then not.
+        let far = Holder {
+            host: "another-machine".into(),
+            pid: 7,
+            start: 1,
+        };
         let q = limits(None, Some(1000));
         store
-            .admit("k", "/v1/completions", 300, q, dead, now)
+            .admit("k", "/v1/completions", 300, q, &dead, now)
             .unwrap();
+        let me = Holder::this_process();
+        store.admit("k", "/v1/completions", 5, q, &me, now).unwrap();
         store
-            .admit("k", "/v1/completions", 5, q, Holder::this_process(), now)
+            .admit("k", "/v1/completions", 40, q, &far, now)
             .unwrap();
-        assert_eq!(store.charge_abandoned().unwrap(), 1);
-        assert_eq!(store.charge_abandoned().unwrap(), 0);
-        // The live reservation stays open; the dead one became usage.
-        assert_eq!(store.used_today("k", now).unwrap(), 305);
+        store.heartbeat(&far, now).unwrap();
+        assert_eq!(store.charge_abandoned(now).unwrap(), 1);
+        assert_eq!(store.charge_abandoned(now + LEASE_MS / 2).unwrap(), 0);
+        // The live reservations stay open; the dead one became usage.
+        assert_eq!(store.used_today("k", now).unwrap(), 345);
         let rows = store.audit_log(Some("k"), 10).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].status, rows[0].prompt_tokens), (ABANDONED, 300));
+        // The far server stops beating: after the lease it is charged.
+        assert_eq!(store.charge_abandoned(now + LEASE_MS + 1).unwrap(), 1);
+        assert_eq!(store.audit_log(Some("k"), 10).unwrap().len(), 2);
+    }
+
+    fn opening_together_migrates_once(open: Open) {
+        std::thread::scope(|s| {
+            let opens: Vec<_> = (0..4).map(|_| s.spawn(|| drop(open()))).collect();
+            for o in opens {
+                o.join().unwrap();
+            }
+        });
+    }
+
+    const SCENARIOS: [fn(Open); 5] = [
+        revocation_is_immediate,
+        audit_counts_tokens_per_key,
+        two_handles_share_reservations_and_rates,
+        dead_holders_are_charged_in_full,
+        opening_together_migrates_once,
+    ];
+
+    #[test]
+    fn every_scenario_on_sqlite() {
+        // A fresh file for each scenario's state, shared by its handles.
+        for scenario in SCENARIOS {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("keys.sqlite");
+            scenario(&|| Store::open(&path).unwrap());
+        }
+    }
+
+    #[test]
+    fn every_scenario_on_postgres() {
+        let pg = match TestCluster::start() {
+            Ok(pg) => pg,
+            Err(why) => return eprintln!("skipped: no PostgreSQL to test against: {why}"),
+        };
+        for (i, scenario) in SCENARIOS.into_iter().enumerate() {
+            let target = PgTarget::parse(&pg.url(&format!("store{i}"))).unwrap();
+            scenario(&|| Store::open_postgres(&target).unwrap());
+        }
+    }
+
+    #[test]
+    fn keys_are_stored_as_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("keys.sqlite")).unwrap();
+        let (_, secret) = new_key(&mut store);
+        let raw = std::fs::read(dir.path().join("keys.sqlite")).unwrap();
+        let wal = std::fs::read(dir.path().join("keys.sqlite-wal")).unwrap_or_default();
+        let needle = secret.as_bytes();
+        for bytes in [&raw, &wal] {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle));
+        }
     }
 
     #[test]
@@ -828,9 +945,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.sqlite");
         {
-            // Version 0: the audit table alone counted usage.
-            let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(SCHEMA).unwrap();
+            // Version 0: keys and audit, and the audit table alone counted usage.
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            let v0 = MIGRATIONS[0].sqlite;
+            conn.execute_batch(&v0[..v0.find("CREATE TABLE reservations").unwrap()])
+                .unwrap();
             conn.execute(
                 "INSERT INTO audit (time_ms, key_id, endpoint, prompt_tokens, completion_tokens, \
                  status, latency_ms) VALUES (?1, 'k', '/v1/completions', 7, 3, 200, 1.0)",
@@ -838,33 +957,14 @@ mod tests {
             )
             .unwrap();
         }
-        let store = Store::open(&path).unwrap();
+        let mut store = Store::open(&path).unwrap();
         assert_eq!(store.used_today("k", 5 * DAY_MS + 9).unwrap(), 10);
         drop(store);
-        Connection::open(&path)
+        rusqlite::Connection::open(&path)
             .unwrap()
             .execute_batch("PRAGMA user_version = 9")
             .unwrap();
         let e = Store::open(&path).err().unwrap().to_string();
         assert!(e.contains("schema version 9") && e.contains("newer"), "{e}");
-    }
-
-    #[test]
-    fn servers_opening_an_old_database_together_migrate_it_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keys.sqlite");
-        Connection::open(&path)
-            .unwrap()
-            .execute_batch(SCHEMA)
-            .unwrap();
-        let opens: Vec<_> = (0..4)
-            .map(|_| {
-                let path = path.clone();
-                std::thread::spawn(move || Store::open(&path).map(|_| ()))
-            })
-            .collect();
-        for o in opens {
-            o.join().unwrap().unwrap();
-        }
     }
 }

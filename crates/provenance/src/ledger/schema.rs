@@ -10,6 +10,7 @@
 use super::minhash::{BANDS, BAND_ROWS, NUM_HASHES};
 use super::shingle::NGRAM;
 use super::{LedgerError, Result};
+use gpt2_db::{values, Db, Migration, PgTarget, Sql};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::io::Read;
 use std::path::Path;
@@ -94,9 +95,9 @@ fn not_a_ledger(path: &Path, reason: impl Into<String>) -> LedgerError {
     }
 }
 
-fn incompatible(path: &Path, message: impl Into<String>) -> LedgerError {
+fn incompatible(name: &str, message: impl Into<String>) -> LedgerError {
     LedgerError::Incompatible {
-        path: path.display().to_string(),
+        path: name.to_string(),
         message: message.into(),
     }
 }
@@ -111,7 +112,7 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> LedgerError + '_ {
 /// Opens the ledger at `path` for reading and writing, creating it (with
 /// `hash_only` as its mode) when the path does not exist. Returns the
 /// connection and what `meta` says.
-pub fn open(path: &Path, hash_only: bool) -> Result<(Connection, Meta)> {
+pub fn open(path: &Path, hash_only: bool) -> Result<(Db, Meta)> {
     if !path.exists() {
         create(path, hash_only)?;
     }
@@ -122,8 +123,66 @@ pub fn open(path: &Path, hash_only: bool) -> Result<(Connection, Meta)> {
     )
     .map_err(sqlite_err(path))?;
     configure(&conn, path)?;
-    let meta = read_meta(&conn, path)?;
-    Ok((conn, meta))
+    let mut db = Db::sqlite(conn, path.display().to_string());
+    let meta = read_meta(&mut db)?;
+    Ok((db, meta))
+}
+
+/// The ledger's tables on PostgreSQL: SQLite's, in PostgreSQL's types.
+const POSTGRES_TABLES: [Migration; 1] = [Migration {
+    sqlite: "",
+    postgres: "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE records (
+    id BIGSERIAL PRIMARY KEY,
+    created BIGINT NOT NULL,
+    sha256 TEXT NOT NULL,
+    text TEXT,
+    tokens BYTEA,
+    watermark_key_id TEXT,
+    caller TEXT,
+    model TEXT,
+    ngrams BYTEA NOT NULL,
+    minhash BYTEA
+);
+CREATE INDEX records_sha256 ON records (sha256);
+CREATE TABLE lsh (
+    key BIGINT NOT NULL,
+    record_id BIGINT NOT NULL,
+    PRIMARY KEY (key, record_id)
+);
+",
+}];
+
+/// Opens (creating, as hash-only when `hash_only`, if new) the ledger in a
+/// PostgreSQL database; returns the connection and what `meta` says.
+pub fn open_postgres(target: &PgTarget, hash_only: bool) -> Result<(Db, Meta)> {
+    let mut db = Db::postgres(target)?;
+    db.migrate("ledger", &POSTGRES_TABLES)?;
+    db.transaction(|tx| {
+        tx.lock("ledger meta")?;
+        for (k, v) in meta_rows(hash_only) {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                values![k, v],
+            )?;
+        }
+        Ok(())
+    })?;
+    let meta = read_meta(&mut db)?;
+    Ok((db, meta))
+}
+
+/// What a new ledger's `meta` holds.
+fn meta_rows(hash_only: bool) -> Vec<(&'static str, String)> {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("format", FORMAT.to_string()),
+        ("schema_version", SCHEMA_VERSION.to_string()),
+        ("hash_only", if hash_only { "1" } else { "0" }.to_string()),
+        ("created", super::now().to_string()),
+    ];
+    rows.extend(parameters());
+    rows
 }
 
 /// Refuses anything at `path` that is not a gpt2 ledger, without writing
@@ -194,7 +253,7 @@ fn configure(conn: &Connection, path: &Path) -> Result<()> {
     let mode = super::set_wal_mode(conn, BUSY_TIMEOUT).map_err(&err)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(incompatible(
-            path,
+            &path.display().to_string(),
             format!("SQLite refused WAL mode (journal mode is {mode})"),
         ));
     }
@@ -209,10 +268,13 @@ fn configure(conn: &Connection, path: &Path) -> Result<()> {
 
 /// Reads `meta` and refuses a ledger this code cannot search: a newer
 /// schema, or signatures made with other parameters.
-fn read_meta(conn: &Connection, path: &Path) -> Result<Meta> {
-    let get = |key: &str| -> Result<String> {
-        meta_value(conn, key)
-            .map_err(sqlite_err(path))?
+fn read_meta(db: &mut Db) -> Result<Meta> {
+    let name = db.name().to_string();
+    let path = name.as_str();
+    let mut get = |key: &str| -> Result<String> {
+        db.query_opt("SELECT value FROM meta WHERE key = $1", values![key])?
+            .map(|r| r.text(0))
+            .transpose()?
             .ok_or_else(|| incompatible(path, format!("meta has no {key:?} entry")))
     };
     let version = get("schema_version")?;
@@ -305,15 +367,7 @@ fn build(tmp: &Path, hash_only: bool) -> Result<()> {
         .map_err(&err)?;
     let tx = conn.transaction().map_err(&err)?;
     tx.execute_batch(TABLES).map_err(&err)?;
-    let created = super::now().to_string();
-    let mut rows: Vec<(&str, String)> = vec![
-        ("format", FORMAT.to_string()),
-        ("schema_version", SCHEMA_VERSION.to_string()),
-        ("hash_only", if hash_only { "1" } else { "0" }.to_string()),
-        ("created", created),
-    ];
-    rows.extend(parameters());
-    for (k, v) in &rows {
+    for (k, v) in &meta_rows(hash_only) {
         tx.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", (k, v))
             .map_err(&err)?;
     }

@@ -41,16 +41,64 @@ fn edit(text: &str, every: usize, drop: usize) -> String {
         .join(" ")
 }
 
+/// Opens the ledger of one scenario (again, for a second handle).
+type Open<'a> = &'a dyn Fn() -> Ledger;
+
+const SCENARIOS: [fn(Open); 7] = [
+    exact_copy_is_found_with_its_record,
+    edited_copy_is_found_by_similarity,
+    unrelated_text_matches_nothing,
+    texts_without_ngrams_match_only_exactly,
+    results_are_sorted_best_first,
+    the_minimum_score_must_be_a_fraction,
+    batches_are_one_transaction_each,
+];
+
+#[test]
+fn every_scenario_on_sqlite() {
+    for scenario in SCENARIOS {
+        let (_d, path) = temp_ledger();
+        scenario(&|| Ledger::open(&path).unwrap());
+    }
+}
+
+#[test]
+fn every_scenario_on_postgres() {
+    let pg = match gpt2_db::test_cluster::TestCluster::start() {
+        Ok(pg) => pg,
+        Err(why) => return eprintln!("skipped: no PostgreSQL to test against: {why}"),
+    };
+    for (i, scenario) in SCENARIOS.into_iter().enumerate() {
+        let target = PgTarget::parse(&pg.url(&format!("ledger{i}"))).unwrap();
+        scenario(&|| Ledger::open_postgres(&target, false).unwrap());
+    }
+    // Hash-only: chosen when the tables are made, kept, never downgraded.
+    let target = PgTarget::parse(&pg.url("hash_only")).unwrap();
+    let mut l = Ledger::open_postgres(&target, true).unwrap();
+    let id = l.record(&new_record(ALICE)).unwrap();
+    let r = l.get(id).unwrap().unwrap();
+    assert_eq!((r.text, r.tokens), (None, None));
+    assert_eq!(l.lookup(&edit(ALICE, 8, 10)).unwrap()[0].record_id, id);
+    assert!(Ledger::open_postgres(&target, false)
+        .unwrap()
+        .is_hash_only());
+    let texts = PgTarget::parse(&pg.url("ledger0")).unwrap();
+    let e = Ledger::open_postgres(&texts, true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("hash-only"), "{e}");
+    assert!(l.check().unwrap().is_empty());
+}
+
 fn temp_ledger() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.db");
     (dir, path)
 }
 
-#[test]
-fn exact_copy_is_found_with_its_record() {
-    let (_d, path) = temp_ledger();
-    let mut l = Ledger::open(&path).unwrap();
+fn exact_copy_is_found_with_its_record(open: Open) {
+    let mut l = open();
     let other = l.record(&new_record(OZ)).unwrap();
     let id = l.record(&new_record(ALICE)).unwrap();
     assert_ne!(id, other);
@@ -76,10 +124,8 @@ fn exact_copy_is_found_with_its_record() {
     assert!(l.check().unwrap().is_empty());
 }
 
-#[test]
-fn edited_copy_is_found_by_similarity() {
-    let (_d, path) = temp_ledger();
-    let mut l = Ledger::open(&path).unwrap();
+fn edited_copy_is_found_by_similarity(open: Open) {
+    let mut l = open();
     l.record(&new_record(OZ)).unwrap();
     let id = l.record(&new_record(ALICE)).unwrap();
     let edited = edit(ALICE, 8, 10);
@@ -98,10 +144,8 @@ fn edited_copy_is_found_by_similarity() {
     assert_eq!((m[0].score, m[0].exact), (1.0, false));
 }
 
-#[test]
-fn unrelated_text_matches_nothing() {
-    let (_d, path) = temp_ledger();
-    let mut l = Ledger::open(&path).unwrap();
+fn unrelated_text_matches_nothing(open: Open) {
+    let mut l = open();
     l.record(&new_record(ALICE)).unwrap();
     assert!(l.lookup(OZ).unwrap().is_empty());
     // Even at threshold 0 only LSH candidates are scored, and an unrelated
@@ -109,10 +153,8 @@ fn unrelated_text_matches_nothing() {
     assert!(l.lookup_with(OZ, 0.0).unwrap().is_empty());
 }
 
-#[test]
-fn texts_without_ngrams_match_only_exactly() {
-    let (_d, path) = temp_ledger();
-    let mut l = Ledger::open(&path).unwrap();
+fn texts_without_ngrams_match_only_exactly(open: Open) {
+    let mut l = open();
     let id = l.record(&new_record("Hi there")).unwrap();
     assert_eq!(l.get(id).unwrap().unwrap().ngrams, 0);
     assert_eq!(l.lookup("Hi there").unwrap().len(), 1);
@@ -120,10 +162,8 @@ fn texts_without_ngrams_match_only_exactly() {
     assert!(l.check().unwrap().is_empty());
 }
 
-#[test]
-fn results_are_sorted_best_first() {
-    let (_d, path) = temp_ledger();
-    let mut l = Ledger::open(&path).unwrap();
+fn results_are_sorted_best_first(open: Open) {
+    let mut l = open();
     let far = l.record(&new_record(&edit(ALICE, 5, 7))).unwrap();
     let near = l.record(&new_record(&edit(ALICE, 20, 1000))).unwrap();
     let same = l.record(&new_record(ALICE)).unwrap();
@@ -136,14 +176,12 @@ fn results_are_sorted_best_first() {
     assert_eq!(ids, [same, near, far]);
 }
 
-#[test]
-fn the_minimum_score_must_be_a_fraction() {
-    let (_d, path) = temp_ledger();
-    let l = Ledger::open(&path).unwrap();
+fn the_minimum_score_must_be_a_fraction(open: Open) {
+    let mut l = open();
     for bad in [-0.1, 1.5, f64::NAN] {
         let e = l.lookup_with(ALICE, bad).unwrap_err().to_string();
         assert!(
-            e.contains("ledger.db") && e.contains("between 0 and 1"),
+            e.contains(l.location()) && e.contains("between 0 and 1"),
             "{e}"
         );
     }
@@ -156,7 +194,7 @@ fn records_survive_reopening() {
         .unwrap()
         .record(&new_record(ALICE))
         .unwrap();
-    let l = Ledger::open(&path).unwrap();
+    let mut l = Ledger::open(&path).unwrap();
     assert_eq!(l.lookup(ALICE).unwrap()[0].record_id, id);
     assert_eq!(l.stats().unwrap().records, 1);
     assert_eq!(l.stats().unwrap().lsh_rows, BANDS as i64);
@@ -284,10 +322,8 @@ fn a_missing_directory_is_named() {
     );
 }
 
-#[test]
-fn batches_are_one_transaction_each() {
-    let (_d, path) = temp_ledger();
-    let mut l = Ledger::open(&path).unwrap();
+fn batches_are_one_transaction_each(open: Open) {
+    let mut l = open();
     let ids = l
         .record_batch(&[new_record(ALICE), new_record(OZ)])
         .unwrap();
