@@ -19,24 +19,6 @@ fn server_prf(s: &Server) -> Prf {
     Prf::new(key, Tokenizer::gpt2().vocab_size())
 }
 
-fn audit_rows(s: &Server, key_id: Option<&str>) -> Vec<Value> {
-    let state = s.state.to_str().unwrap();
-    let mut args = vec!["audit", "--state", state, "--json", "--limit", "100000"];
-    if let Some(k) = key_id {
-        args.extend(["--key", k]);
-    }
-    ok(run(&args))
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn charged(rows: &[Value]) -> u64 {
-    rows.iter()
-        .map(|r| r["prompt_tokens"].as_u64().unwrap() + r["completion_tokens"].as_u64().unwrap())
-        .sum()
-}
-
 /// Finding 1: text assembled from the alternatives of one-token
 /// completions carries the watermark, because the alternatives are those
 /// of the distribution the sampler draws from.

@@ -51,8 +51,15 @@ impl Server {
             }
             assert!(!line.contains("panicked"), "{line}");
         }
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep draining stderr so the server never blocks on a full pipe;
+        // its errors go to the test's output, shown when a test fails.
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if line.starts_with("error") || line.contains("panicked") {
+                    eprintln!("server: {line}");
+                }
+            }
+        });
         Server {
             child,
             url: url.expect("the server prints its address"),
@@ -136,6 +143,38 @@ pub fn get(url: &str, path: &str, key: Option<&str>) -> Reply {
         req = req.header("Authorization", format!("Bearer {k}"));
     }
     reply(req.call().expect("the server answers"))
+}
+
+/// As `post`, but `None` where no HTTP answer came (a server killed, a
+/// connection cut).
+pub fn try_post(url: &str, path: &str, key: Option<&str>, body: &[u8]) -> Option<Reply> {
+    let mut req = agent()
+        .post(format!("{url}{path}"))
+        .header("Content-Type", "application/json");
+    if let Some(k) = key {
+        req = req.header("Authorization", format!("Bearer {k}"));
+    }
+    req.send(body).ok().map(reply)
+}
+
+/// The audit rows of the server's state (of one key), newest first.
+pub fn audit_rows(s: &Server, key_id: Option<&str>) -> Vec<Value> {
+    let state = s.state.to_str().unwrap();
+    let mut args = vec!["audit", "--state", state, "--json", "--limit", "100000"];
+    if let Some(k) = key_id {
+        args.extend(["--key", k]);
+    }
+    ok(run(&args))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Prompt and completion tokens charged over `rows`.
+pub fn charged(rows: &[Value]) -> u64 {
+    rows.iter()
+        .map(|r| r["prompt_tokens"].as_u64().unwrap() + r["completion_tokens"].as_u64().unwrap())
+        .sum()
 }
 
 pub fn reply(mut r: ureq::http::Response<ureq::Body>) -> Reply {

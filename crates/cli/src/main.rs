@@ -12,6 +12,7 @@ mod ledger;
 mod quantize;
 mod score;
 mod serve;
+mod state;
 mod tokenize;
 mod train;
 mod watermark;
@@ -56,6 +57,9 @@ enum Command {
     Keys(keys::Args),
     /// The audit log of `gpt2 serve`: every request, newest first.
     Audit(audit::Args),
+    /// A server state's schema, and copying a whole state between a
+    /// directory and PostgreSQL.
+    State(state::Args),
     /// Rewrite a model's weights as f16, bf16, q8_0 or q4_0.
     Quantize(quantize::Args),
     /// Measure prefill, scoring and decode speed in-process.
@@ -120,6 +124,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Serve(a) => serve::run(a),
         Command::Keys(a) => keys::run(a),
         Command::Audit(a) => audit::run(a),
+        Command::State(a) => state::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Prepare(a) => train::prepare(a),

@@ -12,6 +12,7 @@
 //! a server whose database went away answers [`DbError::Unavailable`] until
 //! it returns, and needs no restart.
 
+pub mod copy;
 mod postgres_conn;
 pub mod test_cluster;
 mod value;

@@ -137,6 +137,9 @@ impl ToSql for Value {
                 _ => refuse(),
             },
             Value::Text(s) if <&str as ToSql>::accepts(ty) => s.as_str().to_sql(ty, out),
+            // PostgreSQL's TEXT cannot hold U+0000, which model output can:
+            // such columns are BYTEA, and text goes in as its UTF-8 bytes.
+            Value::Text(s) if *ty == Type::BYTEA => s.as_bytes().to_sql(ty, out),
             Value::Blob(b) if <&[u8] as ToSql>::accepts(ty) => b.as_slice().to_sql(ty, out),
             _ => refuse(),
         }
@@ -199,10 +202,14 @@ impl Row {
         }
     }
 
+    /// Text, or UTF-8 held as bytes (a BYTEA text column).
     pub fn opt_text(&self, i: usize) -> Result<Option<String>> {
         match self.at(i)? {
             Value::Null => Ok(None),
             Value::Text(v) => Ok(Some(v.clone())),
+            Value::Blob(b) => String::from_utf8(b.clone())
+                .map(Some)
+                .map_err(|_| self.wrong(i, "UTF-8 text")),
             _ => Err(self.wrong(i, "text")),
         }
     }

@@ -3,7 +3,9 @@
 //! ledger before the client sees it.
 //!
 //! - [`state`]: the state directory (keys, audit log, ledger, watermark key);
-//! - [`store`]: API keys (hashes only) and the audit log in SQLite;
+//! - [`store`]: API keys (hashes only), quotas and the audit log, on
+//!   SQLite or PostgreSQL;
+//! - [`state_copy`]: a whole state copied between the two, verified;
 //! - [`gate`]: authentication, scopes, rate limits and quotas;
 //! - [`audit`]: one audit row per request, written by a drop guard;
 //! - [`api`]: the OpenAI wire types: request bodies, validation, errors;
@@ -29,6 +31,7 @@ pub mod routes;
 pub mod server;
 pub mod sse;
 pub mod state;
+pub mod state_copy;
 pub mod store;
 pub mod tokenize;
 

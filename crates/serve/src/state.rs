@@ -76,10 +76,60 @@ impl State {
 
     /// The provenance ledger (created, keeping texts, if missing).
     pub fn ledger(&self) -> Result<Ledger, StateError> {
-        Ok(match self {
-            State::Dir(d) => Ledger::open(d.ledger_path())?,
-            State::Postgres(t) => Ledger::open_postgres(t, false)?,
+        self.ledger_with_mode(false)
+    }
+
+    /// The ledger, created hash-only if `hash_only` and missing; an
+    /// existing text-keeping ledger is then refused.
+    pub fn ledger_with_mode(&self, hash_only: bool) -> Result<Ledger, StateError> {
+        Ok(match (self, hash_only) {
+            (State::Dir(d), false) => Ledger::open(d.ledger_path())?,
+            (State::Dir(d), true) => Ledger::open_hash_only(d.ledger_path())?,
+            (State::Postgres(t), _) => Ledger::open_postgres(t, hash_only)?,
         })
+    }
+
+    /// The watermark key if one was made (never makes one).
+    pub fn existing_watermark_key(&self) -> Result<Option<WatermarkKey>, StateError> {
+        match self {
+            State::Dir(d) if !d.watermark_key_path().exists() => Ok(None),
+            State::Dir(d) => d.watermark_key().map(Some),
+            State::Postgres(t) => {
+                let mut store = Store::open_postgres(t)?;
+                let row = store
+                    .db()
+                    .query_opt("SELECT json FROM watermark_key WHERE id = 1", &[])?;
+                let Some(json) = row.map(|r| r.text(0)).transpose()? else {
+                    return Ok(None);
+                };
+                let name = self.watermark_key_location();
+                Ok(Some(WatermarkKey::from_json(&json, &name)?))
+            }
+        }
+    }
+
+    /// Makes `key` this state's watermark key; a state that has another
+    /// key already is refused (the texts it marked would go undetected).
+    pub fn install_watermark_key(&self, key: &WatermarkKey) -> Result<(), StateError> {
+        match self {
+            State::Dir(d) if !d.watermark_key_path().exists() => {
+                write_new_secret(&d.watermark_key_path(), key.to_json().as_bytes())?
+            }
+            State::Dir(_) => {}
+            State::Postgres(t) => offer_watermark_key(t, key)?,
+        }
+        let have = self.existing_watermark_key()?;
+        if have.as_ref().map(|k| &k.id) != Some(&key.id) {
+            return Err(StateError::Io {
+                path: self.watermark_key_location(),
+                message: format!(
+                    "holds another watermark key ({}) than {}; nothing was copied",
+                    have.map(|k| k.id).unwrap_or_default(),
+                    key.id
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// The server's watermark key, made with [`SERVER_KEY_PARAMS`] the
@@ -90,29 +140,17 @@ impl State {
             State::Dir(d) => return d.watermark_key(),
             State::Postgres(t) => t,
         };
-        let mut store = Store::open_postgres(t)?;
-        let db = store.db();
-        let read = |db: &mut gpt2_db::Db| -> Result<Option<String>, StateError> {
-            let row = db.query_opt("SELECT json FROM watermark_key WHERE id = 1", &[])?;
-            Ok(row.map(|r| r.text(0)).transpose()?)
-        };
-        let json = match read(db)? {
-            Some(json) => json,
-            None => {
-                db.execute(
-                    "INSERT INTO watermark_key (id, json) VALUES (1, $1)                      ON CONFLICT (id) DO NOTHING",
-                    values![new_server_key().to_json()],
-                )?;
-                read(db)?.ok_or_else(|| StateError::Io {
-                    path: t.display(),
-                    message: "the watermark key was written but cannot be read back".into(),
-                })?
-            }
-        };
-        Ok(WatermarkKey::from_json(
-            &json,
-            &format!("{} watermark_key", t.display()),
-        )?)
+        if let Some(key) = self.existing_watermark_key()? {
+            return Ok(key);
+        }
+        // Replicas starting together each offer a key; the first one in
+        // is every replica's.
+        offer_watermark_key(t, &new_server_key())?;
+        self.existing_watermark_key()?
+            .ok_or_else(|| StateError::Io {
+                path: self.watermark_key_location(),
+                message: "the watermark key was written but cannot be read back".into(),
+            })
     }
 
     /// Where the watermark key is, for messages.
@@ -122,6 +160,15 @@ impl State {
             State::Postgres(t) => format!("{} (table watermark_key)", t.display()),
         }
     }
+}
+
+/// Stores `key` as the PostgreSQL state's watermark key unless it has one.
+fn offer_watermark_key(t: &PgTarget, key: &WatermarkKey) -> Result<(), StateError> {
+    Store::open_postgres(t)?.db().execute(
+        "INSERT INTO watermark_key (id, json) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+        values![key.to_json()],
+    )?;
+    Ok(())
 }
 
 /// A fresh server key from the operating system's CSPRNG.

@@ -709,15 +709,31 @@ fn insert_audit(tx: &mut Tx<'_>, e: &AuditEntry) -> gpt2_db::Result<u64> {
         values![
             e.time_ms,
             e.key_id.as_deref(),
-            &e.endpoint,
-            e.model.as_deref(),
+            printable(&e.endpoint),
+            e.model.as_deref().map(printable),
             e.prompt_tokens.min(i64::MAX as u64) as i64,
             e.completion_tokens.min(i64::MAX as u64) as i64,
             e.status,
             e.latency_ms,
-            e.note.as_deref()
+            e.note.as_deref().map(printable)
         ],
     )
+}
+
+/// `s` with control characters written as `\u{..}` escapes. Audit fields
+/// can carry what a client sent (a model name, a field in an error): a
+/// U+0000 in them would make PostgreSQL refuse the row, and a terminal
+/// escape would reach whoever reads `gpt2 audit`.
+fn printable(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_unicode().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 fn add_usage(tx: &mut Tx<'_>, key_id: &str, time_ms: i64, tokens: u64) -> gpt2_db::Result<u64> {
@@ -780,6 +796,17 @@ mod tests {
 
     fn audit_counts_tokens_per_key(open: Open) {
         let mut store = open();
+        let odd = AuditEntry {
+            key_id: Some("c".into()),
+            endpoint: "/v1/completions".into(),
+            model: Some("tiny\u{0}\u{1b}[2J".into()),
+            note: Some("unknown field \"\u{0}\"".into()),
+            ..AuditEntry::default()
+        };
+        store.settle(&odd, None).unwrap();
+        let row = store.audit_log(Some("c"), 1).unwrap().remove(0);
+        assert_eq!(row.model.as_deref(), Some("tiny\\u{0}\\u{1b}[2J"));
+        assert_eq!(row.note.as_deref(), Some("unknown field \"\\u{0}\""));
         for (key, t) in [("a", 5), ("a", 7), ("b", 100)] {
             let row = AuditEntry {
                 time_ms: 1000,

@@ -137,7 +137,8 @@ CREATE TABLE records (
     id BIGSERIAL PRIMARY KEY,
     created BIGINT NOT NULL,
     sha256 TEXT NOT NULL,
-    text TEXT,
+    -- UTF-8 bytes: a generation may hold U+0000, which TEXT refuses.
+    text BYTEA,
     tokens BYTEA,
     watermark_key_id TEXT,
     caller TEXT,
