@@ -262,6 +262,10 @@ fn configure(conn: &Connection, path: &Path) -> Result<()> {
         .map_err(&err)?;
     conn.pragma_update(None, "cache_size", -CACHE_KIB)
         .map_err(&err)?;
+    // A record's band keys go in as one multi-row INSERT, which keeps a
+    // statement journal: in memory, not as a temporary file's writes.
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .map_err(&err)?;
     conn.pragma_update(None, "journal_size_limit", WAL_LIMIT_BYTES)
         .map_err(&err)?;
     Ok(())
