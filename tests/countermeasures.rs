@@ -417,3 +417,190 @@ fn a_verifier_with_several_keys_learns_which_one_matched() {
     assert_eq!(results[1]["decision"], "watermarked");
     assert_eq!(results[1]["key_id"], marked["watermark_key_id"]);
 }
+
+/// Labelled texts for a detector: 40 human passages of a shared book
+/// (60 words each) and 40 samples of the tiny model.
+fn labelled_texts(dir: &std::path::Path) -> (String, String) {
+    let book = std::fs::read_to_string(
+        fixtures()
+            .join("../../../shared/data/train/gutenberg/pg11_Alice-s-Adventures-in-Wonderland.txt"),
+    )
+    .unwrap();
+    let words: Vec<&str> = book.split_whitespace().skip(500).collect();
+    let human: String = words
+        .chunks(60)
+        .take(40)
+        .map(|c| serde_json::json!({ "text": c.join(" ") }).to_string() + "\n")
+        .collect();
+    let model = tiny();
+    let g: Value = serde_json::from_str(&ok(run(&[
+        "generate",
+        "",
+        "--model",
+        &model,
+        "--max-tokens",
+        "80",
+        "--seed",
+        "5",
+        "-n",
+        "40",
+        "--json",
+    ])))
+    .unwrap();
+    let machine: String = g["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| serde_json::json!({ "text": s["text"] }).to_string() + "\n")
+        .collect();
+    let (h, m) = (dir.join("human.jsonl"), dir.join("machine.jsonl"));
+    std::fs::write(&h, human).unwrap();
+    std::fs::write(&m, machine).unwrap();
+    (h.display().to_string(), m.display().to_string())
+}
+
+#[test]
+fn a_feature_detector_is_trained_validated_and_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let (human, machine) = labelled_texts(dir.path());
+    let model = tiny();
+    let out = dir.path().join("detector");
+    let o = out.to_str().unwrap();
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["detect", "train", "--model", &model, "--human", &human]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        a.extend(["--machine", &machine, "--out", o].map(String::from));
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let said = ok(run(&args(&[])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()));
+    assert!(said.contains("cross-validated AUROC"), "{said}");
+    let d: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("detector.json")).unwrap()).unwrap();
+    assert_eq!(
+        (d["kind"].as_str(), d["model"].as_str()),
+        (Some("features"), Some(model.as_str()))
+    );
+    // A random-weight model's samples are far from a book's prose.
+    assert!(
+        d["validation"]["auroc"].as_f64().unwrap() > 0.9,
+        "{}",
+        d["validation"]
+    );
+    // Seeded: the same command writes the same detector.
+    let first = std::fs::read(out.join("detector.json")).unwrap();
+    ok(run(&args(&[])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()));
+    assert_eq!(std::fs::read(out.join("detector.json")).unwrap(), first);
+
+    let decided = ok(run(&[
+        "detect",
+        "--model",
+        &model,
+        "--detector",
+        o,
+        "--json",
+        &machine,
+    ]));
+    let machine_calls = decided
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["decision"] == "machine")
+        .count();
+    assert!(
+        machine_calls > 20,
+        "{machine_calls} of 40 machine texts flagged"
+    );
+    let table = ok(run(&[
+        "detect",
+        "evaluate",
+        "--model",
+        &model,
+        "--human",
+        &human,
+        "--machine",
+        &machine,
+        "--detector",
+        o,
+    ]));
+    assert!(table.contains("| detector |"), "{table}");
+    let t = dir.path().join("t.json");
+    ok(run(&[
+        "detect",
+        "calibrate",
+        "--model",
+        &model,
+        "--detector",
+        o,
+        "--human",
+        &human,
+        "--out",
+        t.to_str().unwrap(),
+    ]));
+    ok(run(&[
+        "detect",
+        "--model",
+        &model,
+        "--detector",
+        o,
+        "--thresholds",
+        t.to_str().unwrap(),
+        &machine,
+    ]));
+
+    // Bad input: a detector for another model, a directory that is no
+    // detector, a class too small, an unknown kind; nothing written.
+    fails_with(
+        run(&["detect", "--detector", o, &machine]),
+        &["trained on the statistics of --model"],
+    );
+    fails_with(
+        run(&[
+            "detect",
+            "--model",
+            &model,
+            "--detector",
+            dir.path().to_str().unwrap(),
+            &machine,
+        ]),
+        &["detector.json"],
+    );
+    let few = dir.path().join("few.jsonl");
+    std::fs::write(&few, "{\"text\": \"Alice was beginning to get very tired of sitting by her sister on the bank.\"}\n").unwrap();
+    let fresh = dir.path().join("fresh");
+    let refused = |extra: &[&str], says: &[&str]| {
+        let mut a = vec![
+            "detect",
+            "train",
+            "--model",
+            &model,
+            "--out",
+            fresh.to_str().unwrap(),
+        ];
+        a.extend(extra);
+        fails_with(run(&a), says);
+        assert!(!fresh.exists(), "written despite the error");
+    };
+    refused(
+        &["--human", few.to_str().unwrap(), "--machine", &machine],
+        &["human texts"],
+    );
+    refused(
+        &[
+            "--human",
+            &human,
+            "--machine",
+            &machine,
+            "--kind",
+            "roberta",
+        ],
+        &["--kind"],
+    );
+}

@@ -4,6 +4,8 @@
 //! - [`stats`]: zero-shot detector statistics from one forward pass
 //!   (log-likelihood, log-rank, entropy, LRR, GLTR buckets,
 //!   Fast-DetectGPT's analytic criterion, Binoculars with two models).
+//! - [`detector`]: a trained detector (logistic regression over those
+//!   statistics), cross-validated and calibrated.
 //! - [`roc`]: calibration of thresholds at target false-positive rates and
 //!   evaluation (AUROC, TPR at a fixed FPR, bootstrap intervals).
 //! - [`watermark`]: keyed watermarks applied during generation and their
@@ -11,6 +13,7 @@
 //! - [`ledger`]: a SQLite record of everything generated, searchable by
 //!   exact hash and by MinHash similarity.
 
+pub mod detector;
 pub mod ledger;
 pub mod roc;
 mod sip;

@@ -96,7 +96,7 @@ pub fn db_failure(what: &str, e: impl Availability) -> ApiError {
     unavailable(what, e)
 }
 
-/// The 503 of [`store_failure`]; the detail goes to the server's log.
+/// The 503 of [`db_failure`]; the detail goes to the server's log.
 pub fn unavailable(what: &str, detail: impl Display) -> ApiError {
     eprintln!("unavailable: {what}: {detail}");
     ApiError::new(
