@@ -555,6 +555,27 @@ fn a_feature_detector_is_trained_validated_and_used() {
         &machine,
     ]));
 
+    // The server reports the detector's verdict for the model it was
+    // trained with, and refuses one it cannot apply.
+    let srv = common::server::Server::start(&["--detector", o]);
+    let (_, key) = srv.key("detect", "*", &[]);
+    let text = std::fs::read_to_string(&machine).unwrap();
+    let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let body = serde_json::json!({"model": "tiny", "text": first["text"]}).to_string();
+    let r = common::server::post(&srv.url, "/v1/detect", Some(&key), body.as_bytes()).json();
+    assert!(
+        ["machine", "human", "abstain"].contains(&r["detector"]["decision"].as_str().unwrap()),
+        "{r}"
+    );
+    assert_eq!(r["detector"]["kind"], "features");
+    let other = gpt2()
+        .args(["serve", "--addr", "127.0.0.1:0", "--state"])
+        .arg(dir.path().join("state"))
+        .args(["--detector", o])
+        .output()
+        .unwrap();
+    fails_with(other, &["which this server does not serve"]);
+
     // Bad input: a detector for another model, a directory that is no
     // detector, a class too small, an unknown kind; nothing written.
     fails_with(

@@ -2,6 +2,7 @@
 
 use crate::input::load_model;
 use anyhow::{ensure, Context, Result};
+use gpt2_provenance::detector::FeatureDetector;
 use gpt2_provenance::roc::Thresholds;
 use gpt2_serve::{ServeConfig, State};
 use std::io::Write;
@@ -47,6 +48,10 @@ pub struct Args {
     /// /v1/detect.
     #[arg(long)]
     thresholds: Option<PathBuf>,
+    /// A trained detector (`gpt2 detect train`): /v1/detect reports its
+    /// calibrated verdict for the model it was trained with.
+    #[arg(long)]
+    detector: Option<PathBuf>,
     /// Milliseconds to sleep after every decode step (for tests of a busy
     /// server).
     #[arg(long, default_value_t = 0, hide = true)]
@@ -70,6 +75,7 @@ pub fn run(a: Args) -> Result<()> {
     ensure!(a.queue >= 1, "--queue must be at least 1");
     let state = State::create(&a.state)?;
     let mut models = Vec::new();
+    let mut specs: Vec<(String, String)> = Vec::new();
     for arg in &a.models {
         let (name, spec) = model_name(arg);
         ensure!(
@@ -77,8 +83,24 @@ pub fn run(a: Args) -> Result<()> {
             "two models are named {name:?}; use NAME=SPEC"
         );
         let model = load_model(&spec).with_context(|| format!("loading the model {spec}"))?;
+        specs.push((name.clone(), spec));
         models.push((name, model));
     }
+    let detector = a
+        .detector
+        .as_ref()
+        .map(|dir| -> Result<(String, FeatureDetector)> {
+            let d = FeatureDetector::load(dir)?;
+            let Some((name, _)) = specs.iter().find(|(_, spec)| *spec == d.model) else {
+                anyhow::bail!(
+                    "{}: the detector was trained on the statistics of --model {}, which this server does not serve",
+                    dir.display(),
+                    d.model
+                );
+            };
+            Ok((name.clone(), d))
+        })
+        .transpose()?;
     let thresholds = a
         .thresholds
         .as_ref()
@@ -102,6 +124,7 @@ pub fn run(a: Args) -> Result<()> {
         drain_timeout: Duration::from_secs(a.drain_timeout),
         step_delay: Duration::from_millis(a.step_delay_ms),
         thresholds,
+        detector,
         on_listening: Box::new(move |addr| {
             eprintln!(
                 "gpt2 serve: listening on http://{addr} (models: {})",

@@ -41,6 +41,9 @@ pub struct AppState {
     /// Bounds concurrent scoring (echo logprobs, detection) beside the engine.
     pub scoring: Arc<Semaphore>,
     pub thresholds: Option<Thresholds>,
+    /// A trained detector for the model named (its calibrated verdict in
+    /// /v1/detect).
+    pub detector: Option<(String, gpt2_provenance::detector::FeatureDetector)>,
     pub body_limit: usize,
     pub body_timeout: Duration,
 }

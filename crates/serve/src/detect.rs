@@ -78,6 +78,20 @@ pub async fn detect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
                 })
             })
         });
+        let detector = s
+            .detector
+            .as_ref()
+            .filter(|(m, _)| *m == name)
+            .map(|(_, d)| {
+                let score = d.score(&stats, scores.len());
+                json!({
+                    "kind": d.kind,
+                    "score": score,
+                    "false_positive_rate": VERDICT_FPR,
+                    "decision": d.thresholds.decide(scores.len(), score, VERDICT_FPR),
+                    "validation_auroc": d.validation.auroc,
+                })
+            });
         let tokens: Vec<_> = scores
             .iter()
             .map(|t| {
@@ -95,6 +109,7 @@ pub async fn detect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
             "model": name,
             "statistics": stats,
             "verdict": verdict,
+            "detector": detector,
             "tokens": tokens,
         }))
         .into_response())

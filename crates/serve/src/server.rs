@@ -17,6 +17,7 @@ use crate::store::HEARTBEAT_EVERY;
 use axum::Router;
 use gpt2_generate::Watermark;
 use gpt2_model::{Model, Tokenizer};
+use gpt2_provenance::detector::FeatureDetector;
 use gpt2_provenance::roc::Thresholds;
 use gpt2_provenance::watermark::{Prf, Watermarker};
 use gpt2_provenance::watermark_key::Seeding;
@@ -58,6 +59,9 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     pub step_delay: Duration,
     pub thresholds: Option<Thresholds>,
+    /// A trained detector and the name of the served model whose
+    /// statistics it reads.
+    pub detector: Option<(String, FeatureDetector)>,
     /// Called with the bound address once the server accepts connections.
     pub on_listening: Box<dyn FnOnce(SocketAddr) + Send>,
 }
@@ -131,6 +135,7 @@ pub fn run(config: ServeConfig) -> Result<(), ServeError> {
         pool,
         scoring: Arc::new(Semaphore::new(2)),
         thresholds: config.thresholds,
+        detector: config.detector,
         body_limit: config.body_limit,
         body_timeout: config.body_timeout,
     });
