@@ -91,6 +91,8 @@ pub struct Db {
     name: String,
 }
 
+// A handful of connections per process: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Conn {
     Sqlite(rusqlite::Connection),
     Postgres(postgres_conn::Pg),

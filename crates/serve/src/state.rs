@@ -34,6 +34,7 @@ pub enum StateError {
 
 /// Where the server's state lives.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per process
 pub enum State {
     Dir(StateDir),
     Postgres(PgTarget),

@@ -297,8 +297,6 @@ pub enum Admission {
     },
 }
 
-/// The process that holds a reservation: its pid and its start time (in
-
 /// The process that holds a reservation: its machine, its pid and its
 /// start time (in clock ticks since boot, from `/proc`), so that a reused
 /// pid is not mistaken for the holder.
