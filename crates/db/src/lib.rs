@@ -306,6 +306,7 @@ fn sqlite_err(name: &str, e: rusqlite::Error) -> DbError {
 }
 
 /// `$1` → `?1`: SQLite numbers `$1` by first appearance, not by its digits.
+/// Every `$` is a placeholder: statements never hold one in a literal.
 fn sqlite_placeholders(sql: &str) -> std::borrow::Cow<'_, str> {
     if sql.contains('$') {
         sql.replace('$', "?").into()

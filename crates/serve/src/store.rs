@@ -666,6 +666,11 @@ impl Store {
                 "DELETE FROM holders WHERE seen_ms < $1",
                 values![now - 10 * LEASE_MS],
             )?;
+            // Admissions clear their own key's; this clears idle keys'.
+            tx.execute(
+                "DELETE FROM reservations WHERE settled = 1 AND created_ms < $1",
+                values![now - MINUTE_MS],
+            )?;
             Ok(charged)
         })?)
     }
