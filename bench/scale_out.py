@@ -144,7 +144,7 @@ def lookups(at, path):
     return rows, {"p50_ms": round(pct(ms, 0.5), 2), "p99_ms": round(pct(ms, 0.99), 2)}
 
 
-def bench_ledger(sizes, pg, tmp):
+def bench_ledger(sizes, pg, tmp, only=None):
     rng = random.Random(15)
     words, nxt = word_chain()
     results = []
@@ -152,6 +152,7 @@ def bench_ledger(sizes, pg, tmp):
         "sqlite": lambda: ["--db", os.path.join(tmp, "ledger.sqlite")],
         "postgres": lambda: ["--state", pg.url("ledger_bench")],
     }
+    backends = {k: v for k, v in backends.items() if only is None or k in only}
     made = 0
     all_texts = []
     done = {b: 0 for b in backends}
@@ -188,6 +189,8 @@ def bench_ledger(sizes, pg, tmp):
     write_jsonl(singles, [synthetic(rng, words, nxt) for _ in range(2000)])
     for name, at in [("sqlite", ["--db", os.path.join(tmp, "single.sqlite")]),
                      ("postgres", ["--state", pg.url("single_bench")])]:
+        if only is not None and name not in only:
+            continue
         t = time.time()
         gpt2("ledger", "import", *at, "--jsonl", singles, "--batch", "1")
         r = {"backend": name, "one_per_transaction_records_per_s": round(2000 / (time.time() - t))}
@@ -289,6 +292,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--skip-ledger", action="store_true")
+    ap.add_argument("--skip-replicas", action="store_true")
+    ap.add_argument("--backends", default="sqlite,postgres")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results-scale-out.json"))
     a = ap.parse_args()
     pg = Cluster()
@@ -296,8 +301,10 @@ def main():
     try:
         out = {"machine": os.uname().nodename, "cores": os.cpu_count()}
         if not a.skip_ledger:
-            out["ledger"] = bench_ledger([int(x) for x in a.records.split(",")], pg, tmp)
-        out["replicas"] = bench_replicas(pg, tmp, a.clients, a.seconds, a.rounds)
+            out["ledger"] = bench_ledger([int(x) for x in a.records.split(",")], pg, tmp,
+                                         a.backends.split(","))
+        if not a.skip_replicas:
+            out["replicas"] = bench_replicas(pg, tmp, a.clients, a.seconds, a.rounds)
         with open(a.out, "w") as f:
             json.dump(out, f, indent=1)
         print(f"wrote {a.out}")
