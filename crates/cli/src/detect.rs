@@ -119,7 +119,8 @@ pub fn run(a: Args) -> Result<()> {
             out,
             opts,
         }) => {
-            let scoring = Scoring::choose(&statistic, detector.as_deref(), &opts)?;
+            let detector = detector.map(|d| load_detector(&d, &opts)).transpose()?;
+            let scoring = Scoring::choose(&statistic, detector.as_ref(), &opts)?;
             calibrate(&human, &machine, &scoring, &out, &opts)
         }
         Some(Sub::Evaluate {
@@ -197,15 +198,19 @@ fn binocular_models(opts: &Opts) -> Result<Option<(Model, Model)>> {
 
 /// What a decision is made on: one statistic, or a trained detector's
 /// score.
-enum Scoring {
+enum Scoring<'a> {
     Statistic(Statistic),
-    Detector(Box<FeatureDetector>),
+    Detector(&'a FeatureDetector),
 }
 
-impl Scoring {
-    fn choose(statistic: &str, detector: Option<&std::path::Path>, opts: &Opts) -> Result<Scoring> {
-        if let Some(dir) = detector {
-            return Ok(Scoring::Detector(Box::new(load_detector(dir, opts)?)));
+impl<'a> Scoring<'a> {
+    fn choose(
+        statistic: &str,
+        detector: Option<&'a FeatureDetector>,
+        opts: &Opts,
+    ) -> Result<Scoring<'a>> {
+        if let Some(d) = detector {
+            return Ok(Scoring::Detector(d));
         }
         let Some(stat) = Statistic::from_name(statistic) else {
             bail!(
@@ -268,11 +273,10 @@ fn detect(
             opts.model
         );
     }
-    let detector = detector.map(Box::new);
     // The decision: --thresholds on their statistic (or on the detector's
     // score), else the detector's own calibrated thresholds.
     let decider: Option<(Thresholds, Scoring)> = match (thresholds, &detector) {
-        (Some(t), Some(d)) if t.statistic == "detector" => Some((t, Scoring::Detector(d.clone()))),
+        (Some(t), Some(d)) if t.statistic == "detector" => Some((t, Scoring::Detector(d))),
         (Some(t), None) if t.statistic == "detector" => {
             bail!("the thresholds are for a trained detector: give it with --detector DIR")
         }
@@ -281,7 +285,7 @@ fn detect(
                 .with_context(|| "the threshold file's statistic")?;
             Some((t, scoring))
         }
-        (None, Some(d)) => Some((d.thresholds.clone(), Scoring::Detector(d.clone()))),
+        (None, Some(d)) => Some((d.thresholds.clone(), Scoring::Detector(d))),
         (None, None) => None,
     };
     for (name, tokens, stats) in measure(files, opts)? {
@@ -469,7 +473,7 @@ fn evaluate(
     let (h, m) = (measure(human, opts)?, measure(machine, opts)?);
     let mut rows = Vec::new();
     let mut scorings: Vec<Scoring> = Statistic::ALL.map(Scoring::Statistic).into();
-    scorings.extend(detector.map(|d| Scoring::Detector(Box::new(d.clone()))));
+    scorings.extend(detector.map(Scoring::Detector));
     for scoring in &scorings {
         let hs: Vec<f64> = h
             .iter()

@@ -47,22 +47,23 @@ struct LedgerPath {
     state: Option<String>,
 }
 
+/// Where a ledger is: a SQLite file, or a PostgreSQL state's tables.
+#[allow(clippy::large_enum_variant)] // one per command
+enum LedgerAt {
+    File(PathBuf),
+    Postgres(gpt2_db::PgTarget),
+}
+
 impl LedgerPath {
-    /// The ledger file, or none for a PostgreSQL state.
-    fn file(&self) -> Result<Option<PathBuf>> {
+    fn resolve(&self) -> Result<LedgerAt> {
         Ok(match (&self.db, &self.state) {
-            (Some(db), _) => Some(db.clone()),
+            (Some(db), _) => LedgerAt::File(db.clone()),
             (None, Some(spec)) => match gpt2_serve::State::existing(spec)? {
-                gpt2_serve::State::Dir(d) => Some(d.ledger_path()),
-                gpt2_serve::State::Postgres(_) => None,
+                gpt2_serve::State::Dir(d) => LedgerAt::File(d.ledger_path()),
+                gpt2_serve::State::Postgres(t) => LedgerAt::Postgres(t),
             },
             (None, None) => bail!("give --db FILE or --state DIR|URL"),
         })
-    }
-
-    fn postgres(&self) -> Result<gpt2_db::PgTarget> {
-        let spec = self.state.as_deref().unwrap_or_default();
-        Ok(gpt2_db::PgTarget::parse(spec)?)
     }
 }
 
@@ -167,21 +168,19 @@ pub fn run(a: Args) -> Result<()> {
 
 /// Opens an existing ledger: reading commands never create one.
 fn open_existing(at: &LedgerPath) -> Result<Ledger> {
-    let Some(db) = at.file()? else {
-        return Ok(Ledger::open_postgres(&at.postgres()?, false)?);
-    };
-    ensure!(db.exists(), "{}: no such ledger", db.display());
-    Ok(Ledger::open(db)?)
+    match at.resolve()? {
+        LedgerAt::File(db) => {
+            ensure!(db.exists(), "{}: no such ledger", db.display());
+            Ok(Ledger::open(db)?)
+        }
+        LedgerAt::Postgres(t) => Ok(Ledger::open_postgres(&t, false)?),
+    }
 }
 
 fn open_for_writing(at: &LedgerPath, hash_only: bool) -> Result<Ledger> {
-    let Some(db) = at.file()? else {
-        return Ok(Ledger::open_postgres(&at.postgres()?, hash_only)?);
-    };
-    Ok(if hash_only {
-        Ledger::open_hash_only(db)?
-    } else {
-        Ledger::open(db)?
+    Ok(match at.resolve()? {
+        LedgerAt::File(db) => Ledger::open_with_mode(&db, hash_only)?,
+        LedgerAt::Postgres(t) => Ledger::open_postgres(&t, hash_only)?,
     })
 }
 

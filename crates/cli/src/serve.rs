@@ -73,9 +73,25 @@ fn model_name(arg: &str) -> (String, String) {
 pub fn run(a: Args) -> Result<()> {
     ensure!(a.slots >= 1, "--slots must be at least 1");
     ensure!(a.queue >= 1, "--queue must be at least 1");
+    // Checked before the models load: a wrong detector fails at once.
+    let detector = a
+        .detector
+        .as_ref()
+        .map(|dir| -> Result<(String, FeatureDetector)> {
+            let d = FeatureDetector::load(dir)?;
+            let mut served = a.models.iter().map(|m| model_name(m));
+            let Some((name, _)) = served.find(|(_, spec)| *spec == d.model) else {
+                anyhow::bail!(
+                    "{}: the detector was trained on the statistics of --model {}, which this server does not serve",
+                    dir.display(),
+                    d.model
+                );
+            };
+            Ok((name, d))
+        })
+        .transpose()?;
     let state = State::create(&a.state)?;
     let mut models = Vec::new();
-    let mut specs: Vec<(String, String)> = Vec::new();
     for arg in &a.models {
         let (name, spec) = model_name(arg);
         ensure!(
@@ -83,24 +99,8 @@ pub fn run(a: Args) -> Result<()> {
             "two models are named {name:?}; use NAME=SPEC"
         );
         let model = load_model(&spec).with_context(|| format!("loading the model {spec}"))?;
-        specs.push((name.clone(), spec));
         models.push((name, model));
     }
-    let detector = a
-        .detector
-        .as_ref()
-        .map(|dir| -> Result<(String, FeatureDetector)> {
-            let d = FeatureDetector::load(dir)?;
-            let Some((name, _)) = specs.iter().find(|(_, spec)| *spec == d.model) else {
-                anyhow::bail!(
-                    "{}: the detector was trained on the statistics of --model {}, which this server does not serve",
-                    dir.display(),
-                    d.model
-                );
-            };
-            Ok((name.clone(), d))
-        })
-        .transpose()?;
     let thresholds = a
         .thresholds
         .as_ref()

@@ -263,17 +263,18 @@ impl Ledger {
     /// hash-only. Anything at `path` that is not a gpt2 ledger is an error,
     /// and is not modified.
     pub fn open(path: impl AsRef<Path>) -> Result<Ledger> {
-        Ledger::open_file(path.as_ref(), false)
+        Ledger::open_with_mode(path.as_ref(), false)
     }
 
     /// Opens or creates a hash-only ledger: no text and no token ids are
     /// ever stored. An existing ledger that keeps texts is refused, since
     /// opening it this way could not keep the promise.
     pub fn open_hash_only(path: impl AsRef<Path>) -> Result<Ledger> {
-        Ledger::open_file(path.as_ref(), true)
+        Ledger::open_with_mode(path.as_ref(), true)
     }
 
-    fn open_file(path: &Path, hash_only: bool) -> Result<Ledger> {
+    /// [`Ledger::open_hash_only`] when `hash_only`, else [`Ledger::open`].
+    pub fn open_with_mode(path: &Path, hash_only: bool) -> Result<Ledger> {
         let (db, meta) = schema::open(path, hash_only)?;
         let ledger = Ledger {
             db,

@@ -83,10 +83,9 @@ impl State {
     /// The ledger, created hash-only if `hash_only` and missing; an
     /// existing text-keeping ledger is then refused.
     pub fn ledger_with_mode(&self, hash_only: bool) -> Result<Ledger, StateError> {
-        Ok(match (self, hash_only) {
-            (State::Dir(d), false) => Ledger::open(d.ledger_path())?,
-            (State::Dir(d), true) => Ledger::open_hash_only(d.ledger_path())?,
-            (State::Postgres(t), _) => Ledger::open_postgres(t, hash_only)?,
+        Ok(match self {
+            State::Dir(d) => Ledger::open_with_mode(&d.ledger_path(), hash_only)?,
+            State::Postgres(t) => Ledger::open_postgres(t, hash_only)?,
         })
     }
 
@@ -95,31 +94,21 @@ impl State {
         match self {
             State::Dir(d) if !d.watermark_key_path().exists() => Ok(None),
             State::Dir(d) => d.watermark_key().map(Some),
-            State::Postgres(t) => {
-                let mut store = Store::open_postgres(t)?;
-                let row = store
-                    .db()
-                    .query_opt("SELECT json FROM watermark_key WHERE id = 1", &[])?;
-                let Some(json) = row.map(|r| r.text(0)).transpose()? else {
-                    return Ok(None);
-                };
-                let name = self.watermark_key_location();
-                Ok(Some(WatermarkKey::from_json(&json, &name)?))
-            }
+            State::Postgres(t) => self.postgres_key(t, None),
         }
     }
 
     /// Makes `key` this state's watermark key; a state that has another
     /// key already is refused (the texts it marked would go undetected).
     pub fn install_watermark_key(&self, key: &WatermarkKey) -> Result<(), StateError> {
-        match self {
+        let have = match self {
             State::Dir(d) if !d.watermark_key_path().exists() => {
-                write_new_secret(&d.watermark_key_path(), key.to_json().as_bytes())?
+                write_new_secret(&d.watermark_key_path(), key.to_json().as_bytes())?;
+                self.existing_watermark_key()?
             }
-            State::Dir(_) => {}
-            State::Postgres(t) => offer_watermark_key(t, key)?,
-        }
-        let have = self.existing_watermark_key()?;
+            State::Dir(_) => self.existing_watermark_key()?,
+            State::Postgres(t) => self.postgres_key(t, Some(key))?,
+        };
         if have.as_ref().map(|k| &k.id) != Some(&key.id) {
             return Err(StateError::Io {
                 path: self.watermark_key_location(),
@@ -135,23 +124,43 @@ impl State {
 
     /// The server's watermark key, made with [`SERVER_KEY_PARAMS`] the
     /// first time. On PostgreSQL the first replica's key is every
-    /// replica's: a key is inserted only where there is none, then read.
+    /// replica's: replicas starting together each offer a fresh key, it is
+    /// inserted only where there is none, and the one stored is read.
     pub fn watermark_key(&self) -> Result<WatermarkKey, StateError> {
         let t = match self {
             State::Dir(d) => return d.watermark_key(),
             State::Postgres(t) => t,
         };
-        if let Some(key) = self.existing_watermark_key()? {
-            return Ok(key);
-        }
-        // Replicas starting together each offer a key; the first one in
-        // is every replica's.
-        offer_watermark_key(t, &new_server_key())?;
-        self.existing_watermark_key()?
+        self.postgres_key(t, Some(&new_server_key()))?
             .ok_or_else(|| StateError::Io {
                 path: self.watermark_key_location(),
                 message: "the watermark key was written but cannot be read back".into(),
             })
+    }
+
+    /// The PostgreSQL state's watermark key, after storing `offer` if it
+    /// has none (one connection for both).
+    fn postgres_key(
+        &self,
+        t: &PgTarget,
+        offer: Option<&WatermarkKey>,
+    ) -> Result<Option<WatermarkKey>, StateError> {
+        let mut store = Store::open_postgres(t)?;
+        let db = store.db();
+        if let Some(key) = offer {
+            db.execute(
+                "INSERT INTO watermark_key (id, json) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
+                values![key.to_json()],
+            )?;
+        }
+        let row = db.query_opt("SELECT json FROM watermark_key WHERE id = 1", &[])?;
+        let Some(json) = row.map(|r| r.text(0)).transpose()? else {
+            return Ok(None);
+        };
+        Ok(Some(WatermarkKey::from_json(
+            &json,
+            &self.watermark_key_location(),
+        )?))
     }
 
     /// Where the watermark key is, for messages.
@@ -161,15 +170,6 @@ impl State {
             State::Postgres(t) => format!("{} (table watermark_key)", t.display()),
         }
     }
-}
-
-/// Stores `key` as the PostgreSQL state's watermark key unless it has one.
-fn offer_watermark_key(t: &PgTarget, key: &WatermarkKey) -> Result<(), StateError> {
-    Store::open_postgres(t)?.db().execute(
-        "INSERT INTO watermark_key (id, json) VALUES (1, $1) ON CONFLICT (id) DO NOTHING",
-        values![key.to_json()],
-    )?;
-    Ok(())
 }
 
 /// A fresh server key from the operating system's CSPRNG.

@@ -132,35 +132,31 @@ pub fn copy_state(from: &State, to: &State) -> Result<Vec<Copied>, StateError> {
         to.install_watermark_key(key)?;
     }
     let mut copied = copy_tables(source_store.db(), target_store.db(), &STORE_TABLES)?;
-    copied.extend(copy_tables(
-        source_ledger.db(),
-        target_ledger.db(),
-        &LEDGER_TABLES,
-    )?);
-    for (db, tables) in [
-        (target_store.db(), &STORE_TABLES[..]),
-        (target_ledger.db(), &LEDGER_TABLES[..]),
-    ] {
-        for t in tables {
-            let read_back = copy::digest(db, t)?;
-            // invariant: `copied` has one entry per table, by name.
-            let want = &copied
-                .iter()
-                .find(|c| c.table == t.name)
-                .expect("copied")
-                .digest;
-            if &read_back != want {
-                return Err(invalid(
-                    to,
-                    format!(
-                        "table {} reads back as {} rows ({}), not the source's {} ({})",
-                        t.name, read_back.rows, read_back.sha256, want.rows, want.sha256
-                    ),
-                ));
-            }
+    verify(to, target_store.db(), &STORE_TABLES, &copied)?;
+    let ledger = copy_tables(source_ledger.db(), target_ledger.db(), &LEDGER_TABLES)?;
+    verify(to, target_ledger.db(), &LEDGER_TABLES, &ledger)?;
+    copied.extend(ledger);
+    Ok(copied)
+}
+
+/// Reads each of `tables` back from `db` (after its copy committed) and
+/// compares it with what was read from the source (`copied`, in the same
+/// order).
+fn verify(to: &State, db: &mut Db, tables: &[Table], copied: &[Copied]) -> Result<(), StateError> {
+    for (t, c) in tables.iter().zip(copied) {
+        let read_back = copy::digest(db, t)?;
+        let want = &c.digest;
+        if &read_back != want {
+            return Err(invalid(
+                to,
+                format!(
+                    "table {} reads back as {} rows ({}), not the source's {} ({})",
+                    t.name, read_back.rows, read_back.sha256, want.rows, want.sha256
+                ),
+            ));
         }
     }
-    Ok(copied)
+    Ok(())
 }
 
 fn count_rows(db: &mut Db, tables: &[&str]) -> Result<i64, StateError> {
