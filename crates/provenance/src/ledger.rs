@@ -237,7 +237,10 @@ pub fn set_wal_mode(conn: &Connection, patience: std::time::Duration) -> rusqlit
     }
 }
 
-/// The SQL that finds the records sharing any of a query's band keys.
+/// The SQL that finds the records sharing any of a query's band keys
+/// (built once: every lookup runs it).
+static CANDIDATES_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(candidates_sql);
+
 fn candidates_sql() -> String {
     let marks: Vec<String> = (1..=BANDS).map(|i| format!("${i}")).collect();
     format!(
@@ -246,7 +249,10 @@ fn candidates_sql() -> String {
     )
 }
 
-/// The SQL that indexes one record under its band keys, in one statement.
+/// The SQL that indexes one record under its band keys, in one statement
+/// (built once: every record runs it).
+static BANDS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(bands_sql);
+
 fn bands_sql() -> String {
     let rows: Vec<String> = (0..BANDS)
         .map(|i| format!("(${}, ${})", 2 * i + 1, 2 * i + 2))
@@ -343,7 +349,7 @@ impl Ledger {
     pub fn record_batch(&mut self, records: &[NewRecord]) -> Result<Vec<i64>> {
         let created = now();
         let hash_only = self.hash_only;
-        let bands = bands_sql();
+        let bands = BANDS_SQL.as_str();
         Ok(self.db.transaction(|tx| {
             let mut ids = Vec::with_capacity(records.len());
             for r in records {
@@ -378,7 +384,7 @@ impl Ledger {
                         .iter()
                         .flat_map(|k| [Value::Int(*k), Value::Int(id)])
                         .collect();
-                    tx.execute(&bands, &params)?;
+                    tx.execute(bands, &params)?;
                 }
                 ids.push(id);
             }
@@ -448,7 +454,7 @@ impl Ledger {
     /// Ids of the records that share at least one band key.
     fn candidates(&mut self, keys: &[i64]) -> Result<Vec<i64>> {
         let params: Vec<Value> = keys.iter().map(|k| Value::Int(*k)).collect();
-        let rows = self.db.query(&candidates_sql(), &params)?;
+        let rows = self.db.query(&CANDIDATES_SQL, &params)?;
         Ok(rows
             .iter()
             .map(|r| r.int(0))
