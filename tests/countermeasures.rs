@@ -471,7 +471,7 @@ fn a_feature_detector_is_trained_validated_and_used() {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        a.extend(["--machine", &machine, "--out", o].map(String::from));
+        a.extend(["--machine", &machine, "--out", o, "--kind", "features"].map(String::from));
         a.extend(extra.iter().map(|s| s.to_string()));
         a
     };
@@ -530,7 +530,7 @@ fn a_feature_detector_is_trained_validated_and_used() {
         "--detector",
         o,
     ]));
-    assert!(table.contains("| detector |"), "{table}");
+    assert!(table.contains("| detector (features) |"), "{table}");
     let t = dir.path().join("t.json");
     ok(run(&[
         "detect",
@@ -623,5 +623,241 @@ fn a_feature_detector_is_trained_validated_and_used() {
             "roberta",
         ],
         &["--kind"],
+    );
+}
+
+/// `gpt2 detect --detector` on a GPT2ForSequenceClassification that
+/// transformers itself wrote (tools/reference/classifier_fixture.py): the
+/// class logits transformers computed, within 1e-4.
+#[test]
+fn a_classifier_written_by_transformers_gives_transformers_logits() {
+    let fixture = fixtures().join("tiny-classifier");
+    let reference: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap())
+            .unwrap();
+    let texts = reference["texts"].as_array().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("texts.jsonl");
+    let lines: String = texts
+        .iter()
+        .map(|t| serde_json::json!({"text": t["text"]}).to_string() + "\n")
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    let out = ok(run(&[
+        "detect",
+        "--model",
+        &tiny(),
+        "--detector",
+        fixture.to_str().unwrap(),
+        "--json",
+        input.to_str().unwrap(),
+    ]));
+    let ours: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(ours.len(), texts.len());
+    for (mine, theirs) in ours.iter().zip(texts) {
+        for k in 0..2 {
+            let (a, b) = (
+                mine["detector_logits"][k].as_f64().unwrap(),
+                theirs["logits"][k].as_f64().unwrap(),
+            );
+            assert!((a - b).abs() < 1e-4, "logit {k}: {a} vs transformers {b}");
+        }
+        let score = mine["detector_score"].as_f64().unwrap();
+        let expected =
+            theirs["logits"][1].as_f64().unwrap() - theirs["logits"][0].as_f64().unwrap();
+        assert!((score - expected).abs() < 2e-4, "{score} vs {expected}");
+    }
+}
+
+#[test]
+fn a_classifier_is_fine_tuned_validated_and_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let (human, machine) = labelled_texts(dir.path());
+    let model = tiny();
+    let out = dir.path().join("classifier");
+    let o = out.to_str().unwrap();
+    let train = |out: &str| {
+        run(&[
+            "detect",
+            "train",
+            "--model",
+            &model,
+            "--human",
+            &human,
+            "--machine",
+            &machine,
+            "--out",
+            out,
+            "--epochs",
+            "4",
+            "--eval-every",
+            "4",
+            "--max-tokens",
+            "64",
+            "--lr",
+            "1e-3",
+        ])
+    };
+    let trained = train(o);
+    let said = ok(trained);
+    assert!(
+        said.contains("held-out") && said.contains("AUROC"),
+        "{said}"
+    );
+    let card: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("detector.json")).unwrap()).unwrap();
+    assert_eq!(
+        (
+            card["kind"].as_str(),
+            card["base_model"].as_str(),
+            card["max_tokens"].as_u64()
+        ),
+        (Some("classifier"), Some(model.as_str()), Some(64))
+    );
+    // The book's prose against a random-weight model's samples.
+    let v = &card["validation"];
+    assert_eq!(
+        (v["human_texts"].as_u64(), v["machine_texts"].as_u64()),
+        (Some(8), Some(8))
+    );
+    assert!(v["auroc"].as_f64().unwrap() > 0.9, "{v}");
+    // Transformers' layout, and the run's record beside the weights.
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "GPT2ForSequenceClassification");
+    assert_eq!(config["id2label"]["1"], "machine");
+    let metrics: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let history = metrics["history"].as_array().unwrap();
+    assert!(history.len() >= 2, "{metrics}");
+    let kept = card["training"]["kept_step"].as_u64().unwrap();
+    assert!(history.iter().any(|m| m["step"].as_u64() == Some(kept)));
+    // Seeded: a second run writes the same weights.
+    let again = dir.path().join("again");
+    ok(train(again.to_str().unwrap()));
+    assert!(
+        std::fs::read(out.join("model.safetensors")).unwrap()
+            == std::fs::read(again.join("model.safetensors")).unwrap(),
+        "the same seed trained different weights"
+    );
+
+    // Used: detect (no --model needed: the classifier reads the text
+    // itself), evaluate, calibrate.
+    let decided = ok(run(&["detect", "--detector", o, "--json", &machine]));
+    let calls: Vec<Value> = decided
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(calls.len(), 40);
+    assert!(calls
+        .iter()
+        .all(|c| c["detector_logits"].as_array().unwrap().len() == 2));
+    let flagged = calls.iter().filter(|c| c["decision"] == "machine").count();
+    assert!(flagged > 20, "{flagged} of 40 machine texts flagged");
+    let table = ok(run(&[
+        "detect",
+        "evaluate",
+        "--model",
+        &model,
+        "--human",
+        &human,
+        "--machine",
+        &machine,
+        "--detector",
+        o,
+    ]));
+    assert!(table.contains("| detector (classifier) |"), "{table}");
+    let t = dir.path().join("t.json");
+    let cal = ok(run(&[
+        "detect",
+        "calibrate",
+        "--model",
+        &model,
+        "--detector",
+        o,
+        "--human",
+        &human,
+        "--machine",
+        &machine,
+        "--out",
+        t.to_str().unwrap(),
+    ]));
+    assert!(cal.contains("machine texts flagged"), "{cal}");
+
+    // The server gives the classifier's verdict for any served model.
+    let srv = common::server::Server::start(&["--detector", o]);
+    let (_, key) = srv.key("detect", "*", &[]);
+    let text = std::fs::read_to_string(&machine).unwrap();
+    let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let body = serde_json::json!({"model": "tiny", "text": first["text"]}).to_string();
+    let r = common::server::post(&srv.url, "/v1/detect", Some(&key), body.as_bytes()).json();
+    assert_eq!(r["detector"]["kind"], "classifier", "{r}");
+    let served = r["detector"]["score"].as_f64().unwrap();
+    assert!(
+        (served - calls[0]["detector_score"].as_f64().unwrap()).abs() < 1e-4,
+        "{r}"
+    );
+
+    // Bad input: nothing written.
+    let fresh = dir.path().join("fresh");
+    let refused = |extra: &[&str], says: &[&str]| {
+        let mut a = vec![
+            "detect",
+            "train",
+            "--model",
+            &model,
+            "--out",
+            fresh.to_str().unwrap(),
+        ];
+        a.extend(extra);
+        fails_with(run(&a), says);
+        assert!(!fresh.exists(), "written despite the error");
+    };
+    let few = dir.path().join("few.jsonl");
+    let first_lines: String = text.lines().take(3).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&few, first_lines).unwrap();
+    refused(
+        &["--human", &human, "--machine", few.to_str().unwrap()],
+        &["machine texts"],
+    );
+    refused(
+        &[
+            "--human",
+            &human,
+            "--machine",
+            &machine,
+            "--max-tokens",
+            "4096",
+        ],
+        &["--max-tokens"],
+    );
+    refused(
+        &[
+            "--human",
+            &human,
+            "--machine",
+            &machine,
+            "--val-share",
+            "0.9",
+        ],
+        &["--val-share"],
+    );
+    // A directory whose head is missing is refused with its name.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    for f in ["config.json", "detector.json"] {
+        std::fs::copy(out.join(f), broken.join(f)).unwrap();
+    }
+    std::fs::copy(
+        tiny_model().join("model.safetensors"),
+        broken.join("model.safetensors"),
+    )
+    .unwrap();
+    fails_with(
+        run(&["detect", "--detector", broken.to_str().unwrap(), &machine]),
+        &["score.weight", "not a sequence classifier"],
     );
 }

@@ -6,11 +6,16 @@ use anyhow::{bail, ensure, Context, Result};
 use gpt2_corpus::collect_documents;
 use gpt2_model::score::{Scorer, Windowing};
 use gpt2_model::{Model, Tokenizer};
-use gpt2_provenance::detector::{features, FeatureDetector, FEATURES_KIND};
+use gpt2_provenance::classifier::CLASSIFIER_KIND;
+use gpt2_provenance::detector::{
+    features, Detector, FeatureDetector, Scored, DETECTOR_FILE, FEATURES_KIND,
+};
 use gpt2_provenance::roc::{auroc, bootstrap_ci, tpr_at_fpr, Thresholds, BUCKET_EDGES};
 use gpt2_provenance::stats::{binoculars, statistics, Statistic, Statistics};
+use gpt2_train::classify::{train_classifier, write_classifier, ClassifyOptions, Progress};
 use serde_json::json;
-use std::path::PathBuf;
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -51,6 +56,36 @@ struct Opts {
     performer: Option<String>,
 }
 
+/// The classifier's training settings.
+#[derive(clap::Args)]
+struct FineTuning {
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// The most passes over the training texts.
+    #[arg(long, default_value_t = 4)]
+    epochs: usize,
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f32,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f32,
+    /// Warm-up steps (then linear decay to 0).
+    #[arg(long, default_value_t = 20)]
+    warmup: u64,
+    /// Steps between validations (there is also one at every epoch's end).
+    #[arg(long, default_value_t = 50)]
+    eval_every: u64,
+    /// Validations without a better AUROC before training stops.
+    #[arg(long, default_value_t = 4)]
+    patience: usize,
+    /// The share of each class held out for validation and calibration.
+    #[arg(long, default_value_t = 0.2)]
+    val_share: f64,
+    /// Tokens read from the start of each text (default: the model's
+    /// context, at most 512).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+}
+
 #[derive(clap::Subcommand)]
 enum Sub {
     /// Thresholds per length bucket at 1% and 0.1% false-positive rates.
@@ -79,17 +114,20 @@ enum Sub {
         machine: Vec<String>,
         #[arg(long)]
         out: PathBuf,
-        /// `features`: logistic regression over the zero-shot statistics
-        /// and the GLTR histogram (the fine-tuned classifier is not built
-        /// yet).
-        #[arg(long, default_value = FEATURES_KIND)]
+        /// `classifier`: fine-tune --model as a sequence classifier (Hugging
+        /// Face's GPT2ForSequenceClassification layout); `features`:
+        /// logistic regression over --model's zero-shot statistics and the
+        /// GLTR histogram.
+        #[arg(long, default_value = CLASSIFIER_KIND)]
         kind: String,
-        /// Folds of the cross-validation that measures it and calibrates
-        /// its thresholds.
+        /// Features: folds of the cross-validation that measures the
+        /// detector and calibrates its thresholds.
         #[arg(long, default_value_t = 5)]
         folds: usize,
         #[arg(long, default_value_t = 1337)]
         seed: u64,
+        #[command(flatten)]
+        fine_tuning: FineTuning,
         #[command(flatten)]
         opts: Opts,
     },
@@ -120,8 +158,8 @@ pub fn run(a: Args) -> Result<()> {
             opts,
         }) => {
             let detector = detector.map(|d| load_detector(&d, &opts)).transpose()?;
-            let scoring = Scoring::choose(&statistic, detector.as_ref(), &opts)?;
-            calibrate(&human, &machine, &scoring, &out, &opts)
+            let scoring = Scoring::choose(&statistic, detector.is_some(), &opts)?;
+            calibrate(&human, &machine, scoring, detector.as_ref(), &out, &opts)
         }
         Some(Sub::Evaluate {
             human,
@@ -140,8 +178,18 @@ pub fn run(a: Args) -> Result<()> {
             kind,
             folds,
             seed,
+            fine_tuning,
             opts,
-        }) => train(&human, &machine, &out, &kind, folds, seed, &opts),
+        }) => match kind.as_str() {
+            FEATURES_KIND => train_features(&human, &machine, &out, folds, seed, &opts),
+            CLASSIFIER_KIND => {
+                train_classifier_cmd(&human, &machine, &out, seed, &fine_tuning, &opts)
+            }
+            other => bail!(
+                "--kind {other:?}: one of {CLASSIFIER_KIND:?} (a fine-tuned GPT-2) and \
+                 {FEATURES_KIND:?} (logistic regression over the zero-shot statistics)"
+            ),
+        },
         None => {
             let detector = a.detector.map(|d| load_detector(&d, &a.opts)).transpose()?;
             detect(
@@ -157,7 +205,19 @@ pub fn run(a: Args) -> Result<()> {
 }
 
 /// (name, token count, statistics) of every text under `paths`.
-fn measure(paths: &[String], opts: &Opts) -> Result<Vec<(String, usize, Statistics)>> {
+/// One text as the detectors see it.
+struct Measured {
+    name: String,
+    /// Its length in tokens.
+    tokens: usize,
+    stats: Statistics,
+    /// A trained detector's (tokens it read, judgement).
+    detector: Option<(usize, Scored)>,
+}
+
+/// The texts under `paths` (files, `.jsonl` files, directories, `-`),
+/// named, as token ids; an empty text is an error naming it.
+fn tokenized(paths: &[String], opts: &Opts) -> Result<Vec<(String, Vec<u32>)>> {
     ensure!(!paths.is_empty(), "no texts given");
     let mut named = Vec::new();
     for p in paths {
@@ -169,22 +229,45 @@ fn measure(paths: &[String], opts: &Opts) -> Result<Vec<(String, usize, Statisti
         }
     }
     let tok = Tokenizer::gpt2();
-    let mut ids = Vec::with_capacity(named.len());
-    for (name, text) in &named {
-        let t = tok.encode(text)?;
+    let mut out = Vec::with_capacity(named.len());
+    for (name, text) in named {
+        let t = tok.encode(&text)?;
         ensure!(!t.is_empty(), "{name}: the text is empty");
-        ids.push(t);
+        out.push((name, t));
     }
+    Ok(out)
+}
+
+/// Every text under `paths` with its statistics (and `detector`'s score).
+fn measure(paths: &[String], opts: &Opts, detector: Option<&Detector>) -> Result<Vec<Measured>> {
+    let texts = tokenized(paths, opts)?;
+    let ids: Vec<Vec<u32>> = texts.iter().map(|(_, t)| t.clone()).collect();
     let model = load_model(&opts.model)?;
     let scores = Scorer::new(&model).score_texts(&ids, Windowing::Rolling, 0, &mut |_| {})?;
     let pair = binocular_models(opts)?;
-    let mut out = Vec::with_capacity(named.len());
-    for (((name, _), s), t) in named.into_iter().zip(scores).zip(&ids) {
+    let mut out = Vec::with_capacity(texts.len());
+    for ((name, t), s) in texts.into_iter().zip(scores) {
         let mut stats = statistics(&s);
         if let Some((o, p)) = &pair {
-            stats.binoculars = Some(binoculars(o, p, t).with_context(|| name.clone())?);
+            stats.binoculars = Some(binoculars(o, p, &t).with_context(|| name.clone())?);
         }
-        out.push((name, t.len(), stats));
+        out.push(Measured {
+            name,
+            tokens: t.len(),
+            stats,
+            detector: None,
+        });
+    }
+    if let Some(d) = detector {
+        let inputs: Vec<(&[u32], &Statistics)> = ids
+            .iter()
+            .map(|t| t.as_slice())
+            .zip(out.iter().map(|m| &m.stats))
+            .collect();
+        let scores = d.scores(&inputs)?;
+        for ((m, t), scored) in out.iter_mut().zip(&ids).zip(scores) {
+            m.detector = Some((d.read_tokens(t.len()), scored));
+        }
     }
     Ok(out)
 }
@@ -198,19 +281,16 @@ fn binocular_models(opts: &Opts) -> Result<Option<(Model, Model)>> {
 
 /// What a decision is made on: one statistic, or a trained detector's
 /// score.
-enum Scoring<'a> {
+#[derive(Clone, Copy)]
+enum Scoring {
     Statistic(Statistic),
-    Detector(&'a FeatureDetector),
+    Detector,
 }
 
-impl<'a> Scoring<'a> {
-    fn choose(
-        statistic: &str,
-        detector: Option<&'a FeatureDetector>,
-        opts: &Opts,
-    ) -> Result<Scoring<'a>> {
-        if let Some(d) = detector {
-            return Ok(Scoring::Detector(d));
+impl Scoring {
+    fn choose(statistic: &str, detector: bool, opts: &Opts) -> Result<Scoring> {
+        if detector {
+            return Ok(Scoring::Detector);
         }
         let Some(stat) = Statistic::from_name(statistic) else {
             bail!(
@@ -229,30 +309,32 @@ impl<'a> Scoring<'a> {
     fn name(&self) -> &'static str {
         match self {
             Scoring::Statistic(s) => s.name(),
-            Scoring::Detector(_) => "detector",
+            Scoring::Detector => "detector",
         }
     }
 
-    /// Larger is more machine-like; `None` where the text lacks it.
-    fn score(&self, tokens: usize, s: &Statistics) -> Option<f64> {
+    /// (tokens its length bucket is chosen by, score): larger is more
+    /// machine-like; `None` where the text lacks it.
+    fn score(&self, m: &Measured) -> Option<(usize, f64)> {
         match self {
-            Scoring::Statistic(stat) => stat.machine_score(s),
-            Scoring::Detector(d) => Some(d.score(s, tokens)),
+            Scoring::Statistic(stat) => stat.machine_score(&m.stats).map(|s| (m.tokens, s)),
+            Scoring::Detector => m.detector.map(|(n, d)| (n, d.score)),
         }
     }
 }
 
-/// A trained detector, which must have been trained on the statistics of
-/// the model scoring now.
-fn load_detector(dir: &std::path::Path, opts: &Opts) -> Result<FeatureDetector> {
-    let d = FeatureDetector::load(dir)?;
-    ensure!(
-        d.model == opts.model,
-        "{}: the detector was trained on the statistics of --model {}, not {}",
-        dir.display(),
-        d.model,
-        opts.model
-    );
+/// A trained detector; a feature detector must have been trained on the
+/// statistics of the model scoring now.
+fn load_detector(dir: &Path, opts: &Opts) -> Result<Detector> {
+    let d = Detector::load(dir)?;
+    if let Some(model) = d.statistics_model() {
+        ensure!(
+            model == opts.model,
+            "{}: the detector was trained on the statistics of --model {model}, not {}",
+            dir.display(),
+            opts.model
+        );
+    }
     Ok(d)
 }
 
@@ -260,7 +342,7 @@ fn detect(
     files: &[String],
     opts: &Opts,
     thresholds: Option<&str>,
-    detector: Option<FeatureDetector>,
+    detector: Option<Detector>,
     fpr: f64,
     as_json: bool,
 ) -> Result<()> {
@@ -276,26 +358,27 @@ fn detect(
     // The decision: --thresholds on their statistic (or on the detector's
     // score), else the detector's own calibrated thresholds.
     let decider: Option<(Thresholds, Scoring)> = match (thresholds, &detector) {
-        (Some(t), Some(d)) if t.statistic == "detector" => Some((t, Scoring::Detector(d))),
+        (Some(t), Some(_)) if t.statistic == "detector" => Some((t, Scoring::Detector)),
         (Some(t), None) if t.statistic == "detector" => {
             bail!("the thresholds are for a trained detector: give it with --detector DIR")
         }
         (Some(t), _) => {
-            let scoring = Scoring::choose(&t.statistic, None, opts)
+            let scoring = Scoring::choose(&t.statistic, false, opts)
                 .with_context(|| "the threshold file's statistic")?;
             Some((t, scoring))
         }
-        (None, Some(d)) => Some((d.thresholds.clone(), Scoring::Detector(d))),
+        (None, Some(d)) => Some((d.thresholds().clone(), Scoring::Detector)),
         (None, None) => None,
     };
-    for (name, tokens, stats) in measure(files, opts)? {
+    for m in measure(files, opts, detector.as_ref())? {
         let decision = decider
             .as_ref()
-            .map(|(t, scoring)| match scoring.score(tokens, &stats) {
-                Some(score) => t.decide(tokens, score, fpr),
+            .map(|(t, scoring)| match scoring.score(&m) {
+                Some((tokens, score)) => t.decide(tokens, score, fpr),
                 None => "abstain",
             });
-        let detector_score = detector.as_ref().map(|d| d.score(&stats, tokens));
+        let (stats, tokens) = (&m.stats, m.tokens);
+        let detector_score = m.detector.map(|(_, d)| d.score);
         if as_json {
             let stats_json = json!({
                 "log_likelihood": stats.log_likelihood, "log_rank": stats.log_rank,
@@ -306,12 +389,15 @@ fn detect(
             println!(
                 "{}",
                 json!({"tokens": tokens, "statistics": stats_json,
-                       "detector_score": detector_score, "decision": decision})
+                       "detector_score": detector_score,
+                       "detector_logits": m.detector.and_then(|(_, d)| d.logits),
+                       "decision": decision})
             );
         } else {
             println!(
-                "{name}: {tokens} tokens, log-likelihood {:.3}, log-rank {:.3}, entropy {:.3}, LRR {:.3}, \
+                "{}: {tokens} tokens, log-likelihood {:.3}, log-rank {:.3}, entropy {:.3}, LRR {:.3}, \
                  Fast-DetectGPT {:.2}, GLTR {:?}{}{}{}",
+                m.name,
                 stats.log_likelihood,
                 stats.log_rank,
                 stats.entropy,
@@ -333,52 +419,36 @@ const MIN_CLASS_SHARE: f64 = 0.1;
 /// The fewest texts of each class a detector is trained on.
 const MIN_CLASS_TEXTS: usize = 20;
 
-fn train(
-    human: &[String],
-    machine: &[String],
-    out: &std::path::Path,
-    kind: &str,
-    folds: usize,
-    seed: u64,
-    opts: &Opts,
-) -> Result<()> {
-    ensure!(
-        kind == FEATURES_KIND,
-        "--kind {kind:?}: this gpt2 trains `features` detectors (logistic regression over the \
-         zero-shot statistics); the fine-tuned classifier is not built yet"
-    );
-    ensure!(
-        (2..=20).contains(&folds),
-        "--folds must be between 2 and 20"
-    );
-    ensure!(
-        opts.observer.is_none(),
-        "a feature detector does not use Binoculars' models"
-    );
+/// The human and the machine texts worth training on (at least the first
+/// length bucket's tokens), each as `item` makes it from (tokens, the
+/// text's token ids); refuses classes too small or too unequal.
+fn labelled<T>(
+    human: Vec<(usize, T)>,
+    machine: Vec<(usize, T)>,
+) -> Result<(Vec<(usize, T)>, Vec<(usize, T)>)> {
     let min_tokens = BUCKET_EDGES[0];
-    let mut labelled = Vec::new();
-    for (class, paths) in [("human", human), ("machine", machine)] {
-        let measured = measure(paths, opts)?;
-        let all = measured.len();
-        let kept: Vec<(usize, Vec<f64>)> = measured
+    let mut kept = Vec::new();
+    for (class, texts) in [("human", human), ("machine", machine)] {
+        let all = texts.len();
+        let long: Vec<(usize, T)> = texts
             .into_iter()
-            .filter(|(_, n, _)| *n >= min_tokens)
-            .map(|(_, n, s)| (n, features(&s, n).to_vec()))
+            .filter(|(n, _)| *n >= min_tokens)
             .collect();
-        if kept.len() < all {
+        if long.len() < all {
             eprintln!(
                 "{class}: left out {} of {all} texts shorter than {min_tokens} tokens",
-                all - kept.len()
+                all - long.len()
             );
         }
         ensure!(
-            kept.len() >= MIN_CLASS_TEXTS,
-            "only {} {class} texts of at least {min_tokens} tokens; a detector needs {MIN_CLASS_TEXTS}",
-            kept.len()
+            long.len() >= MIN_CLASS_TEXTS,
+            "only {} {class} texts of at least {min_tokens} tokens; a detector needs {MIN_CLASS_TEXTS} \
+             (nothing was written)",
+            long.len()
         );
-        labelled.push(kept);
+        kept.push(long);
     }
-    let (h, m) = (&labelled[0], &labelled[1]);
+    let (m, h) = (kept.remove(1), kept.remove(0));
     let share = h.len().min(m.len()) as f64 / (h.len() + m.len()) as f64;
     ensure!(
         share >= MIN_CLASS_SHARE,
@@ -388,15 +458,41 @@ fn train(
         m.len(),
         MIN_CLASS_SHARE * 100.0
     );
+    Ok((h, m))
+}
+
+fn train_features(
+    human: &[String],
+    machine: &[String],
+    out: &Path,
+    folds: usize,
+    seed: u64,
+    opts: &Opts,
+) -> Result<()> {
+    ensure!(
+        (2..=20).contains(&folds),
+        "--folds must be between 2 and 20"
+    );
+    ensure!(
+        opts.observer.is_none(),
+        "a feature detector does not use Binoculars' models"
+    );
+    let featured = |paths: &[String]| -> Result<Vec<(usize, Vec<f64>)>> {
+        Ok(measure(paths, opts, None)?
+            .into_iter()
+            .map(|m| (m.tokens, features(&m.stats, m.tokens).to_vec()))
+            .collect())
+    };
+    let (h, m) = labelled(featured(human)?, featured(machine)?)?;
     let start = std::time::Instant::now();
-    let d = FeatureDetector::train(&opts.model, h, m, folds, seed);
+    let d = FeatureDetector::train(&opts.model, &h, &m, folds, seed);
     d.save(out)
         .with_context(|| format!("writing {}", out.display()))?;
     let v = &d.validation;
     println!(
         "wrote {}: {} human, {} machine texts; {}-fold cross-validated AUROC {:.3}, TPR {:.3} at 1% FPR, \
          {:.3} at 0.1% FPR ({:.1} s to fit)",
-        out.join(gpt2_provenance::detector::DETECTOR_FILE).display(),
+        out.join(DETECTOR_FILE).display(),
         v.human_texts,
         v.machine_texts,
         v.folds,
@@ -404,6 +500,107 @@ fn train(
         v.tpr_at_1pct_fpr,
         v.tpr_at_01pct_fpr,
         start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn train_classifier_cmd(
+    human: &[String],
+    machine: &[String],
+    out: &Path,
+    seed: u64,
+    f: &FineTuning,
+    opts: &Opts,
+) -> Result<()> {
+    ensure!(
+        opts.observer.is_none(),
+        "a fine-tuned classifier does not use Binoculars' models"
+    );
+    let sized = |paths: &[String]| -> Result<Vec<(usize, Vec<u32>)>> {
+        Ok(tokenized(paths, opts)?
+            .into_iter()
+            .map(|(_, t)| (t.len(), t))
+            .collect())
+    };
+    let (h, m) = labelled(sized(human)?, sized(machine)?)?;
+    let model = load_model(&opts.model)?;
+    let config = *model.config();
+    let options = ClassifyOptions {
+        batch: f.batch,
+        epochs: f.epochs,
+        lr: f.lr,
+        weight_decay: f.weight_decay,
+        warmup: f.warmup,
+        eval_every: f.eval_every,
+        patience: f.patience,
+        val_share: f.val_share,
+        max_tokens: f.max_tokens.unwrap_or(config.n_ctx.min(512)),
+        seed,
+    };
+    options.validate(config.n_ctx).map_err(anyhow::Error::msg)?;
+    let params = gpt2_train::params_from_weights(model.weights());
+    drop(model);
+    eprintln!(
+        "fine-tuning {} ({:.1}M parameters) on {} human and {} machine texts, {:.0}% of each held out",
+        opts.model,
+        config.num_parameters() as f64 / 1e6,
+        h.len(),
+        m.len(),
+        options.val_share * 100.0
+    );
+    let terminal = std::io::stderr().is_terminal();
+    let mut report = |p: Progress| match p {
+        Progress::Step {
+            step,
+            total,
+            loss,
+            tokens_per_s,
+        } => {
+            let line = format!("step {step}/{total} loss {loss:.4} {tokens_per_s:.0} tok/s");
+            if terminal {
+                eprint!("\r{line}   ");
+                let _ = std::io::stderr().flush();
+            } else if step.is_multiple_of(10) {
+                eprintln!("{line}");
+            }
+        }
+        Progress::Validation { m, best } => eprintln!(
+            "{}step {} (epoch {}): train loss {:.4}, validation loss {:.4}, AUROC {:.4}{}",
+            if terminal { "\n" } else { "" },
+            m.step,
+            m.epoch + 1,
+            m.train_loss,
+            m.val_loss,
+            m.val_auroc,
+            if best { " (best)" } else { "" }
+        ),
+    };
+    let strip = |v: Vec<(usize, Vec<u32>)>| v.into_iter().map(|(_, t)| t).collect();
+    let trained = train_classifier(
+        config,
+        params,
+        &opts.model,
+        strip(h),
+        strip(m),
+        &options,
+        &mut report,
+    )
+    .map_err(anyhow::Error::msg)?;
+    write_classifier(out, &trained).with_context(|| format!("writing {}", out.display()))?;
+    let card = &trained.classifier.card;
+    let v = &card.validation;
+    println!(
+        "wrote {}: kept step {} of {}; held-out {} human, {} machine texts: AUROC {:.3}, TPR {:.3} at 1% FPR, \
+         {:.3} at 0.1% FPR ({:.0} s to train)",
+        out.display(),
+        card.training["kept_step"],
+        card.training["steps_run"],
+        v.human_texts,
+        v.machine_texts,
+        v.auroc,
+        v.tpr_at_1pct_fpr,
+        v.tpr_at_01pct_fpr,
+        card.training["train_seconds"].as_f64().unwrap_or(f64::NAN)
     );
     Ok(())
 }
@@ -421,13 +618,14 @@ fn read_thresholds(path: &str) -> Result<Thresholds> {
 fn calibrate(
     human: &[String],
     machine: &[String],
-    scoring: &Scoring,
+    scoring: Scoring,
+    detector: Option<&Detector>,
     out: &str,
     opts: &Opts,
 ) -> Result<()> {
-    let scored: Vec<(usize, f64)> = measure(human, opts)?
+    let scored: Vec<(usize, f64)> = measure(human, opts, detector)?
         .iter()
-        .filter_map(|(_, n, s)| scoring.score(*n, s).map(|v| (*n, v)))
+        .filter_map(|m| scoring.score(m))
         .collect();
     let t = Thresholds::calibrate(scoring.name(), &opts.model, &scored);
     gpt2_model::atomic::write_atomic(
@@ -441,14 +639,14 @@ fn calibrate(
         t.buckets.len()
     );
     if !machine.is_empty() {
-        let m = measure(machine, opts)?;
+        let m = measure(machine, opts, detector)?;
         for fpr in [0.01, 0.001] {
             let flagged = m
                 .iter()
-                .filter(|(_, n, s)| {
+                .filter(|m| {
                     scoring
-                        .score(*n, s)
-                        .is_some_and(|v| t.decide(*n, v, fpr) == "machine")
+                        .score(m)
+                        .is_some_and(|(n, v)| t.decide(n, v, fpr) == "machine")
                 })
                 .count();
             println!(
@@ -467,22 +665,25 @@ fn evaluate(
     human: &[String],
     machine: &[String],
     as_json: bool,
-    detector: Option<&FeatureDetector>,
+    detector: Option<&Detector>,
     opts: &Opts,
 ) -> Result<()> {
-    let (h, m) = (measure(human, opts)?, measure(machine, opts)?);
+    let (h, m) = (
+        measure(human, opts, detector)?,
+        measure(machine, opts, detector)?,
+    );
     let mut rows = Vec::new();
     let mut scorings: Vec<Scoring> = Statistic::ALL.map(Scoring::Statistic).into();
-    scorings.extend(detector.map(Scoring::Detector));
+    scorings.extend(detector.map(|_| Scoring::Detector));
     for scoring in &scorings {
-        let hs: Vec<f64> = h
-            .iter()
-            .filter_map(|(_, n, s)| scoring.score(*n, s))
-            .collect();
-        let ms: Vec<f64> = m
-            .iter()
-            .filter_map(|(_, n, s)| scoring.score(*n, s))
-            .collect();
+        let values = |texts: &[Measured]| -> Vec<f64> {
+            texts
+                .iter()
+                .filter_map(|t| scoring.score(t))
+                .map(|(_, s)| s)
+                .collect()
+        };
+        let (hs, ms) = (values(&h), values(&m));
         if hs.len() < 2 || ms.len() < 2 {
             continue;
         }
@@ -498,6 +699,9 @@ fn evaluate(
             ),
         ];
         let mut row = json!({"statistic": scoring.name(), "human": hs.len(), "machine": ms.len()});
+        if let (Scoring::Detector, Some(d)) = (scoring, detector) {
+            row["kind"] = json!(d.kind());
+        }
         for (name, f) in &metrics {
             let (lo, hi) = bootstrap_ci(&hs, &ms, f.as_ref(), 1000);
             row[*name] = json!({"value": f(&hs, &ms), "ci95": [lo, hi]});
@@ -518,9 +722,12 @@ fn evaluate(
                 r[k]["ci95"][1].as_f64().unwrap_or(f64::NAN)
             )
         };
+        let name = match r["kind"].as_str() {
+            Some(kind) => format!("detector ({kind})"),
+            None => r["statistic"].as_str().unwrap_or_default().to_string(),
+        };
         println!(
-            "| {} | {} | {} | {} |",
-            r["statistic"].as_str().unwrap_or_default(),
+            "| {name} | {} | {} | {} |",
             cell("auroc"),
             cell("tpr_at_1pct_fpr"),
             cell("tpr_at_0.1pct_fpr")

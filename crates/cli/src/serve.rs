@@ -2,8 +2,9 @@
 
 use crate::input::load_model;
 use anyhow::{ensure, Context, Result};
-use gpt2_provenance::detector::FeatureDetector;
+use gpt2_provenance::detector::Detector;
 use gpt2_provenance::roc::Thresholds;
+use gpt2_serve::app::ServedDetector;
 use gpt2_serve::{ServeConfig, State};
 use std::io::Write;
 use std::path::PathBuf;
@@ -49,7 +50,8 @@ pub struct Args {
     #[arg(long)]
     thresholds: Option<PathBuf>,
     /// A trained detector (`gpt2 detect train`): /v1/detect reports its
-    /// calibrated verdict for the model it was trained with.
+    /// calibrated verdict (a feature detector's for the model it was
+    /// trained with; a classifier's for every text).
     #[arg(long)]
     detector: Option<PathBuf>,
     /// Milliseconds to sleep after every decode step (for tests of a busy
@@ -77,17 +79,25 @@ pub fn run(a: Args) -> Result<()> {
     let detector = a
         .detector
         .as_ref()
-        .map(|dir| -> Result<(String, FeatureDetector)> {
-            let d = FeatureDetector::load(dir)?;
+        .map(|dir| -> Result<ServedDetector> {
+            let detector = Detector::load(dir)?;
+            let Some(model) = detector.statistics_model() else {
+                return Ok(ServedDetector {
+                    detector,
+                    statistics_of: None,
+                });
+            };
             let mut served = a.models.iter().map(|m| model_name(m));
-            let Some((name, _)) = served.find(|(_, spec)| *spec == d.model) else {
+            let Some((name, _)) = served.find(|(_, spec)| spec == model) else {
                 anyhow::bail!(
-                    "{}: the detector was trained on the statistics of --model {}, which this server does not serve",
+                    "{}: the detector was trained on the statistics of --model {model}, which this server does not serve",
                     dir.display(),
-                    d.model
                 );
             };
-            Ok((name, d))
+            Ok(ServedDetector {
+                detector,
+                statistics_of: Some(name),
+            })
         })
         .transpose()?;
     let state = State::create(&a.state)?;

@@ -1,7 +1,11 @@
-//! A trained detector over the zero-shot statistics: logistic regression
-//! on the statistics of one forward pass (log-likelihood, log-rank,
-//! entropy, LRR, Fast-DetectGPT, the four GLTR fractions) and the text's
-//! length, for when fine-tuning a classifier is not wanted.
+//! Trained detectors: [`Detector`] is any of them, as its directory's
+//! `detector.json` names its kind; the fine-tuned classifier is in
+//! [`crate::classifier`].
+//!
+//! The feature detector is logistic regression on the statistics of one
+//! forward pass (log-likelihood, log-rank, entropy, LRR, Fast-DetectGPT,
+//! the four GLTR fractions) and the text's length, for when fine-tuning a
+//! classifier is not wanted.
 //!
 //! Training is Newton's method on the L2-regularised log-loss over
 //! standardised features: deterministic, a few milliseconds for thousands
@@ -10,6 +14,7 @@
 //! out-of-fold scores of the human texts, so the false-positive rate they
 //! promise was measured on texts the model did not see.
 
+use crate::classifier::{log_odds, Classifier, ClassifierCard, CLASSIFIER_KIND};
 use crate::roc::{auroc, tpr_at_fpr, Thresholds};
 use crate::stats::Statistics;
 use rand::seq::SliceRandom;
@@ -270,6 +275,125 @@ pub struct DetectorError {
     pub message: String,
 }
 
+impl DetectorError {
+    pub fn new(path: &Path, message: String) -> DetectorError {
+        DetectorError {
+            path: path.display().to_string(),
+            message,
+        }
+    }
+}
+
+/// A trained detector's judgement of one text.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// Larger is more machine-like.
+    pub score: f64,
+    /// A classifier's class logits (human, machine); the score is their
+    /// difference.
+    pub logits: Option<[f32; 2]>,
+}
+
+/// Any trained detector, of the kind its `detector.json` names.
+pub enum Detector {
+    Features(FeatureDetector),
+    Classifier(Box<Classifier>),
+}
+
+impl Detector {
+    /// Reads `dir/detector.json` and what its kind needs beside it.
+    pub fn load(dir: &Path) -> Result<Detector, DetectorError> {
+        let path = dir.join(DETECTOR_FILE);
+        let err = |message: String| DetectorError::new(&path, message);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            err(format!(
+                "{e} (a detector directory holds {DETECTOR_FILE}, from `gpt2 detect train`)"
+            ))
+        })?;
+        let card: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| err(format!("not JSON: {e}")))?;
+        match card["kind"].as_str() {
+            Some(FEATURES_KIND) => Ok(Detector::Features(FeatureDetector::from_card(card, &path)?)),
+            Some(CLASSIFIER_KIND) => {
+                let card: ClassifierCard = serde_json::from_value(card)
+                    .map_err(|e| err(format!("not a classifier's card: {e}")))?;
+                Ok(Detector::Classifier(Box::new(Classifier::load(dir, card)?)))
+            }
+            Some(other) => Err(err(format!(
+                "a detector of kind {other:?}, which this gpt2 cannot run \
+                 (it runs {FEATURES_KIND:?} and {CLASSIFIER_KIND:?})"
+            ))),
+            None => Err(err("not a detector: no \"kind\"".into())),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Detector::Features(_) => FEATURES_KIND,
+            Detector::Classifier(_) => CLASSIFIER_KIND,
+        }
+    }
+
+    /// The thresholds its verdicts use, calibrated when it was trained.
+    pub fn thresholds(&self) -> &Thresholds {
+        match self {
+            Detector::Features(d) => &d.thresholds,
+            Detector::Classifier(c) => &c.card.thresholds,
+        }
+    }
+
+    /// The AUROC measured when it was trained (out-of-fold for features,
+    /// held-out texts for a classifier).
+    pub fn validation_auroc(&self) -> f64 {
+        match self {
+            Detector::Features(d) => d.validation.auroc,
+            Detector::Classifier(c) => c.card.validation.auroc,
+        }
+    }
+
+    /// The scoring model whose statistics a feature detector reads; a
+    /// classifier reads the text through its own weights and needs none.
+    pub fn statistics_model(&self) -> Option<&str> {
+        match self {
+            Detector::Features(d) => Some(&d.model),
+            Detector::Classifier(_) => None,
+        }
+    }
+
+    /// How many of a text's `tokens` the detector reads: the length its
+    /// thresholds' buckets are chosen by.
+    pub fn read_tokens(&self, tokens: usize) -> usize {
+        match self {
+            Detector::Features(_) => tokens,
+            Detector::Classifier(c) => tokens.min(c.card.max_tokens),
+        }
+    }
+
+    /// The machine score of each text, given its tokens and the scoring
+    /// model's statistics of it.
+    pub fn scores(&self, texts: &[(&[u32], &Statistics)]) -> gpt2_model::Result<Vec<Scored>> {
+        match self {
+            Detector::Features(d) => Ok(texts
+                .iter()
+                .map(|(t, s)| Scored {
+                    score: d.score(s, t.len()),
+                    logits: None,
+                })
+                .collect()),
+            Detector::Classifier(c) => {
+                let ids: Vec<&[u32]> = texts.iter().map(|(t, _)| *t).collect();
+                Ok(c.logits(&ids)?
+                    .into_iter()
+                    .map(|l| Scored {
+                        score: log_odds(l),
+                        logits: Some(l),
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
 impl FeatureDetector {
     /// Fits the detector on labelled feature vectors of texts scored with
     /// `model`; `tokens` are each text's token counts (for calibration per
@@ -311,31 +435,21 @@ impl FeatureDetector {
         self.logistic.score(&features(s, tokens))
     }
 
-    /// Reads `dir/detector.json`, refusing another kind of detector, another
-    /// tokenizer or another feature list.
+    /// Reads a feature detector's directory, refusing another kind of
+    /// detector, another tokenizer or another feature list.
     pub fn load(dir: &Path) -> Result<FeatureDetector, DetectorError> {
-        let path = dir.join(DETECTOR_FILE);
-        let err = |message: String| DetectorError {
-            path: path.display().to_string(),
-            message,
-        };
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            err(format!(
-                "{e} (a detector directory holds {DETECTOR_FILE}, from `gpt2 detect train`)"
-            ))
-        })?;
-        let kind: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| err(format!("not JSON: {e}")))?;
-        match kind["kind"].as_str() {
-            Some(FEATURES_KIND) => {}
-            Some(other) => {
-                return Err(err(format!(
-                    "a detector of kind {other:?}, which this gpt2 cannot run"
-                )))
-            }
-            None => return Err(err("not a detector: no \"kind\"".into())),
+        match Detector::load(dir)? {
+            Detector::Features(d) => Ok(d),
+            other => Err(DetectorError::new(
+                dir,
+                format!("a {} detector, not a feature detector", other.kind()),
+            )),
         }
-        let d: FeatureDetector = serde_json::from_value(kind)
+    }
+
+    fn from_card(card: serde_json::Value, path: &Path) -> Result<FeatureDetector, DetectorError> {
+        let err = |message: String| DetectorError::new(path, message);
+        let d: FeatureDetector = serde_json::from_value(card)
             .map_err(|e| err(format!("not a feature detector: {e}")))?;
         if d.tokenizer != "gpt2" {
             return Err(err(format!(
@@ -438,10 +552,10 @@ mod tests {
         let path = dir.path().join(DETECTOR_FILE);
         let other = std::fs::read_to_string(&path)
             .unwrap()
-            .replace("\"features\",", "\"classifier\",");
+            .replace("\"features\",", "\"forest\",");
         std::fs::write(&path, other).unwrap();
         let e = FeatureDetector::load(dir.path()).unwrap_err().to_string();
-        assert!(e.contains("classifier") && e.contains("cannot run"), "{e}");
+        assert!(e.contains("forest") && e.contains("cannot run"), "{e}");
         let e = FeatureDetector::load(&dir.path().join("nowhere"))
             .unwrap_err()
             .to_string();

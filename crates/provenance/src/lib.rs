@@ -4,8 +4,9 @@
 //! - [`stats`]: zero-shot detector statistics from one forward pass
 //!   (log-likelihood, log-rank, entropy, LRR, GLTR buckets,
 //!   Fast-DetectGPT's analytic criterion, Binoculars with two models).
-//! - [`detector`]: a trained detector (logistic regression over those
-//!   statistics), cross-validated and calibrated.
+//! - [`detector`]: trained detectors, cross-validated and calibrated:
+//!   logistic regression over those statistics, and (in [`classifier`]) a
+//!   fine-tuned GPT-2 sequence classifier.
 //! - [`roc`]: calibration of thresholds at target false-positive rates and
 //!   evaluation (AUROC, TPR at a fixed FPR, bootstrap intervals).
 //! - [`watermark`]: keyed watermarks applied during generation and their
@@ -13,6 +14,7 @@
 //! - [`ledger`]: a SQLite record of everything generated, searchable by
 //!   exact hash and by MinHash similarity.
 
+pub mod classifier;
 pub mod detector;
 pub mod ledger;
 pub mod roc;

@@ -41,11 +41,26 @@ pub struct AppState {
     /// Bounds concurrent scoring (echo logprobs, detection) beside the engine.
     pub scoring: Arc<Semaphore>,
     pub thresholds: Option<Thresholds>,
-    /// A trained detector for the model named (its calibrated verdict in
-    /// /v1/detect).
-    pub detector: Option<(String, gpt2_provenance::detector::FeatureDetector)>,
+    /// A trained detector (its calibrated verdict in /v1/detect).
+    pub detector: Option<ServedDetector>,
     pub body_limit: usize,
     pub body_timeout: Duration,
+}
+
+/// A trained detector the server reports the verdict of.
+pub struct ServedDetector {
+    pub detector: gpt2_provenance::detector::Detector,
+    /// The served model whose statistics a feature detector reads (its
+    /// verdict is given for that model's requests only); `None` for a
+    /// classifier, which reads every request's text itself.
+    pub statistics_of: Option<String>,
+}
+
+impl ServedDetector {
+    /// Whether it judges requests scored by the served model `name`.
+    pub fn judges(&self, name: &str) -> bool {
+        self.statistics_of.as_deref().is_none_or(|m| m == name)
+    }
 }
 
 /// Set when the request that asked for a computation is gone; long

@@ -56,16 +56,37 @@ pub async fn detect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
         audit.admit(&key, ids.len() as u64, ids.len() as u64)?;
         let model = entry.model.clone();
         let name = entry.name.clone();
-        let scored = {
-            let ids = ids.clone();
-            s.compute(move |_, _| {
-                Scorer::new(&model).score_texts(&[ids], Windowing::Rolling, 0, &mut |_| {})
+        let judged = name.clone();
+        let (scores, stats, detector) = s
+            .compute(move |s, _| -> gpt2_model::Result<_> {
+                let scored = Scorer::new(&model).score_texts(
+                    &[ids.clone()],
+                    Windowing::Rolling,
+                    0,
+                    &mut |_| {},
+                )?;
+                let scores = scored.into_iter().next().unwrap_or_default();
+                let stats = statistics(&scores);
+                let detector = match s.detector.as_ref().filter(|d| d.judges(&judged)) {
+                    Some(d) => {
+                        let score = d.detector.scores(&[(&ids, &stats)])?[0].score;
+                        Some((d, d.detector.read_tokens(ids.len()), score))
+                    }
+                    None => None,
+                }
+                .map(|(d, tokens, score)| {
+                    json!({
+                        "kind": d.detector.kind(),
+                        "score": score,
+                        "false_positive_rate": VERDICT_FPR,
+                        "decision": d.detector.thresholds().decide(tokens, score, VERDICT_FPR),
+                        "validation_auroc": d.detector.validation_auroc(),
+                    })
+                });
+                Ok((scores, stats, detector))
             })
             .await?
-        }
-        .map_err(|e| internal("scoring the text failed", e))?;
-        let scores = scored.into_iter().next().unwrap_or_default();
-        let stats = statistics(&scores);
+            .map_err(|e| internal("scoring the text failed", e))?;
         let verdict = s.thresholds.as_ref().and_then(|t| {
             let stat = Statistic::from_name(&t.statistic)?;
             let score = stat.machine_score(&stats)?;
@@ -78,20 +99,6 @@ pub async fn detect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
                 })
             })
         });
-        let detector = s
-            .detector
-            .as_ref()
-            .filter(|(m, _)| *m == name)
-            .map(|(_, d)| {
-                let score = d.score(&stats, scores.len());
-                json!({
-                    "kind": d.kind,
-                    "score": score,
-                    "false_positive_rate": VERDICT_FPR,
-                    "decision": d.thresholds.decide(scores.len(), score, VERDICT_FPR),
-                    "validation_auroc": d.validation.auroc,
-                })
-            });
         let tokens: Vec<_> = scores
             .iter()
             .map(|t| {

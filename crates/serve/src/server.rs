@@ -17,7 +17,6 @@ use crate::store::HEARTBEAT_EVERY;
 use axum::Router;
 use gpt2_generate::Watermark;
 use gpt2_model::{Model, Tokenizer};
-use gpt2_provenance::detector::FeatureDetector;
 use gpt2_provenance::roc::Thresholds;
 use gpt2_provenance::watermark::{Prf, Watermarker};
 use gpt2_provenance::watermark_key::Seeding;
@@ -59,9 +58,8 @@ pub struct ServeConfig {
     pub drain_timeout: Duration,
     pub step_delay: Duration,
     pub thresholds: Option<Thresholds>,
-    /// A trained detector and the name of the served model whose
-    /// statistics it reads.
-    pub detector: Option<(String, FeatureDetector)>,
+    /// A trained detector for /v1/detect's verdict.
+    pub detector: Option<crate::app::ServedDetector>,
     /// Called with the bound address once the server accepts connections.
     pub on_listening: Box<dyn FnOnce(SocketAddr) + Send>,
 }

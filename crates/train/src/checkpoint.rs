@@ -40,35 +40,67 @@ pub fn write_model(
     params: &[f32],
     precision: Precision,
 ) -> Result<(), DataError> {
-    let config_json = serde_json::to_string_pretty(&config.to_hf_json())
-        .map_err(|e| io(dir, std::io::Error::other(e)))?;
-    write_atomic(&dir.join("config.json"), config_json.as_bytes())?;
-    let dtype = match precision {
-        Precision::F32 => Dtype::F32,
-        Precision::F16 => Dtype::F16,
-    };
+    let entries = model_entries(config, params, precision, "");
+    write_files(dir, &config.to_hf_json(), &entries)
+}
+
+/// Writes `config_json` as `config.json` and `entries` as
+/// `model.safetensors` into `dir` (which exists).
+pub fn write_files(
+    dir: &Path,
+    config_json: &serde_json::Value,
+    entries: &[Entry],
+) -> Result<(), DataError> {
+    let text =
+        serde_json::to_string_pretty(config_json).map_err(|e| io(dir, std::io::Error::other(e)))?;
+    write_atomic(&dir.join("config.json"), text.as_bytes())?;
+    let bytes = write_safetensors(entries, &[]).map_err(|e| io(dir, std::io::Error::other(e)))?;
+    write_atomic(&dir.join("model.safetensors"), &bytes)
+}
+
+/// The tensors of a flat parameter buffer, named as the checkpoint names
+/// them after `prefix` (`transformer.` under a task head).
+pub fn model_entries(
+    config: &Config,
+    params: &[f32],
+    precision: Precision,
+    prefix: &str,
+) -> Vec<Entry> {
     let mut at = 0;
     let mut entries = Vec::new();
     for (name, shape) in tensor_shapes(config) {
         let n: usize = shape.iter().product();
-        let data = &params[at..at + n];
+        entries.push(tensor_entry(
+            format!("{prefix}{name}"),
+            shape,
+            &params[at..at + n],
+            precision,
+        ));
         at += n;
-        let bytes: Vec<u8> = match precision {
-            Precision::F32 => data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-            Precision::F16 => data
-                .iter()
+    }
+    entries
+}
+
+/// One tensor of `data` in `precision`.
+pub fn tensor_entry(name: String, shape: Vec<usize>, data: &[f32], precision: Precision) -> Entry {
+    let (dtype, bytes): (Dtype, Vec<u8>) = match precision {
+        Precision::F32 => (
+            Dtype::F32,
+            data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ),
+        Precision::F16 => (
+            Dtype::F16,
+            data.iter()
                 .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
                 .collect(),
-        };
-        entries.push(Entry {
-            name,
-            dtype,
-            shape,
-            bytes,
-        });
+        ),
+    };
+    Entry {
+        name,
+        dtype,
+        shape,
+        bytes,
     }
-    let bytes = write_safetensors(&entries, &[]).map_err(|e| io(dir, std::io::Error::other(e)))?;
-    write_atomic(&dir.join("model.safetensors"), &bytes)
 }
 
 fn optimizer_bytes(opt: &AdamW) -> Vec<u8> {

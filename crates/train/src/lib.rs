@@ -1,10 +1,11 @@
 //! gpt2-train: training GPT-2, llm.c style. Flat parameter and gradient
 //! buffers (`params`), the model's forward and backward passes (`model`,
 //! over the forward/backward kernel pairs of `gpt2_model::kernels`), and
-//! AdamW (`adamw`).
+//! AdamW (`adamw`); fine-tuning as a sequence classifier (`classify`).
 
 pub mod adamw;
 pub mod checkpoint;
+pub mod classify;
 pub mod data;
 pub mod init;
 pub mod model;

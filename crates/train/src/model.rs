@@ -240,7 +240,8 @@ pub struct TrainModel {
     lnf: Vec<f32>,
     lnf_mean: Vec<f32>,
     lnf_rstd: Vec<f32>,
-    /// Logits, then probabilities, then the gradient of the loss.
+    /// Logits, then probabilities, then the gradient of the loss (empty
+    /// until the LM head runs).
     probs: Vec<f32>,
     losses: Vec<f32>,
     d: ActGrads,
@@ -319,7 +320,7 @@ impl TrainModel {
             lnf: z(n * c),
             lnf_mean: z(n),
             lnf_rstd: z(n),
-            probs: z(n * config.vocab_size),
+            probs: Vec::new(),
             losses: z(n),
             d: ActGrads {
                 dres: z(n * c),
@@ -343,22 +344,18 @@ impl TrainModel {
         }
     }
 
-    /// Runs the batch and returns the mean cross-entropy of `targets`; the
-    /// logits stay available through [`TrainModel::logits`] until
-    /// `backward`.
-    pub fn forward(&mut self, tokens: &[u32], targets: &[u32]) -> f32 {
+    /// Runs the batch through the embeddings, the blocks and the final
+    /// LayerNorm, and returns the final hidden states, `[batch * seq, C]`
+    /// (what a head reads: the LM head, or a classifier's score).
+    pub fn forward_hidden(&mut self, tokens: &[u32]) -> &[f32] {
         let cfg = self.config;
-        let (n, c, v) = (self.batch * self.seq, cfg.n_embd, cfg.vocab_size);
+        let (n, c) = (self.batch * self.seq, cfg.n_embd);
+        assert!(tokens.len() == n, "forward: batch has the wrong size");
         assert!(
-            tokens.len() == n && targets.len() == n,
-            "forward: batch has the wrong size"
-        );
-        assert!(
-            tokens.iter().chain(targets).all(|&t| (t as usize) < v),
+            tokens.iter().all(|&t| (t as usize) < cfg.vocab_size),
             "forward: token out of the vocabulary"
         );
         self.tokens.copy_from_slice(tokens);
-        self.targets.copy_from_slice(targets);
         let p = views(&self.params, &cfg);
         let shape = self.shape();
         encoder_forward(&mut self.encoded, tokens, p.wte, p.wpe, self.seq, c);
@@ -384,7 +381,30 @@ impl TrainModel {
                 rstd: &mut self.lnf_rstd,
             }),
         );
-        lm_head_forward(&mut self.probs, &self.lnf, p.wte, n, c, v);
+        &self.lnf
+    }
+
+    /// Runs the batch and returns the mean cross-entropy of `targets`; the
+    /// logits stay available through [`TrainModel::logits`] until
+    /// `backward`.
+    pub fn forward(&mut self, tokens: &[u32], targets: &[u32]) -> f32 {
+        let (n, c, v) = (
+            self.batch * self.seq,
+            self.config.n_embd,
+            self.config.vocab_size,
+        );
+        assert!(targets.len() == n, "forward: batch has the wrong size");
+        assert!(
+            targets.iter().all(|&t| (t as usize) < v),
+            "forward: token out of the vocabulary"
+        );
+        self.forward_hidden(tokens);
+        self.targets.copy_from_slice(targets);
+        // The LM head's probabilities are the largest buffer; a model
+        // trained under another head never allocates them.
+        self.probs.resize(n * v, 0.0);
+        let wte = views(&self.params, &self.config).wte;
+        lm_head_forward(&mut self.probs, &self.lnf, wte, n, c, v);
         crossentropy_forward(&mut self.probs, &mut self.losses, targets, v)
     }
 
@@ -418,13 +438,41 @@ impl TrainModel {
     pub fn backward(&mut self) {
         let cfg = self.config;
         let (n, c, v) = (self.batch * self.seq, cfg.n_embd, cfg.vocab_size);
-        let shape = self.shape();
+        let p = views(&self.params, &cfg);
+        let g = views_mut(&mut self.grads, &cfg);
+        crossentropy_backward(&mut self.probs, &self.targets, v);
+        self.d.dln.fill(0.0);
+        lm_head_backward(
+            &mut self.d.dln,
+            g.wte,
+            &self.probs,
+            &self.lnf,
+            p.wte,
+            n,
+            c,
+            v,
+        );
+        self.backward_body();
+    }
+
+    /// Adds to `grads` the gradient of a loss whose gradient with respect
+    /// to the final hidden states of the last [`TrainModel::forward_hidden`]
+    /// is `dhidden`, `[batch * seq, C]` (a head's backward pass has
+    /// produced it, and added its own parameters' gradients itself).
+    pub fn backward_hidden(&mut self, dhidden: &[f32]) {
+        self.d.dln.copy_from_slice(dhidden);
+        self.backward_body();
+    }
+
+    /// From the gradient of the final hidden states in `d.dln` back through
+    /// the final LayerNorm, the blocks and the embeddings.
+    fn backward_body(&mut self) {
+        let cfg = self.config;
+        let c = cfg.n_embd;
+        let (n, shape) = (self.batch * self.seq, self.shape());
         let p = views(&self.params, &cfg);
         let mut g = views_mut(&mut self.grads, &cfg);
         let d = &mut self.d;
-        crossentropy_backward(&mut self.probs, &self.targets, v);
-        d.dln.fill(0.0);
-        lm_head_backward(&mut d.dln, g.wte, &self.probs, &self.lnf, p.wte, n, c, v);
         d.dres.fill(0.0);
         let last = &self.layers[cfg.n_layer - 1].res3;
         layernorm_backward(
