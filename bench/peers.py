@@ -156,29 +156,29 @@ print(json.dumps(out))
 '''
 
 
-def ours(model_dir, threads):
+def ours(model_dir, threads, gpt2=GPT2):
     out = {}
     for n in PROMPTS:
-        r, _ = rss_of([GPT2, "--threads", str(threads), "bench", "--model", model_dir, "--prompt-tokens", str(n),
+        r, _ = rss_of([gpt2, "--threads", str(threads), "bench", "--model", model_dir, "--prompt-tokens", str(n),
                        "--gen-tokens", "0", "--repeat", "1", "--json"])
         out[f"prefill_{n}_tokens_per_s"] = r["prefill_tokens_per_s"]
-    cmd = [GPT2, "--threads", str(threads), "bench", "--model", model_dir, "--prompt-tokens", str(DECODE_PROMPT),
+    cmd = [gpt2, "--threads", str(threads), "bench", "--model", model_dir, "--prompt-tokens", str(DECODE_PROMPT),
            "--gen-tokens", str(DECODE_TOKENS), "--repeat", "1", "--json"]
     r, _ = rss_of(cmd)
     # `gpt2 bench` also allocates 1 GiB to measure read bandwidth, so peak
     # RSS comes from a plain generation of the same length.
     prompt = " ".join(["word"] * DECODE_PROMPT)
-    _, rss = rss_of([GPT2, "--threads", str(threads), "generate", prompt, "--model", model_dir, "--max-tokens",
+    _, rss = rss_of([gpt2, "--threads", str(threads), "generate", prompt, "--model", model_dir, "--max-tokens",
                      str(DECODE_TOKENS), "--seed", "1", "--json"])
     out.update(decode_tokens_per_s=r["decode_tokens_per_s"], time_to_first_token_s=r["time_to_first_token_s"],
                peak_rss_mb=rss, memory_bandwidth_gb_s=r["memory_bandwidth_gb_s"], decode_bound_tokens_per_s=r["decode_bound_tokens_per_s"])
     return out
 
 
-def quantized(model_dir, out, q):
+def quantized(model_dir, out, q, gpt2=GPT2):
     """The checkpoint converted by `gpt2 quantize` (rewritten each run, so
     it always matches the binary's format)."""
-    subprocess.run([GPT2, "quantize", model_dir, out, "--to", q, "--force"], check=True, capture_output=True)
+    subprocess.run([gpt2, "quantize", model_dir, out, "--to", q, "--force"], check=True, capture_output=True)
     return out
 
 
@@ -197,6 +197,8 @@ def main():
     ap.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "peers-124M"))
     ap.add_argument("--json")
     ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--before", help="another gpt2 binary (an earlier commit's) to race beside this one")
+    ap.add_argument("--skip-llama", action="store_true")
     a = ap.parse_args()
     model = checkpoint(a.dir)
     contenders = {}
@@ -204,8 +206,12 @@ def main():
     for q in PRECISIONS:
         ours_dir = model if q == "f32" else quantized(model, os.path.join(a.dir, f"gpt2rs-{q}"), q)
         contenders[f"gpt2-rs {q}"] = (lambda d=ours_dir: ours(d, a.threads))
-        path = write_gguf(model, os.path.join(a.dir, f"model-{q}.gguf"), q)
-        contenders[f"llama.cpp {q}"] = (lambda p=path: rss_of([sys.executable, "-c", LLAMA_RUNNER, p] + args)[0])
+        if a.before:
+            old_dir = model if q == "f32" else quantized(model, os.path.join(a.dir, f"before-{q}"), q, a.before)
+            contenders[f"gpt2-rs before {q}"] = (lambda d=old_dir: ours(d, a.threads, a.before))
+        if not a.skip_llama:
+            path = write_gguf(model, os.path.join(a.dir, f"model-{q}.gguf"), q)
+            contenders[f"llama.cpp {q}"] = (lambda p=path: rss_of([sys.executable, "-c", LLAMA_RUNNER, p] + args)[0])
     if not a.skip_torch:
         contenders["PyTorch f32"] = lambda: rss_of([sys.executable, "-c", TORCH_RUNNER, model] + args)[0]
     best = {}

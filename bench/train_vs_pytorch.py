@@ -68,6 +68,7 @@ def main():
     ap.add_argument("--gpt2", default="target/release/gpt2")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--before", help="another gpt2 binary (an earlier commit's), run beside --gpt2 in turn")
     ap.add_argument("--json")
     a = ap.parse_args()
     result = {}
@@ -76,6 +77,11 @@ def main():
         r, p = ours(a.gpt2, a.data, shape, a.steps, a.threads), pytorch(shape, a.steps, a.threads)
         result[shape] = {"gpt2-rs": r, "pytorch": p, "ratio": r["tokens_per_s"] / p["tokens_per_s"]}
         print(f"{shape:10}{r['tokens_per_s']:15.1f}{p['tokens_per_s']:15.1f}{result[shape]['ratio']:8.2f}{r['peak_rss_mb']:12.0f}{p['peak_rss_mb']:12.0f}")
+        if a.before:
+            b = ours(a.before, a.data, shape, a.steps, a.threads)
+            result[shape]["gpt2-rs before"] = b
+            result[shape]["before_ratio"] = b["tokens_per_s"] / p["tokens_per_s"]
+            print(f"{'  before':10}{b['tokens_per_s']:15.1f}{'':15}{result[shape]['before_ratio']:8.2f}{b['peak_rss_mb']:12.0f}")
     if a.json:
         json.dump(result, open(a.json, "w"), indent=1)
 

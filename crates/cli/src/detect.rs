@@ -62,7 +62,7 @@ struct FineTuning {
     #[arg(long, default_value_t = 8)]
     batch: usize,
     /// The most passes over the training texts.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 6)]
     epochs: usize,
     #[arg(long, default_value_t = 1e-4)]
     lr: f32,

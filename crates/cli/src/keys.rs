@@ -4,14 +4,8 @@ use anyhow::Result;
 use gpt2_serve::{KeyInfo, NewKey, Scope, State};
 use serde_json::json;
 
-#[derive(clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
 #[derive(clap::Subcommand)]
-enum Command {
+pub enum Command {
     /// Create a key and print its secret (shown once; only its hash is kept).
     Create(CreateArgs),
     /// List the keys (never their secrets).
@@ -21,7 +15,7 @@ enum Command {
 }
 
 #[derive(clap::Args)]
-struct CreateArgs {
+pub struct CreateArgs {
     /// The server's state: a directory (created if missing) or a
     /// PostgreSQL URL (`postgres://user@host:port/db`).
     #[arg(long)]
@@ -50,7 +44,7 @@ struct CreateArgs {
 }
 
 #[derive(clap::Args)]
-struct ListArgs {
+pub struct ListArgs {
     /// The server's state: a directory or a PostgreSQL URL.
     #[arg(long)]
     state: String,
@@ -59,7 +53,7 @@ struct ListArgs {
 }
 
 #[derive(clap::Args)]
-struct RevokeArgs {
+pub struct RevokeArgs {
     /// The server's state: a directory or a PostgreSQL URL.
     #[arg(long)]
     state: String,
@@ -67,8 +61,8 @@ struct RevokeArgs {
     id: String,
 }
 
-pub fn run(a: Args) -> Result<()> {
-    match a.command {
+pub fn run(command: Command) -> Result<()> {
+    match command {
         Command::Create(a) => create(a),
         Command::List(a) => list(a),
         Command::Revoke(a) => {

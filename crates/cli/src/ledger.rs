@@ -12,14 +12,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-#[derive(clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
 #[derive(clap::Subcommand)]
-enum Command {
+pub enum Command {
     /// Record one text (a generation) and print its record id.
     Add(AddArgs),
     /// Record every line of a JSONL file, one transaction per batch.
@@ -86,7 +80,7 @@ struct Origin {
 }
 
 #[derive(clap::Args)]
-struct AddArgs {
+pub struct AddArgs {
     #[command(flatten)]
     db: LedgerPath,
     /// Text file; `-` or nothing reads stdin.
@@ -96,7 +90,7 @@ struct AddArgs {
 }
 
 #[derive(clap::Args)]
-struct ImportArgs {
+pub struct ImportArgs {
     #[command(flatten)]
     db: LedgerPath,
     /// One JSON object per line; optional string fields `caller`,
@@ -115,7 +109,7 @@ struct ImportArgs {
 }
 
 #[derive(clap::Args)]
-struct LookupArgs {
+pub struct LookupArgs {
     #[command(flatten)]
     db: LedgerPath,
     /// Text file; `-` or nothing reads stdin.
@@ -136,7 +130,7 @@ struct LookupArgs {
 }
 
 #[derive(clap::Args)]
-struct ShowArgs {
+pub struct ShowArgs {
     #[command(flatten)]
     db: LedgerPath,
     /// The record id.
@@ -147,7 +141,7 @@ struct ShowArgs {
 }
 
 #[derive(clap::Args)]
-struct StatsArgs {
+pub struct StatsArgs {
     #[command(flatten)]
     db: LedgerPath,
     /// Print JSON.
@@ -155,8 +149,8 @@ struct StatsArgs {
     json: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
-    match a.command {
+pub fn run(command: Command) -> Result<()> {
+    match command {
         Command::Add(a) => add(a),
         Command::Import(a) => import(a),
         Command::Lookup(a) => lookup(a),

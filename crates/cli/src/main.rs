@@ -50,16 +50,19 @@ enum Command {
     /// Keyed watermarks: make a key, test a text for it.
     Watermark(watermark::Args),
     /// The provenance ledger: record generations, look texts up.
-    Ledger(ledger::Args),
+    #[command(subcommand)]
+    Ledger(ledger::Command),
     /// Serve the models over HTTP (OpenAI-style), gated by API keys.
     Serve(serve::Args),
     /// API keys of `gpt2 serve`: create, list, revoke.
-    Keys(keys::Args),
+    #[command(subcommand)]
+    Keys(keys::Command),
     /// The audit log of `gpt2 serve`: every request, newest first.
     Audit(audit::Args),
     /// A server state's schema, and copying a whole state between a
     /// directory and PostgreSQL.
-    State(state::Args),
+    #[command(subcommand)]
+    State(state::Command),
     /// Rewrite a model's weights as f16, bf16, q8_0 or q4_0.
     Quantize(quantize::Args),
     /// Measure prefill, scoring and decode speed in-process.

@@ -6,14 +6,8 @@ use gpt2_serve::state_copy::copy_state;
 use gpt2_serve::State;
 use serde_json::json;
 
-#[derive(clap::Args)]
-pub struct Args {
-    #[command(subcommand)]
-    command: Command,
-}
-
 #[derive(clap::Subcommand)]
-enum Command {
+pub enum Command {
     /// Bring a state's tables to this gpt2's schema (servers also do it
     /// when they start; a schema newer than this gpt2 is refused).
     Migrate(MigrateArgs),
@@ -23,14 +17,14 @@ enum Command {
 }
 
 #[derive(clap::Args)]
-struct MigrateArgs {
+pub struct MigrateArgs {
     /// A state directory or a PostgreSQL URL.
     #[arg(long)]
     state: String,
 }
 
 #[derive(clap::Args)]
-struct CopyArgs {
+pub struct CopyArgs {
     /// The state to copy (only read).
     #[arg(long)]
     from: String,
@@ -42,8 +36,8 @@ struct CopyArgs {
     json: bool,
 }
 
-pub fn run(a: Args) -> Result<()> {
-    match a.command {
+pub fn run(command: Command) -> Result<()> {
+    match command {
         Command::Migrate(a) => {
             let state = State::create(&a.state)?;
             state.store()?;

@@ -38,38 +38,47 @@ fn matmul_forward(
     );
 }
 
+/// LayerNorm of every row of `x` (width `c`) into `out`, keeping each
+/// row's mean and reciprocal standard deviation for the backward pass.
+fn layernorm_saving(
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    c: usize,
+) {
+    let rows = mean.len();
+    layernorm_forward(out, x, w, b, rows, c, Some(RowStats { mean, rstd }));
+}
+
 /// Transformer block `w` over the residual stream `x` (`n` rows), keeping
 /// in `a` what its backward pass needs: `res2 = x + attn(ln_1(x))`, then
 /// `res3 = res2 + mlp(ln_2(res2))`.
 fn block_forward(a: &mut LayerActs, x: &[f32], w: &Layer<&[f32]>, n: usize, shape: AttentionShape) {
     let c = shape.c;
-    layernorm_forward(
+    layernorm_saving(
         &mut a.ln1,
+        &mut a.ln1_mean,
+        &mut a.ln1_rstd,
         x,
         w.ln_1_w,
         w.ln_1_b,
-        n,
         c,
-        Some(RowStats {
-            mean: &mut a.ln1_mean,
-            rstd: &mut a.ln1_rstd,
-        }),
     );
     matmul_forward(&mut a.qkv, &a.ln1, w.attn_w, w.attn_b, n, c, 3 * c);
     attention_forward(&mut a.atty, &mut a.att, &a.qkv, shape);
     matmul_forward(&mut a.res2, &a.atty, w.attn_proj_w, w.attn_proj_b, n, c, c);
     a.res2.iter_mut().zip(x).for_each(|(r, x)| *r += x);
-    layernorm_forward(
+    layernorm_saving(
         &mut a.ln2,
+        &mut a.ln2_mean,
+        &mut a.ln2_rstd,
         &a.res2,
         w.ln_2_w,
         w.ln_2_b,
-        n,
         c,
-        Some(RowStats {
-            mean: &mut a.ln2_mean,
-            rstd: &mut a.ln2_rstd,
-        }),
     );
     matmul_forward(&mut a.fch, &a.ln2, w.fc_w, w.fc_b, n, c, 4 * c);
     a.fch_gelu.copy_from_slice(&a.fch);
@@ -369,17 +378,14 @@ impl TrainModel {
             block_forward(&mut rest[0], x, &p.layers[l], n, shape);
         }
         let last = &self.layers[cfg.n_layer - 1].res3;
-        layernorm_forward(
+        layernorm_saving(
             &mut self.lnf,
+            &mut self.lnf_mean,
+            &mut self.lnf_rstd,
             last,
             p.ln_f_w,
             p.ln_f_b,
-            n,
             c,
-            Some(RowStats {
-                mean: &mut self.lnf_mean,
-                rstd: &mut self.lnf_rstd,
-            }),
         );
         &self.lnf
     }

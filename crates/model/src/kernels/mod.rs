@@ -659,35 +659,17 @@ mod tests {
         ] {
             let (inp, w, b) = (pseudo(rows * k, 1), pseudo(k * n, 2), pseudo(n, 3));
             let want = naive_matmul(&inp, &w, &b, rows, k, n);
-            let mut out = vec![f32::NAN; rows * n];
-            matmul_forward(
-                &mut out,
-                &inp,
-                &w,
-                &b,
-                rows,
-                k,
-                n,
-                Dest::Overwrite,
-                &mut Vec::new(),
-            );
-            for (o, e) in out.iter().zip(&want) {
-                assert!((o - e).abs() < 1e-5, "rows={rows}: {o} vs {e}");
-            }
-            let mut acc = vec![1.0f32; rows * n];
-            matmul_forward(
-                &mut acc,
-                &inp,
-                &w,
-                &b,
-                rows,
-                k,
-                n,
-                Dest::AddTo,
-                &mut Vec::new(),
-            );
-            for (o, e) in acc.iter().zip(&want) {
-                assert!((o - 1.0 - e).abs() < 1e-5, "accumulate rows={rows}");
+            // Overwriting ignores what was there; accumulating adds to it.
+            for (dest, before, added) in [(Dest::Overwrite, f32::NAN, 0.0), (Dest::AddTo, 1.0, 1.0)]
+            {
+                let mut out = vec![before; rows * n];
+                matmul_forward(&mut out, &inp, &w, &b, rows, k, n, dest, &mut Vec::new());
+                for (o, e) in out.iter().zip(&want) {
+                    assert!(
+                        (o - added - e).abs() < 1e-5,
+                        "rows={rows} {dest:?}: {o} vs {e}"
+                    );
+                }
             }
         }
     }
