@@ -32,8 +32,10 @@ pub fn run(a: Args) -> Result<()> {
     let model = load_model(&a.model)?;
     let n_ctx = model.config().n_ctx;
     ensure!(
-        a.prompt_tokens >= 1 && a.prompt_tokens + a.gen_tokens <= n_ctx,
-        "--prompt-tokens + --gen-tokens must be between 1 and the context length {n_ctx}"
+        // The first token is always sampled (time to first token), so the
+        // prompt must leave room for it even when --gen-tokens is 0.
+        a.prompt_tokens >= 1 && a.prompt_tokens + a.gen_tokens.max(1) <= n_ctx,
+        "--prompt-tokens + --gen-tokens (at least 1) must be between 1 and the context length {n_ctx}"
     );
     ensure!(a.repeat >= 1, "--repeat must be at least 1");
     ensure!(a.batch >= 1, "--batch must be at least 1");
