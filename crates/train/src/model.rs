@@ -5,9 +5,9 @@
 use crate::params::{views, views_mut, Layer, SplitFront};
 use gpt2_model::kernels::attention::{attention_backward, attention_forward, AttentionShape};
 use gpt2_model::kernels::{
-    crossentropy_backward, crossentropy_forward, encoder_backward, encoder_forward, gelu_backward,
-    gelu_forward, layernorm_backward, layernorm_forward, lm_head_backward, lm_head_forward,
-    matmul_backward, Dest, RowStats,
+    encoder_backward, encoder_forward, gelu_backward, gelu_forward, layernorm_backward,
+    layernorm_forward, lm_head_crossentropy, lm_head_forward, matmul_backward, Dest, HeadGrads,
+    RowStats,
 };
 use gpt2_model::layout::Source;
 use gpt2_model::weights::{Embedding, Linear, Param, Tensor, Weights};
@@ -249,8 +249,8 @@ pub struct TrainModel {
     lnf: Vec<f32>,
     lnf_mean: Vec<f32>,
     lnf_rstd: Vec<f32>,
-    /// Logits, then probabilities, then the gradient of the loss (empty
-    /// until the LM head runs).
+    /// One chunk of the LM head's probabilities (empty until the LM head
+    /// runs; see `lm_head_crossentropy`).
     probs: Vec<f32>,
     losses: Vec<f32>,
     d: ActGrads,
@@ -390,10 +390,25 @@ impl TrainModel {
         &self.lnf
     }
 
-    /// Runs the batch and returns the mean cross-entropy of `targets`; the
-    /// logits stay available through [`TrainModel::logits`] until
-    /// `backward`.
+    /// Runs the batch and returns the mean cross-entropy of `targets`
+    /// (evaluation: no gradients).
     pub fn forward(&mut self, tokens: &[u32], targets: &[u32]) -> f32 {
+        self.head_pass(tokens, targets, false)
+    }
+
+    /// Runs the batch, returns the mean cross-entropy of `targets`, and adds
+    /// its gradient to `grads` (call `zero_grads` first, or accumulate over
+    /// micro-batches).
+    pub fn forward_backward(&mut self, tokens: &[u32], targets: &[u32]) -> f32 {
+        let loss = self.head_pass(tokens, targets, true);
+        self.backward_body();
+        loss
+    }
+
+    /// The body's forward pass, then the fused LM head and cross-entropy;
+    /// with `backward`, the head's gradients land in `grads.wte` and
+    /// `d.dln` for `backward_body`.
+    fn head_pass(&mut self, tokens: &[u32], targets: &[u32], backward: bool) -> f32 {
         let (n, c, v) = (
             self.batch * self.seq,
             self.config.n_embd,
@@ -406,12 +421,21 @@ impl TrainModel {
         );
         self.forward_hidden(tokens);
         self.targets.copy_from_slice(targets);
-        // The LM head's probabilities are the largest buffer; a model
-        // trained under another head never allocates them.
-        self.probs.resize(n * v, 0.0);
         let wte = views(&self.params, &self.config).wte;
-        lm_head_forward(&mut self.probs, &self.lnf, wte, n, c, v);
-        crossentropy_forward(&mut self.probs, &mut self.losses, targets, v)
+        let grads = backward.then(|| HeadGrads {
+            dhidden: &mut self.d.dln,
+            dwte: views_mut(&mut self.grads, &self.config).wte,
+        });
+        lm_head_crossentropy(
+            &self.lnf,
+            wte,
+            targets,
+            &mut self.losses,
+            c,
+            v,
+            grads,
+            &mut self.probs,
+        )
     }
 
     /// Logits of the last forward pass, `[batch * seq, vocab]`, recomputed
@@ -437,28 +461,6 @@ impl TrainModel {
 
     pub fn zero_grads(&mut self) {
         self.grads.fill(0.0);
-    }
-
-    /// Adds the gradient of the last forward pass's mean loss to `grads`
-    /// (call `zero_grads` first, or accumulate over micro-batches).
-    pub fn backward(&mut self) {
-        let cfg = self.config;
-        let (n, c, v) = (self.batch * self.seq, cfg.n_embd, cfg.vocab_size);
-        let p = views(&self.params, &cfg);
-        let g = views_mut(&mut self.grads, &cfg);
-        crossentropy_backward(&mut self.probs, &self.targets, v);
-        self.d.dln.fill(0.0);
-        lm_head_backward(
-            &mut self.d.dln,
-            g.wte,
-            &self.probs,
-            &self.lnf,
-            p.wte,
-            n,
-            c,
-            v,
-        );
-        self.backward_body();
     }
 
     /// Adds to `grads` the gradient of a loss whose gradient with respect

@@ -278,8 +278,7 @@ impl<'a> Trainer<'a> {
                 inputs,
                 targets,
             );
-            loss += self.model.forward(inputs, targets) / accum as f32;
-            self.model.backward();
+            loss += self.model.forward_backward(inputs, targets) / accum as f32;
         }
         if accum > 1 {
             let inv = 1.0 / accum as f32;

@@ -68,7 +68,8 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
 fn logits_loss_and_every_gradient_match_pytorch() {
     let mut s = setup();
     let reference = json("reference.json");
-    let loss = s.model.forward(&s.inputs, &s.targets);
+    s.model.zero_grads();
+    let loss = s.model.forward_backward(&s.inputs, &s.targets);
     assert!(
         (loss - reference["loss"].as_f64().unwrap() as f32).abs() < 1e-5,
         "loss {loss} vs {}",
@@ -83,8 +84,6 @@ fn logits_loss_and_every_gradient_match_pytorch() {
         .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(diff < 2e-5, "logits max |diff| {diff}");
 
-    s.model.zero_grads();
-    s.model.backward();
     let grads = read_f32("grads.f32");
     assert_eq!(grads.len(), s.model.grads.len());
     let names = gpt2_model::layout::tensor_shapes(&s.model.config);
@@ -111,7 +110,8 @@ fn ten_adamw_steps_match_pytorch() {
         .iter()
         .enumerate()
     {
-        let loss = s.model.forward(&s.inputs, &s.targets);
+        s.model.zero_grads();
+        let loss = s.model.forward_backward(&s.inputs, &s.targets);
         let want = want.as_f64().unwrap() as f32;
         assert!(
             (loss - want).abs() < 1e-5,
@@ -121,8 +121,6 @@ fn ten_adamw_steps_match_pytorch() {
             "step {step}: loss {loss:.6} vs {want:.6} (|diff| {:.1e})",
             (loss - want).abs()
         );
-        s.model.zero_grads();
-        s.model.backward();
         clip_grad_norm(&mut s.model.grads, 1.0);
         let TrainModel { params, grads, .. } = &mut s.model;
         opt.update(params, grads, lr);
@@ -138,17 +136,15 @@ fn gradient_accumulation_equals_one_larger_batch() {
     let t = s.inputs.len() / 2;
     let mut whole = TrainModel::new(config, s.model.params.clone(), 2, t);
     whole.zero_grads();
-    whole.forward(&s.inputs, &s.targets);
-    whole.backward();
+    whole.forward_backward(&s.inputs, &s.targets);
 
     let mut micro = TrainModel::new(config, s.model.params.clone(), 1, t);
     micro.zero_grads();
     for k in 0..2 {
-        micro.forward(
+        micro.forward_backward(
             &s.inputs[k * t..(k + 1) * t],
             &s.targets[k * t..(k + 1) * t],
         );
-        micro.backward();
     }
     micro.grads.iter_mut().for_each(|g| *g *= 0.5);
     let d = max_rel_diff(&micro.grads, &whole.grads);

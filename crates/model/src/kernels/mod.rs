@@ -525,17 +525,76 @@ pub fn crossentropy_forward(
     losses.iter().map(|&l| l as f64).sum::<f64>() as f32 / losses.len() as f32
 }
 
-/// Turns the probabilities into the gradient of the mean loss with respect
-/// to the logits, in place: `(p - onehot(target)) / n`.
-pub fn crossentropy_backward(probs: &mut [f32], targets: &[u32], vocab: usize) {
-    let inv_n = 1.0 / targets.len() as f32;
+/// Turns the probabilities into the gradient of `scale` times the summed
+/// loss with respect to the logits, in place: `(p - onehot(target)) * scale`
+/// (`scale` is 1/n for the mean over n rows).
+pub fn crossentropy_backward(probs: &mut [f32], targets: &[u32], vocab: usize, scale: f32) {
     probs
         .par_chunks_mut(vocab)
         .zip(targets.par_iter())
         .for_each(|(row, &tgt)| {
             row[tgt as usize] -= 1.0;
-            row.iter_mut().for_each(|p| *p *= inv_n);
+            row.iter_mut().for_each(|p| *p *= scale);
         });
+}
+
+/// Rows the fused LM head and cross-entropy ([`lm_head_crossentropy`])
+/// takes at a time: the `[rows, vocab]` probabilities are a training step's
+/// largest buffer, so they exist for one chunk only (51 MB at GPT-2's
+/// vocabulary), and each chunk's gemms are still large.
+pub const LM_HEAD_CHUNK: usize = 256;
+
+/// Where [`lm_head_crossentropy`] adds its gradients: `dhidden` (`[n, c]`,
+/// overwritten) and the tied embedding's `dwte` (`[vocab, c]`, added to).
+pub struct HeadGrads<'a> {
+    pub dhidden: &'a mut [f32],
+    pub dwte: &'a mut [f32],
+}
+
+/// The tied LM head and the cross-entropy of `targets` for the `n =
+/// targets.len()` rows of `hidden`, fused and taken [`LM_HEAD_CHUNK`] rows
+/// at a time; writes each row's loss to `losses` and returns their mean.
+/// With `grads`, also the gradient of that mean (forward and backward of
+/// each chunk while its probabilities are in cache, so no `[n, vocab]`
+/// buffer is ever made). `probs` is scratch, grown once.
+#[allow(clippy::too_many_arguments)]
+pub fn lm_head_crossentropy(
+    hidden: &[f32],
+    wte: &[f32],
+    targets: &[u32],
+    losses: &mut [f32],
+    c: usize,
+    vocab: usize,
+    mut grads: Option<HeadGrads>,
+    probs: &mut Vec<f32>,
+) -> f32 {
+    let n = targets.len();
+    assert!(
+        hidden.len() == n * c && losses.len() == n,
+        "lm_head_crossentropy: shapes"
+    );
+    let chunk = LM_HEAD_CHUNK.min(n);
+    if probs.len() < chunk * vocab {
+        probs.resize(chunk * vocab, 0.0);
+    }
+    let scale = 1.0 / n as f32;
+    for r0 in (0..n).step_by(chunk) {
+        let rows = chunk.min(n - r0);
+        let (p, h, t) = (
+            &mut probs[..rows * vocab],
+            &hidden[r0 * c..(r0 + rows) * c],
+            &targets[r0..r0 + rows],
+        );
+        lm_head_forward(p, h, wte, rows, c, vocab);
+        crossentropy_forward(p, &mut losses[r0..r0 + rows], t, vocab);
+        if let Some(g) = grads.as_mut() {
+            crossentropy_backward(p, t, vocab, scale);
+            let dh = &mut g.dhidden[r0 * c..(r0 + rows) * c];
+            dh.fill(0.0);
+            lm_head_backward(dh, g.dwte, p, h, wte, rows, c, vocab);
+        }
+    }
+    (losses.iter().map(|&l| l as f64).sum::<f64>() / n as f64) as f32
 }
 
 /// GELU in place over `rows` rows (parallel when there are many).
@@ -549,17 +608,9 @@ pub fn gelu_forward(v: &mut [f32], row_len: usize) {
 
 /// Adds GELU's gradient at `inp` times `dout` into `dinp`.
 pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
-    use simd::{GELU_CUBIC, GELU_SCALE};
     dinp.par_chunks_mut(4096)
         .zip(inp.par_chunks(4096).zip(dout.par_chunks(4096)))
-        .for_each(|(di, (x, d))| {
-            for ((di, &x), &d) in di.iter_mut().zip(x).zip(d) {
-                let u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
-                let t = u.tanh();
-                let du = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x);
-                *di += d * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du);
-            }
-        });
+        .for_each(|(di, (x, d))| simd::gelu_backward(di, x, d));
 }
 
 /// The token plus position embedding of each of `tokens` (sequences of `t`
@@ -687,5 +738,52 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Chunking changes nothing: over three chunks (the last one short),
+    /// the fused pass gives the loss and gradients of the whole batch at
+    /// once, computed here from the plain kernels on all rows.
+    #[test]
+    fn lm_head_crossentropy_in_chunks_equals_the_whole_batch() {
+        let (n, c, v) = (2 * LM_HEAD_CHUNK + 37, 16, 61);
+        let (h, wte) = (pseudo(n * c, 6), pseudo(v * c, 7));
+        let targets: Vec<u32> = (0..n).map(|i| (i * 7 % v) as u32).collect();
+
+        let mut probs = vec![0f32; n * v];
+        let mut losses = vec![0f32; n];
+        lm_head_forward(&mut probs, &h, &wte, n, c, v);
+        let want_loss = crossentropy_forward(&mut probs, &mut losses, &targets, v);
+        crossentropy_backward(&mut probs, &targets, v, 1.0 / n as f32);
+        let (mut want_dh, mut want_dwte) = (vec![0f32; n * c], vec![0.5f32; v * c]);
+        lm_head_backward(&mut want_dh, &mut want_dwte, &probs, &h, &wte, n, c, v);
+
+        let (mut dh, mut dwte) = (vec![f32::NAN; n * c], vec![0.5f32; v * c]);
+        let grads = HeadGrads {
+            dhidden: &mut dh,
+            dwte: &mut dwte,
+        };
+        let loss = lm_head_crossentropy(
+            &h,
+            &wte,
+            &targets,
+            &mut losses,
+            c,
+            v,
+            Some(grads),
+            &mut Vec::new(),
+        );
+        assert!(
+            (loss - want_loss).abs() < 1e-6,
+            "loss {loss} vs {want_loss}"
+        );
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6);
+        assert!(close(&dh, &want_dh), "dhidden differs");
+        assert!(
+            close(&dwte, &want_dwte),
+            "dwte differs (it must be added to, not overwritten)"
+        );
+        let eval =
+            lm_head_crossentropy(&h, &wte, &targets, &mut losses, c, v, None, &mut Vec::new());
+        assert_eq!(eval, loss);
     }
 }

@@ -128,6 +128,15 @@ pub fn gelu(v: &mut [f32]) {
     dispatch!(scalar::gelu, avx2::gelu, v)
 }
 
+/// `dinp[i] += dout[i] * gelu'(inp[i])`, GELU's backward pass.
+pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+    assert!(
+        inp.len() == dinp.len() && dout.len() == dinp.len(),
+        "gelu_backward: lengths"
+    );
+    dispatch!(scalar::gelu_backward, avx2::gelu_backward, dinp, inp, dout)
+}
+
 /// Largest element (`-inf` for an empty slice).
 pub fn max(v: &[f32]) -> f32 {
     dispatch!(scalar::max, avx2::max, v)
@@ -247,6 +256,17 @@ pub mod scalar {
         for x in v.iter_mut() {
             let u = GELU_SCALE * (*x + GELU_CUBIC * *x * *x * *x);
             *x /= 1.0 + (-2.0 * u).exp();
+        }
+    }
+
+    /// With s = sigmoid(2u) = (1 + tanh u) / 2, GELU's derivative
+    /// 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) u' is s + 2 x s (1 - s) u'.
+    pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+        for ((di, &x), &d) in dinp.iter_mut().zip(inp).zip(dout) {
+            let u = GELU_SCALE * (x + GELU_CUBIC * x * x * x);
+            let du = GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x);
+            let s = 1.0 / (1.0 + (-2.0 * u).exp());
+            *di += d * (s + 2.0 * x * s * (1.0 - s) * du);
         }
     }
 
@@ -441,6 +461,42 @@ pub mod avx2 {
         scalar::gelu(&mut v[i..]);
     }
 
+    /// # Safety
+    /// Requires AVX2 and FMA; the three slices have one length (asserted
+    /// by the caller).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
+        let n = dinp.len();
+        let (scale, cubic) = (_mm256_set1_ps(GELU_SCALE), _mm256_set1_ps(GELU_CUBIC));
+        let cubic3 = _mm256_set1_ps(3.0 * GELU_SCALE * GELU_CUBIC);
+        let (one, two, minus_two) = (
+            _mm256_set1_ps(1.0),
+            _mm256_set1_ps(2.0),
+            _mm256_set1_ps(-2.0),
+        );
+        let (pd, px, pg) = (dinp.as_mut_ptr(), inp.as_ptr(), dout.as_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            let x = _mm256_loadu_ps(px.add(i));
+            let xx = _mm256_mul_ps(x, x);
+            let u = _mm256_mul_ps(scale, _mm256_fmadd_ps(cubic, _mm256_mul_ps(xx, x), x));
+            let du = _mm256_fmadd_ps(cubic3, xx, scale);
+            let s = _mm256_div_ps(one, _mm256_add_ps(one, exp256(_mm256_mul_ps(minus_two, u))));
+            let slope = _mm256_mul_ps(
+                _mm256_mul_ps(two, x),
+                _mm256_mul_ps(s, _mm256_sub_ps(one, s)),
+            );
+            let grad = _mm256_fmadd_ps(slope, du, s);
+            _mm256_storeu_ps(
+                pd.add(i),
+                _mm256_fmadd_ps(_mm256_loadu_ps(pg.add(i)), grad, _mm256_loadu_ps(pd.add(i))),
+            );
+            i += 8;
+        }
+        scalar::gelu_backward(&mut dinp[i..], &inp[i..], &dout[i..]);
+    }
+
     composite_kernels!(
         /// # Safety
         /// Requires AVX2 and FMA.
@@ -573,6 +629,26 @@ mod tests {
                     "x={x}: {e} vs {want}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn gelu_backward_matches_the_tanh_derivative() {
+        let xs = data(1001, 8);
+        let dout = data(1001, 9);
+        let mut got = vec![0.25f32; xs.len()];
+        gelu_backward(&mut got, &xs, &dout);
+        for ((&x, &d), &g) in xs.iter().zip(&dout).zip(&got) {
+            let (x, d) = (x as f64, d as f64);
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            let t = (c * (x + 0.044715 * x.powi(3))).tanh();
+            let slope =
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x);
+            let want = 0.25 + d * slope;
+            assert!(
+                (g as f64 - want).abs() < 2e-6 * (1.0 + want.abs()),
+                "x={x}: {g} vs {want}"
+            );
         }
     }
 
