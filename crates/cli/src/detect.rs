@@ -419,13 +419,13 @@ const MIN_CLASS_SHARE: f64 = 0.1;
 /// The fewest texts of each class a detector is trained on.
 const MIN_CLASS_TEXTS: usize = 20;
 
+/// Texts of one class, each with its token count.
+type Counted<T> = Vec<(usize, T)>;
+
 /// The human and the machine texts worth training on (at least the first
 /// length bucket's tokens), each as `item` makes it from (tokens, the
 /// text's token ids); refuses classes too small or too unequal.
-fn labelled<T>(
-    human: Vec<(usize, T)>,
-    machine: Vec<(usize, T)>,
-) -> Result<(Vec<(usize, T)>, Vec<(usize, T)>)> {
+fn labelled<T>(human: Counted<T>, machine: Counted<T>) -> Result<(Counted<T>, Counted<T>)> {
     let min_tokens = BUCKET_EDGES[0];
     let mut kept = Vec::new();
     for (class, texts) in [("human", human), ("machine", machine)] {

@@ -232,16 +232,17 @@ impl Progress {
 impl Observer for Progress {
     fn step(&mut self, r: &StepReport) {
         let done = r.step + 1;
-        let eta = (self.steps - done) as f64 * r.elapsed_s / done.max(1) as f64;
+        // Whole seconds first, so 59.6 s shows as 1m00s, not 0m60s.
+        let eta = ((self.steps - done) as f64 * r.elapsed_s / done.max(1) as f64).round() as u64;
         let line = format!(
-            "step {done}/{} loss {:.4} lr {:.2e} norm {:.2} | {:.0} tok/s | ETA {:.0}m{:02.0}s",
+            "step {done}/{} loss {:.4} lr {:.2e} norm {:.2} | {:.0} tok/s | ETA {}m{:02}s",
             self.steps,
             r.loss,
             r.lr,
             r.grad_norm,
             r.tokens_per_s,
-            (eta / 60.0).floor(),
-            eta % 60.0
+            eta / 60,
+            eta % 60
         );
         if self.terminal {
             eprint!("\r{line}   ");

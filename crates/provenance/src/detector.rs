@@ -296,7 +296,7 @@ pub struct Scored {
 
 /// Any trained detector, of the kind its `detector.json` names.
 pub enum Detector {
-    Features(FeatureDetector),
+    Features(Box<FeatureDetector>),
     Classifier(Box<Classifier>),
 }
 
@@ -313,7 +313,9 @@ impl Detector {
         let card: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| err(format!("not JSON: {e}")))?;
         match card["kind"].as_str() {
-            Some(FEATURES_KIND) => Ok(Detector::Features(FeatureDetector::from_card(card, &path)?)),
+            Some(FEATURES_KIND) => Ok(Detector::Features(Box::new(FeatureDetector::from_card(
+                card, &path,
+            )?))),
             Some(CLASSIFIER_KIND) => {
                 let card: ClassifierCard = serde_json::from_value(card)
                     .map_err(|e| err(format!("not a classifier's card: {e}")))?;
@@ -439,7 +441,7 @@ impl FeatureDetector {
     /// detector, another tokenizer or another feature list.
     pub fn load(dir: &Path) -> Result<FeatureDetector, DetectorError> {
         match Detector::load(dir)? {
-            Detector::Features(d) => Ok(d),
+            Detector::Features(d) => Ok(*d),
             other => Err(DetectorError::new(
                 dir,
                 format!("a {} detector, not a feature detector", other.kind()),

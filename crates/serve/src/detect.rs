@@ -60,7 +60,7 @@ pub async fn detect(State(s): State<Arc<AppState>>, headers: HeaderMap, body: Bo
         let (scores, stats, detector) = s
             .compute(move |s, _| -> gpt2_model::Result<_> {
                 let scored = Scorer::new(&model).score_texts(
-                    &[ids.clone()],
+                    std::slice::from_ref(&ids),
                     Windowing::Rolling,
                     0,
                     &mut |_| {},

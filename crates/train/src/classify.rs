@@ -502,28 +502,23 @@ mod tests {
             head_forward_backward(hidden, head, &rows, &mut a, &mut b, c).0
         };
         let eps = 1e-2;
-        for i in 0..hidden.len() {
-            let (mut up, mut down) = (hidden.clone(), hidden.clone());
-            up[i] += eps;
-            down[i] -= eps;
-            let numeric = (loss(&up, &head) - loss(&down, &head)) / (2.0 * eps as f64);
-            assert!(
-                (numeric - dhidden[i] as f64).abs() < 1e-3,
-                "hidden {i}: {numeric} vs {}",
-                dhidden[i]
-            );
-        }
-        for i in 0..head.len() {
-            let (mut up, mut down) = (head.clone(), head.clone());
-            up[i] += eps;
-            down[i] -= eps;
-            let numeric = (loss(&hidden, &up) - loss(&hidden, &down)) / (2.0 * eps as f64);
-            assert!(
-                (numeric - dhead[i] as f64).abs() < 1e-3,
-                "head {i}: {numeric} vs {}",
-                dhead[i]
-            );
-        }
+        // Central differences of the loss in each input, against the
+        // analytic gradient.
+        let check = |name: &str, x: &[f32], grad: &[f32], f: &dyn Fn(&[f32]) -> f64| {
+            for i in 0..x.len() {
+                let (mut up, mut down) = (x.to_vec(), x.to_vec());
+                up[i] += eps;
+                down[i] -= eps;
+                let numeric = (f(&up) - f(&down)) / (2.0 * eps as f64);
+                assert!(
+                    (numeric - grad[i] as f64).abs() < 1e-3,
+                    "{name} {i}: {numeric} vs {}",
+                    grad[i]
+                );
+            }
+        };
+        check("hidden", &hidden, &dhidden, &|h| loss(h, &head));
+        check("head", &head, &dhead, &|w| loss(&hidden, w));
     }
 
     #[test]

@@ -243,7 +243,6 @@ pub struct TrainModel {
     batch: usize,
     seq: usize,
     tokens: Vec<u32>,
-    targets: Vec<u32>,
     encoded: Vec<f32>,
     layers: Vec<LayerActs>,
     lnf: Vec<f32>,
@@ -321,7 +320,6 @@ impl TrainModel {
             batch,
             seq,
             tokens: vec![0; n],
-            targets: vec![0; n],
             encoded: z(n * c),
             layers: (0..config.n_layer)
                 .map(|_| LayerActs::new(n, c, att))
@@ -420,7 +418,6 @@ impl TrainModel {
             "forward: token out of the vocabulary"
         );
         self.forward_hidden(tokens);
-        self.targets.copy_from_slice(targets);
         let wte = views(&self.params, &self.config).wte;
         let grads = backward.then(|| HeadGrads {
             dhidden: &mut self.d.dln,
@@ -439,8 +436,8 @@ impl TrainModel {
     }
 
     /// Logits of the last forward pass, `[batch * seq, vocab]`, recomputed
-    /// from the saved final hidden states (the forward pass turns its
-    /// logits into probabilities in place).
+    /// from the saved final hidden states (the forward pass keeps none: it
+    /// takes the LM head a chunk of rows at a time).
     pub fn logits(&self) -> Vec<f32> {
         let (n, c, v) = (
             self.batch * self.seq,
