@@ -10,7 +10,9 @@ use crate::packed::{Format, PackedMatrix, BLOCK};
 use crate::weights::{Embedding, LayerWeights, Linear, Param, Tensor, Weights};
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::path::Path;
 
 /// Metadata key naming the storage format of a file's matrices.
 pub const FORMAT_KEY: &str = "gpt2.weight_format";
@@ -66,37 +68,52 @@ pub fn convert(weights: &Weights, format: Option<Format>) -> Result<Weights, Str
     })
 }
 
-/// One tensor to write: name, dtype, shape, little-endian bytes.
-pub struct Entry {
+/// One tensor to write: name, dtype, shape, little-endian bytes (borrowed
+/// where the tensor already is those bytes).
+pub struct Entry<'a> {
     pub name: String,
     pub dtype: Dtype,
     pub shape: Vec<usize>,
-    pub bytes: Vec<u8>,
+    pub bytes: Cow<'a, [u8]>,
 }
 
-fn f32_entry(name: String, t: &Tensor) -> Entry {
+/// The little-endian bytes of `data`: the floats themselves on a
+/// little-endian machine, a converted copy elsewhere.
+pub fn f32_le_bytes(data: &[f32]) -> Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        // SAFETY: f32 has no padding and any byte pattern is a valid u8;
+        // the slice covers exactly `data`'s memory, borrowed for its lifetime.
+        Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data))
+        })
+    } else {
+        Cow::Owned(data.iter().flat_map(|x| x.to_le_bytes()).collect())
+    }
+}
+
+fn f32_entry(name: String, t: &Tensor) -> Entry<'_> {
     Entry {
         name,
         dtype: Dtype::F32,
         shape: t.shape().to_vec(),
-        bytes: t.data().iter().flat_map(|x| x.to_le_bytes()).collect(),
+        bytes: f32_le_bytes(t.data()),
     }
 }
 
-fn packed_entries(name: &str, m: &PackedMatrix) -> Vec<Entry> {
+fn packed_entries<'a>(name: &str, m: &'a PackedMatrix) -> Vec<Entry<'a>> {
     let f = m.format();
     let mut out = vec![Entry {
         name: format!("{name}.packed"),
         dtype: f.dtype(),
         shape: vec![m.rows(), f.stored_cols(m.cols())],
-        bytes: m.data().to_vec(),
+        bytes: Cow::Borrowed(m.data()),
     }];
     if f.is_blocked() {
         out.push(Entry {
             name: format!("{name}.scales"),
             dtype: Dtype::F32,
             shape: vec![m.rows(), m.cols() / BLOCK],
-            bytes: m.scales().iter().flat_map(|x| x.to_le_bytes()).collect(),
+            bytes: f32_le_bytes(m.scales()),
         });
     }
     out
@@ -123,6 +140,30 @@ pub fn to_safetensors(weights: &Weights, format_name: &str) -> Result<Vec<u8>, S
 /// `format: pt` (what `transformers` expects) and `extra`: the one writer
 /// of the project's safetensors files.
 pub fn write_safetensors(entries: &[Entry], extra: &[(&str, &str)]) -> Result<Vec<u8>, String> {
+    let (views, metadata) = views_and_metadata(entries, extra)?;
+    safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
+}
+
+/// [`write_safetensors`] straight into the file at `path`, atomically,
+/// tensor by tensor: no copy of the whole file is made in memory.
+pub fn write_safetensors_file(
+    path: &Path,
+    entries: &[Entry],
+    extra: &[(&str, &str)],
+) -> Result<(), String> {
+    let (views, metadata) = views_and_metadata(entries, extra)?;
+    crate::atomic::write_atomic_with(path, |tmp| {
+        safetensors::serialize_to_file(views, Some(metadata), tmp).map_err(std::io::Error::other)
+    })
+    .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+type Views<'a> = Vec<(String, TensorView<'a>)>;
+
+fn views_and_metadata<'a>(
+    entries: &'a [Entry],
+    extra: &[(&str, &str)],
+) -> Result<(Views<'a>, HashMap<String, String>), String> {
     let views = entries
         .iter()
         .map(|e| {
@@ -133,7 +174,7 @@ pub fn write_safetensors(entries: &[Entry], extra: &[(&str, &str)]) -> Result<Ve
         .collect::<Result<Vec<_>, String>>()?;
     let mut metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    safetensors::serialize(views, Some(metadata)).map_err(|e| e.to_string())
+    Ok((views, metadata))
 }
 
 /// The storage format of a model's matrices ("f32", "f16", "q8_0", ...),

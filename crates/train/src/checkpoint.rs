@@ -11,10 +11,13 @@
 
 use crate::adamw::AdamW;
 use crate::data::{write_atomic, DataError};
-use gpt2_model::convert::{write_safetensors, Entry};
+use gpt2_model::atomic::write_atomic_with;
+use gpt2_model::convert::{f32_le_bytes, write_safetensors_file, Entry};
 use gpt2_model::layout::tensor_shapes;
 use gpt2_model::Config;
 use safetensors::Dtype;
+use std::borrow::Cow;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const OPT_MAGIC: &[u8; 8] = b"GPT2OPT\0";
@@ -54,18 +57,18 @@ pub fn write_files(
     let text =
         serde_json::to_string_pretty(config_json).map_err(|e| io(dir, std::io::Error::other(e)))?;
     write_atomic(&dir.join("config.json"), text.as_bytes())?;
-    let bytes = write_safetensors(entries, &[]).map_err(|e| io(dir, std::io::Error::other(e)))?;
-    write_atomic(&dir.join("model.safetensors"), &bytes)
+    write_safetensors_file(&dir.join("model.safetensors"), entries, &[])
+        .map_err(|e| io(dir, std::io::Error::other(e)))
 }
 
 /// The tensors of a flat parameter buffer, named as the checkpoint names
 /// them after `prefix` (`transformer.` under a task head).
-pub fn model_entries(
+pub fn model_entries<'a>(
     config: &Config,
-    params: &[f32],
+    params: &'a [f32],
     precision: Precision,
     prefix: &str,
-) -> Vec<Entry> {
+) -> Vec<Entry<'a>> {
     let mut at = 0;
     let mut entries = Vec::new();
     for (name, shape) in tensor_shapes(config) {
@@ -82,17 +85,21 @@ pub fn model_entries(
 }
 
 /// One tensor of `data` in `precision`.
-pub fn tensor_entry(name: String, shape: Vec<usize>, data: &[f32], precision: Precision) -> Entry {
-    let (dtype, bytes): (Dtype, Vec<u8>) = match precision {
-        Precision::F32 => (
-            Dtype::F32,
-            data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ),
+pub fn tensor_entry(
+    name: String,
+    shape: Vec<usize>,
+    data: &[f32],
+    precision: Precision,
+) -> Entry<'_> {
+    let (dtype, bytes) = match precision {
+        Precision::F32 => (Dtype::F32, f32_le_bytes(data)),
         Precision::F16 => (
             Dtype::F16,
-            data.iter()
-                .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
-                .collect(),
+            Cow::Owned(
+                data.iter()
+                    .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+                    .collect(),
+            ),
         ),
     };
     Entry {
@@ -103,16 +110,20 @@ pub fn tensor_entry(name: String, shape: Vec<usize>, data: &[f32], precision: Pr
     }
 }
 
-fn optimizer_bytes(opt: &AdamW) -> Vec<u8> {
+/// Writes `optimizer.bin` (magic, step, parameter count, m, v) as it goes:
+/// the moments are twice the model's size, too large to copy first.
+fn write_optimizer(path: &Path, opt: &AdamW) -> Result<(), DataError> {
     let (step, m, v) = opt.state();
-    let mut out = Vec::with_capacity(24 + 8 * m.len());
-    out.extend_from_slice(OPT_MAGIC);
-    out.extend_from_slice(&step.to_le_bytes());
-    out.extend_from_slice(&(m.len() as u64).to_le_bytes());
-    for x in m.iter().chain(v) {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out
+    write_atomic_with(path, |tmp| {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(tmp)?);
+        w.write_all(OPT_MAGIC)?;
+        w.write_all(&step.to_le_bytes())?;
+        w.write_all(&(m.len() as u64).to_le_bytes())?;
+        w.write_all(&f32_le_bytes(m))?;
+        w.write_all(&f32_le_bytes(v))?;
+        w.flush()
+    })
+    .map_err(|e| io(path, e))
 }
 
 /// Reads `optimizer.bin` into `opt`.
@@ -160,7 +171,7 @@ pub fn save(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| io(&tmp, e))?;
     write_model(&tmp, config, params, precision)?;
-    write_atomic(&tmp.join("optimizer.bin"), &optimizer_bytes(opt))?;
+    write_optimizer(&tmp.join("optimizer.bin"), opt)?;
     write_atomic(&tmp.join("state.json"), state.to_string().as_bytes())?;
     let dir = out.join(&name);
     let _ = std::fs::remove_dir_all(&dir);
