@@ -522,6 +522,11 @@ pub fn crossentropy_forward(
             row.iter_mut().for_each(|p| *p *= inv);
             *loss = -(row[tgt as usize].max(f32::MIN_POSITIVE)).ln();
         });
+    mean_loss(losses)
+}
+
+/// The mean of per-row losses, summed in f64.
+fn mean_loss(losses: &[f32]) -> f32 {
     losses.iter().map(|&l| l as f64).sum::<f64>() as f32 / losses.len() as f32
 }
 
@@ -594,7 +599,7 @@ pub fn lm_head_crossentropy(
             lm_head_backward(dh, g.dwte, p, h, wte, rows, c, vocab);
         }
     }
-    (losses.iter().map(|&l| l as f64).sum::<f64>() / n as f64) as f32
+    mean_loss(losses)
 }
 
 /// GELU in place over `rows` rows (parallel when there are many).
