@@ -17,7 +17,7 @@ use gpt2_model::layout::tensor_shapes;
 use gpt2_model::Config;
 use safetensors::Dtype;
 use std::borrow::Cow;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 const OPT_MAGIC: &[u8; 8] = b"GPT2OPT\0";
@@ -126,32 +126,52 @@ fn write_optimizer(path: &Path, opt: &AdamW) -> Result<(), DataError> {
     .map_err(|e| io(path, e))
 }
 
-/// Reads `optimizer.bin` into `opt`.
+/// Reads `optimizer.bin` into `opt`, decoding the moments straight from
+/// the file (the twin of `write_optimizer`: no whole copy of the file is
+/// held beside them).
 pub fn read_optimizer(path: &Path, opt: &mut AdamW) -> Result<(), DataError> {
     let bad = |reason: String| DataError::Format {
         path: path.display().to_string(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-    if bytes.len() < 24 || &bytes[..8] != OPT_MAGIC {
+    let file = std::fs::File::open(path).map_err(|e| io(path, e))?;
+    let len = file.metadata().map_err(|e| io(path, e))?.len();
+    let mut r = std::io::BufReader::new(file);
+    let mut head = [0u8; 24];
+    if len < 24 || r.read_exact(&mut head).is_err() || &head[..8] != OPT_MAGIC {
         return Err(bad("not an optimizer state file".into()));
     }
     let word =
-        |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("invariant: 8 bytes"));
-    let (step, n) = (word(8), word(16) as usize);
-    if bytes.len() != 24 + 8 * n {
-        return Err(bad(format!(
-            "holds {} bytes, expected {} for {n} parameters (truncated?)",
-            bytes.len(),
-            24 + 8 * n
-        )));
+        |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().expect("invariant: 8 bytes"));
+    let (step, n) = (word(8), word(16));
+    // n comes from the file: the expected size is computed without overflow.
+    let expected = n.checked_mul(8).and_then(|b| b.checked_add(24));
+    let n = match (expected, usize::try_from(n)) {
+        (Some(e), Ok(n)) if e == len => n,
+        _ => {
+            let expected = expected.map_or("more than 2^64".to_string(), |e| e.to_string());
+            return Err(bad(format!(
+                "holds {len} bytes, expected {expected} for {n} parameters (truncated?)"
+            )));
+        }
+    };
+    let m = read_f32s(&mut r, n).map_err(|e| io(path, e))?;
+    let v = read_f32s(&mut r, n).map_err(|e| io(path, e))?;
+    opt.restore(step, m, v).map_err(bad)
+}
+
+/// `n` little-endian f32s from `r`.
+fn read_f32s(r: &mut impl Read, n: usize) -> std::io::Result<Vec<f32>> {
+    let mut out = vec![0f32; n];
+    let mut buf = vec![0u8; 1 << 16];
+    for chunk in out.chunks_mut(buf.len() / 4) {
+        let bytes = &mut buf[..4 * chunk.len()];
+        r.read_exact(bytes)?;
+        for (x, b) in chunk.iter_mut().zip(bytes.chunks_exact(4)) {
+            *x = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
     }
-    let floats: Vec<f32> = bytes[24..]
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    let (m, v) = floats.split_at(n);
-    opt.restore(step, m.to_vec(), v.to_vec()).map_err(bad)
+    Ok(out)
 }
 
 /// Saves a complete checkpoint for `step` under `out` and points
@@ -200,4 +220,53 @@ pub fn latest(out: &Path) -> Result<PathBuf, DataError> {
         });
     }
     Ok(out.join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stepped_optimizer() -> AdamW {
+        let mut opt = AdamW::new(&[3, 2], &[true, false]);
+        let mut params = vec![0.5f32; 5];
+        opt.update(&mut params, &[0.1, -0.2, 0.3, -0.4, 0.5], 1e-3);
+        opt
+    }
+
+    #[test]
+    fn the_optimizer_state_reads_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("optimizer.bin");
+        let saved = stepped_optimizer();
+        write_optimizer(&path, &saved).unwrap();
+        let mut read = AdamW::new(&[3, 2], &[true, false]);
+        read_optimizer(&path, &mut read).unwrap();
+        assert_eq!(read.state(), saved.state());
+    }
+
+    /// A truncated file, one whose parameter count would overflow the size
+    /// computation, and one that is not an optimizer file are each refused
+    /// with a message, never a panic.
+    #[test]
+    fn a_damaged_optimizer_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("optimizer.bin");
+        write_optimizer(&path, &stepped_optimizer()).unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        let mut huge = whole.clone();
+        huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        for (bytes, want) in [
+            (whole[..whole.len() - 4].to_vec(), "truncated?"),
+            (huge, "more than 2^64"),
+            (
+                b"not an optimizer file at all".to_vec(),
+                "not an optimizer state file",
+            ),
+        ] {
+            std::fs::write(&path, &bytes).unwrap();
+            let mut opt = AdamW::new(&[3, 2], &[true, false]);
+            let err = read_optimizer(&path, &mut opt).unwrap_err().to_string();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+    }
 }
