@@ -28,18 +28,37 @@ fn best(mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-fn main() {
-    let args: Vec<usize> = std::env::args()
+const USAGE: &str = "usage: gemm_rates ROWS C LAYERS [THREADS] (positive whole numbers)";
+
+/// ROWS, C, LAYERS and THREADS (2 unless given), or why not.
+fn arguments() -> Result<(usize, usize, usize, usize), String> {
+    let args = std::env::args()
         .skip(1)
-        .map(|a| a.parse().expect("numbers"))
-        .collect();
-    let (rows, c) = (args[0], args[1]);
-    let layers = args[2] as f64;
-    let threads = args.get(3).copied().unwrap_or(2);
-    rayon::ThreadPoolBuilder::new()
+        .map(|a| match a.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{a:?} is not a positive whole number; {USAGE}")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match args[..] {
+        [rows, c, layers] => Ok((rows, c, layers, 2)),
+        [rows, c, layers, threads] => Ok((rows, c, layers, threads)),
+        _ => Err(USAGE.to_string()),
+    }
+}
+
+fn main() {
+    let (rows, c, layers, threads) = arguments().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2)
+    });
+    let layers = layers as f64;
+    if let Err(e) = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build_global()
-        .expect("one pool");
+    {
+        eprintln!("cannot start {threads} threads: {e}");
+        std::process::exit(1);
+    }
     let fill = |n: usize| {
         (0..n)
             .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-4)
