@@ -228,7 +228,7 @@ def main():
     cols = [f"prefill_{n}_tokens_per_s" for n in PROMPTS] + ["decode_tokens_per_s", "time_to_first_token_s", "peak_rss_mb"]
     prefills = " | ".join(f"prefill {n}" for n in PROMPTS)
     print(f"124M shape, {a.threads} threads, best of {a.repeat}")
-    print(f"| contender | {' tok/s | '.join(f'prefill {n}' for n in PROMPTS)} tok/s | decode tok/s | TTFT (32 tokens) ms | peak RSS MB |")
+    print(f"| contender | {' | '.join(f'prefill {n} tok/s' for n in PROMPTS)} | decode tok/s | TTFT (32 tokens) ms | peak RSS MB |")
     print("|---|---|---|---|---|---|")
     for name, r in best.items():
         print(f"| {name} | {r[cols[0]]:.1f} | {r[cols[1]]:.1f} | {r[cols[2]]:.1f} | {1000 * r[cols[3]]:.1f} | {r[cols[4]]:.0f} |")
