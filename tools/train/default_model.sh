@@ -15,8 +15,9 @@ set -eu
 WORK=$1
 STEPS=${STEPS:-5800} LAYERS=${LAYERS:-6} LR=${LR:-2e-3}
 GPT2=${GPT2:-target/release/gpt2} PY=${PY:-python3}
-BOOKS=../shared/data/train
-VAL="--val pg11_ --val pg55_ --val pg146_ --val pg910_ --val pg2770_"
+export GPT2
+. "$(dirname "$0")/heldout.sh"
+VAL=$(for prefix in $HELDOUT; do printf -- '--val %s ' "$prefix"; done)
 mkdir -p "$WORK"
 
 # 1. Data: both folders, paragraphs joined, whole books held out, and no
@@ -35,18 +36,11 @@ python3 tools/train/heldout_overlap.py $VAL "$BOOKS/gutenberg" "$BOOKS/gutenberg
 "$GPT2" plot "$WORK/run/log.csv" --out "$WORK/export/loss.png"
 
 # 3. Measurements of the new model, before it replaces the old one.
-#    Held-out books are scored as Gutenberg wraps them and with each
-#    paragraph joined into one line (how prose appears elsewhere).
+#    Held-out books, as Gutenberg wraps them and with paragraphs joined:
+#    the first 60 kB of each (the issue's measurement) and whole.
 M="$WORK/export"
-mkdir -p "$WORK/joined"
-for book in $BOOKS/gutenberg/pg11_* $BOOKS/gutenberg/pg55_* $BOOKS/gutenberg-more/pg146_* \
-            $BOOKS/gutenberg-more/pg910_* $BOOKS/gutenberg-more/pg2770_*; do
-    name=$(basename "$book" .txt)
-    python3 -c 'import re,sys; t=open(sys.argv[1],encoding="utf-8").read(); print("\n\n".join(" ".join(p.split()) for p in re.split(r"\n\s*\n", t) if p.strip()))' \
-        "$book" > "$WORK/joined/$name.txt"
-    "$GPT2" perplexity --model "$M" "$book" --json > "$WORK/ppl-wrapped-$name.json"
-    "$GPT2" perplexity --model "$M" "$WORK/joined/$name.txt" --json > "$WORK/ppl-joined-$name.json"
-done
+tools/train/heldout_perplexity.sh "$M" > "$WORK/heldout-60k.md"
+CHARS=0 tools/train/heldout_perplexity.sh "$M" > "$WORK/heldout-whole.md"
 "$GPT2" eval wikitext --model "$M" --data ../shared/data/eval/wikitext-2-raw/wiki.test.raw --json > "$WORK/wikitext.json"
 "$GPT2" eval lambada --model "$M" --data ../shared/data/eval/lambada/lambada_test.jsonl --json > "$WORK/lambada.json"
 for s in 1 2 3; do "$GPT2" generate "Once upon a time" --model "$M" --seed $s --max-tokens 200 > "$WORK/sample-$s.txt"; done

@@ -1,19 +1,21 @@
 #!/bin/sh
-# Token perplexity of each model on the first 60 kB of each held-out book,
-# as Project Gutenberg wraps it and with each paragraph joined into one
-# line (the measurement of issue 17).
-#   tools/train/heldout_perplexity.sh MODEL...   (directories or `default`)
+# Token perplexity of each model on the first CHARS characters (60,000
+# unless set; 0: the whole book) of each held-out book, as Project
+# Gutenberg wraps it and with each paragraph joined into one line (the
+# measurement of issue 17).
+#   [CHARS=N] tools/train/heldout_perplexity.sh MODEL...   (directories or `default`)
 set -eu
 GPT2=${GPT2:-target/release/gpt2}
-BOOKS=../shared/data/train
+CHARS=${CHARS:-60000}
+. "$(dirname "$0")/heldout.sh"
 TMP=$(mktemp -d)
 printf '| model | book | wrapped | joined |\n|---|---|---|---|\n'
-for book in $BOOKS/gutenberg/pg11_* $BOOKS/gutenberg/pg55_* $BOOKS/gutenberg-more/pg146_* \
-            $BOOKS/gutenberg-more/pg910_* $BOOKS/gutenberg-more/pg2770_*; do
+for book in $(heldout_files); do
     name=$(basename "$book" .txt)
-    python3 - "$book" "$TMP/$name" <<'PY'
+    python3 - "$book" "$TMP/$name" "$CHARS" <<'PY'
 import re, sys
-text = open(sys.argv[1], encoding="utf-8").read()[:60000]
+text = open(sys.argv[1], encoding="utf-8").read()
+text = text[: int(sys.argv[3])] if int(sys.argv[3]) else text
 open(sys.argv[2] + ".wrapped", "w", encoding="utf-8").write(text)
 paragraphs = (" ".join(p.split()) for p in re.split(r"\n\s*\n", text) if p.strip())
 open(sys.argv[2] + ".joined", "w", encoding="utf-8").write("\n\n".join(paragraphs) + "\n")
