@@ -6,9 +6,10 @@ model (issue 5, item 6). Drives the release binary; needs tiktoken.
     python3 bench/countermeasures.py [--prompts 50] [--samples 4] [--human 1000] [--out DIR]
 
 Machine text: `gpt2 generate` continuations (200 new tokens, 4 samples per
-prompt) of 32-token prompts cut from the held-out books (Alice, Oz).
-Human text: other passages of those books and WikiText-2 test paragraphs,
-cut to the generations' length. Reports, and writes DIR/results.json:
+prompt) of 32-token prompts cut from the default model's five held-out
+books (tools/train/heldout.sh), each paragraph joined into one line as the
+model was trained. Human text: other paragraphs of those books and
+WikiText-2 test paragraphs, cut to the generations' length. Reports, and writes DIR/results.json:
   - per watermark scheme (KGW delta 2 gamma 0.25 h 1 LeftHash; KGW
     SelfHash h 3 and h 4, the server's; Gumbel): TPR at z >= 4, observed FPR on human texts, the
     perplexity of the output under the model against unwatermarked output
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools", "reference"))
 from tiktoken_offline import gpt2_encoding  # noqa: E402
 
 GPT2 = os.path.join(ROOT, "target", "release", "gpt2")
-BOOKS = os.path.join(ROOT, "..", "shared", "data", "train", "gutenberg")
+BOOKS = os.path.join(ROOT, "..", "shared", "data", "train")
 WIKI = os.path.join(ROOT, "..", "shared", "data", "eval", "wikitext-2-raw", "wiki.test.raw")
 ENC = gpt2_encoding()
 GEN_TOKENS = 200
@@ -41,12 +42,20 @@ def run(args, stdin=None):
     return subprocess.run([GPT2] + args, check=True, capture_output=True, text=True, input=stdin).stdout
 
 
+def heldout_books():
+    """The held-out books' paths, from the file-name prefixes tools/train/heldout.sh names."""
+    script = open(os.path.join(ROOT, "tools", "train", "heldout.sh"), encoding="utf-8").read()
+    prefixes = re.search(r'^HELDOUT="([^"]*)"', script, re.M).group(1).split()
+    return [os.path.join(BOOKS, folder, name) for folder in ("gutenberg", "gutenberg-more")
+            for name in sorted(os.listdir(os.path.join(BOOKS, folder))) if name.startswith(tuple(prefixes))]
+
+
 def book_passages():
     out = []
-    for name in sorted(os.listdir(BOOKS)):
-        if "Alice" in name or "Oz" in name:
-            text = open(os.path.join(BOOKS, name), encoding="utf-8").read()
-            out += [p for p in re.split(r"\n\s*\n", text) if len(ENC.encode_ordinary(p)) >= 64]
+    for path in heldout_books():
+        text = open(path, encoding="utf-8").read()
+        paragraphs = (" ".join(p.split()) for p in re.split(r"\n\s*\n", text))
+        out += [p for p in paragraphs if len(ENC.encode_ordinary(p)) >= 64]
     return out
 
 
