@@ -73,14 +73,25 @@ fn assert_decode_allocates_nothing(pool: &rayon::ThreadPool, model: &Model, what
         for t in 0..20 {
             step(t);
         }
-        let before = ALLOCATIONS.load(Ordering::SeqCst);
-        for t in 0..30 {
-            std::hint::black_box(step(t));
+        // On a loaded machine a thread may first steal only after the
+        // warm-up, so one-time registrations are allowed in the first
+        // windows; an allocation per step, or every few steps, shows in
+        // every window.
+        let mut windows = Vec::new();
+        for _ in 0..4 {
+            let before = ALLOCATIONS.load(Ordering::SeqCst);
+            for t in 0..30 {
+                std::hint::black_box(step(t));
+            }
+            windows.push(ALLOCATIONS.load(Ordering::SeqCst) - before);
+            if windows.last() == Some(&0) {
+                break;
+            }
         }
-        let allocated = ALLOCATIONS.load(Ordering::SeqCst) - before;
-        assert_eq!(
-            allocated, 0,
-            "{what}: {allocated} allocations in 30 decode steps"
+        let one_time: usize = windows.iter().sum();
+        assert!(
+            windows.last() == Some(&0) && one_time <= 4,
+            "{what}: allocations in successive windows of 30 decode steps: {windows:?}"
         );
     });
 }
