@@ -90,9 +90,7 @@ def substitute(ids, fraction, rng):
 
 def mean_ppl(texts, tmp):
     path = os.path.join(tmp, "ppl.jsonl")
-    with open(path, "w") as f:
-        for t in texts:
-            f.write(json.dumps({"text": t}) + "\n")
+    write_jsonl(path, texts)
     lls = [json.loads(l)["statistics"]["log_likelihood"] for l in run(["detect", "--json", path]).splitlines()]
     return math.exp(-sum(lls) / len(lls))
 

@@ -153,7 +153,14 @@ pub fn write_safetensors_file(
 ) -> Result<(), String> {
     let (views, metadata) = views_and_metadata(entries, extra)?;
     crate::atomic::write_atomic_with(path, |tmp| {
-        safetensors::serialize_to_file(views, Some(metadata), tmp).map_err(std::io::Error::other)
+        // serialize_to_file writes through a temporary file of its own,
+        // created owner-only (0600), and renames it onto `tmp`. The model
+        // gets the permissions every other file gets from File::create
+        // (0666 less the umask), so that another account can serve it.
+        let permissions = std::fs::File::create(tmp)?.metadata()?.permissions();
+        safetensors::serialize_to_file(views, Some(metadata), tmp)
+            .map_err(std::io::Error::other)?;
+        std::fs::set_permissions(tmp, permissions)
     })
     .map_err(|e| format!("{}: {e}", path.display()))
 }

@@ -244,6 +244,31 @@ mod tests {
         assert_eq!(read.state(), saved.state());
     }
 
+    /// The weights are as readable as the config beside them: the
+    /// safetensors writer's own temporary file is owner-only.
+    #[cfg(unix)]
+    #[test]
+    fn the_weights_get_the_permissions_of_any_created_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            vocab_size: 8,
+            n_ctx: 4,
+            n_embd: 4,
+            n_head: 2,
+            n_layer: 1,
+        };
+        let params = vec![0.25f32; crate::params::sizes(&config).iter().sum()];
+        write_model(dir.path(), &config, &params, Precision::F32).unwrap();
+        let mode = |name: &str| {
+            std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode()
+        };
+        assert_eq!(mode("model.safetensors"), mode("config.json"));
+    }
+
     /// A truncated file, one whose parameter count would overflow the size
     /// computation, and one that is not an optimizer file are each refused
     /// with a message, never a panic.
